@@ -1,0 +1,1 @@
+//! tandemctl as a library. (Being written.)

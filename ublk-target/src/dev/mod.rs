@@ -1,0 +1,51 @@
+//! Block devices as small capability traits: what the engine reads, writes and syncs.
+//!
+//! `FileDev` is the real backend (a regular file or a block device, I/O through
+//! `rings`). `MemDev` keeps data in memory and can simulate power loss: it is the
+//! test double for the property tests and the trace simulator.
+
+mod file;
+mod mem;
+
+pub use file::{FileDev, OpenOptions};
+pub use mem::MemDev;
+
+use std::io;
+use std::sync::Arc;
+
+/// A device the engine can mirror: sized, readable, writable, syncable.
+///
+/// All calls are positional and may be made from many threads at once.
+pub trait BlockDev: Send + Sync {
+    /// Size in bytes.
+    fn size(&self) -> u64;
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `offset`. Not durable until `sync` unless `fua`.
+    fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()>;
+    /// Makes every completed write durable (fdatasync or a device flush).
+    fn sync(&self) -> io::Result<()>;
+    /// Deallocates a range; reads of it return zeroes afterwards.
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Writes zeroes over a range, without transferring a buffer where possible.
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Whether `discard` is supported natively (advertised to the host).
+    fn supports_discard(&self) -> bool;
+    /// Logical block size in bytes (512 for regular files).
+    fn logical_block_size(&self) -> u32 {
+        512
+    }
+    /// Physical block size in bytes.
+    fn physical_block_size(&self) -> u32 {
+        4096
+    }
+    /// Whether reads and writes bypass the page cache (alignment matters then).
+    fn direct(&self) -> bool {
+        false
+    }
+    /// A description for messages: usually the path.
+    fn describe(&self) -> String;
+}
+
+/// A shared handle to any device.
+pub type Dev = Arc<dyn BlockDev>;

@@ -1,0 +1,19 @@
+//! tandem: a block device mirrored asynchronously to a second device, with a
+//! predictive write-intent record.
+//!
+//! - [`record`]: the write-intent record (lock-free region state, group commit,
+//!   the persistent region file).
+//! - [`predict`]: record policies (`predictive`, `lru`, `md-bitmap`).
+//! - [`dev`]: block devices (files and block devices through `rings`, and an
+//!   in-memory device for tests).
+//! - [`mirror`]: the mirror pool that copies dirty regions to the secondary.
+//! - [`engine`]: the API the front end drives: read, write, flush, discard.
+
+pub mod dev;
+pub mod error;
+pub mod geometry;
+pub mod predict;
+pub mod record;
+
+pub use error::{Error, Result};
+pub use geometry::Geometry;

@@ -1,0 +1,68 @@
+//! Predictors: which regions to add to the record beside a miss, and which clean
+//! regions to evict when the record is over capacity.
+//!
+//! Predictors run only on the record's slow path (a miss being committed, an
+//! eviction, a periodic expiry), never on a hit. They learn what hits did from
+//! the per-region write sequence (`RegionView::seq`), which every write bumps.
+
+mod lru;
+mod md_bitmap;
+mod predictive;
+mod recency;
+
+pub use lru::Lru;
+pub use md_bitmap::MdBitmap;
+pub use predictive::Predictive;
+pub use recency::Recency;
+
+use crate::error::{Error, Result};
+use crate::record::RegionView;
+
+/// Nanoseconds on the record's clock (monotonic time, or trace time when simulating).
+pub type Nanos = u64;
+
+/// A record policy.
+pub trait Predictor: Send {
+    /// The policy's name, as chosen on the command line.
+    fn name(&self) -> &'static str;
+
+    /// Regions `missed` (sorted, deduplicated) are being added to the record.
+    /// Push regions predicted to be written soon into `out`; they join the same
+    /// durable update.
+    fn predict(&mut self, missed: &[u64], view: &dyn RegionView, now: Nanos, out: &mut Vec<u64>);
+
+    /// Region `r` entered the record, either missed by a write or `predicted`.
+    fn admitted(&mut self, r: u64, predicted: bool, view: &dyn RegionView, now: Nanos);
+
+    /// Proposes up to `want` clean regions to evict, best first. The record
+    /// evicts those that are still idle and clean and reports each by `evicted`.
+    fn victims(&mut self, want: usize, view: &dyn RegionView, now: Nanos, out: &mut Vec<u64>);
+
+    /// Region `r` left the record; `written` says whether it was written while
+    /// it was recorded.
+    fn evicted(&mut self, r: u64, written: bool);
+
+    /// Regions to drop regardless of capacity (idle timeouts). Default: none.
+    fn expired(&mut self, _view: &dyn RegionView, _now: Nanos, _out: &mut Vec<u64>) {}
+
+    /// Whether the record's capacity bounds this policy's clean regions.
+    fn bounded(&self) -> bool {
+        true
+    }
+}
+
+/// The names `by_name` accepts.
+pub const POLICIES: &[&str] = &["predictive", "lru", "md-bitmap"];
+
+/// Builds the predictor called `name` for a record of `regions` regions.
+pub fn by_name(name: &str, regions: u64, region_size: u64) -> Result<Box<dyn Predictor>> {
+    match name {
+        "predictive" => Ok(Box::new(Predictive::new(regions, region_size))),
+        "lru" => Ok(Box::new(Lru::new())),
+        "md-bitmap" => Ok(Box::new(MdBitmap::new(md_bitmap::IDLE_CLEAR_NS))),
+        other => Err(Error::Config(format!(
+            "unknown policy {other:?}; choose one of {}",
+            POLICIES.join(", ")
+        ))),
+    }
+}
