@@ -1,1 +1,146 @@
-//! tandemctl as a library. (Being written.)
+//! tandemctl as a library: the command line (`Cli`), its argument parsers, and
+//! one module per subcommand. `main.rs` only parses, calls and prints, so every
+//! command is testable without spawning a process.
+//!
+//! - [`simulate`]: replays a block trace through the record and its policies.
+
+pub mod simulate;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser};
+
+/// tandemctl: control tool for tandem mirrored devices.
+#[derive(Debug, Parser)]
+#[command(name = "tandemctl", version, about)]
+pub enum Cli {
+    /// Replay the writes of a block trace through record policies and report
+    /// how many synchronous record updates each needs and how large the record
+    /// grows (what a crash would resync).
+    Simulate(SimulateArgs),
+}
+
+/// Arguments of `tandemctl simulate`.
+#[derive(Debug, Clone, Args)]
+pub struct SimulateArgs {
+    /// Trace file: CSV `ts_us,op,offset_bytes,len_bytes`, op `R` or `W`.
+    #[arg(long)]
+    pub trace: PathBuf,
+    /// Policy to replay: one of `simulate::POLICY_NAMES`, or `all`.
+    #[arg(long, default_value = "all")]
+    pub policy: String,
+    /// Region size of the `lru` and `predictive` policies.
+    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+    pub region_size: u64,
+    /// Capacity for clean regions, in bytes (`lru`, `predictive`, `drbd-al`).
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    pub capacity: u64,
+    /// Time one durable record update takes, in microseconds.
+    #[arg(long, default_value_t = 100)]
+    pub destage_latency_us: u64,
+    /// Print a JSON array, one object per policy, instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The errors of tandemctl: a kind, the context, the source.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A trace line could not be understood.
+    #[error("{path}:{line}: {reason}")]
+    Trace {
+        path: PathBuf,
+        line: u64,
+        reason: String,
+    },
+    /// An argument was rejected; the message names it.
+    #[error("{0}")]
+    Usage(String),
+    /// The tandem library refused or failed.
+    #[error(transparent)]
+    Tandem(#[from] tandem::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Parses a size in bytes: a number with an optional binary unit, `K`, `M`,
+/// `G`, `T` (or `KiB`, `MiB`, `GiB`, `TiB`, any case), or `B`. `1MiB`, `1M` and
+/// `1048576` are the same size.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let bad = |why: &str| format!("invalid size {text:?}: {why}");
+    let s = text.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits);
+    if number.is_empty() {
+        return Err(bad("expected a number, e.g. 4096, 64KiB, 1MiB, 1GiB"));
+    }
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        "t" | "tib" => 40,
+        _ => return Err(bad("unknown unit; use K/KiB, M/MiB, G/GiB, T/TiB (binary)")),
+    };
+    let value: u64 = number.parse().map_err(|_| bad("number too large"))?;
+    value
+        .checked_mul(1 << shift)
+        .ok_or_else(|| bad("too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_use_binary_units() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("4096B"), Ok(4096));
+        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("1m"), Ok(1 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("2TiB"), Ok(2 << 40));
+    }
+
+    #[test]
+    fn bad_sizes_name_the_value() {
+        for bad in ["", "MiB", "1.5MiB", "1MB", "1 parsec", "-1", "99999999999999999999"] {
+            let e = parse_size(bad).unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+        }
+        assert!(parse_size("16777216TiB").unwrap_err().contains("too large"));
+    }
+
+    #[test]
+    fn cli_parses_simulate() {
+        let Cli::Simulate(a) = Cli::try_parse_from([
+            "tandemctl",
+            "simulate",
+            "--trace",
+            "t.csv",
+            "--region-size",
+            "64KiB",
+            "--json",
+        ])
+        .unwrap();
+        assert_eq!(a.region_size, 64 << 10);
+        assert_eq!(a.capacity, 1 << 30);
+        assert_eq!(a.destage_latency_us, 100);
+        assert_eq!(a.policy, "all");
+        assert!(a.json);
+        let e = Cli::try_parse_from(["tandemctl", "simulate", "--trace", "t", "--capacity", "1X"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"1X\""), "{e}");
+    }
+}

@@ -10,10 +10,14 @@
 //! - [`engine`]: the API the front end drives: read, write, flush, discard.
 
 pub mod dev;
+pub mod engine;
 pub mod error;
 pub mod geometry;
+pub mod mirror;
 pub mod predict;
 pub mod record;
+pub mod stats;
 
 pub use error::{Error, Result};
+pub use engine::{Devices, Engine, EngineConfig, EngineStatus};
 pub use geometry::Geometry;

@@ -103,7 +103,13 @@ pub struct RecordStats {
 }
 
 struct Inner {
+    /// Regions in the record.
     image: Image,
+    /// What the store holds (or is about to): `image` plus regions evicted but
+    /// not yet forgotten durably.
+    file_image: Image,
+    /// Evicted regions whose removal waits for the next `flush`.
+    forgetting: Vec<u64>,
     recorded: u64,
     changed: BTreeSet<u64>,
     store: Box<dyn RecordStore>,
@@ -138,7 +144,13 @@ pub struct Record {
     pending: Mutex<Pending>,
     batch_done: Condvar,
     clock: Clock,
+    barrier: Option<Barrier>,
 }
+
+/// Runs before removals are written: makes the primary durable, so a region
+/// leaves the durable record only once the data the mirror copied from it
+/// cannot roll back on the primary.
+pub type Barrier = Box<dyn Fn() -> Result<()> + Send + Sync>;
 
 impl Record {
     /// A record over `geometry` whose clean regions are bounded by
@@ -159,6 +171,8 @@ impl Record {
             rpp,
             inner: Mutex::new(Inner {
                 image: BitVec::repeat(false, regions as usize),
+                file_image: BitVec::repeat(false, regions as usize),
+                forgetting: Vec::new(),
                 recorded: 0,
                 changed: BTreeSet::new(),
                 store,
@@ -173,7 +187,14 @@ impl Record {
             }),
             batch_done: Condvar::new(),
             clock,
+            barrier: None,
         }
+    }
+
+    /// Sets the barrier run before removals are written (see [`Barrier`]).
+    pub fn with_barrier(mut self, barrier: Barrier) -> Self {
+        self.barrier = Some(barrier);
+        self
     }
 
     pub fn geometry(&self) -> &Geometry {
@@ -335,14 +356,20 @@ impl Record {
         Ok(())
     }
 
+    /// Adds `r` to the record, or evicts it: the store learns of an eviction
+    /// only at the next `flush`, after the barrier.
     fn set_image(&self, inner: &mut Inner, r: u64, on: bool) {
         inner.image.set(r as usize, on);
         if on {
             inner.recorded += 1;
+            if !inner.file_image[r as usize] {
+                inner.file_image.set(r as usize, true);
+                inner.changed.insert(r / self.rpp);
+            }
         } else {
             inner.recorded -= 1;
+            inner.forgetting.push(r);
         }
-        inner.changed.insert(r / self.rpp);
     }
 
     fn write_changed(&self, inner: &mut Inner) -> Result<()> {
@@ -350,7 +377,7 @@ impl Record {
             return Ok(());
         }
         let pages: Vec<u64> = inner.changed.iter().copied().collect();
-        inner.store.write_pages(&inner.image, &pages)?;
+        inner.store.write_pages(&inner.file_image, &pages)?;
         inner.changed.clear();
         inner.stats.updates += 1;
         inner.stats.pages_written += pages.len() as u64;
@@ -397,15 +424,45 @@ impl Record {
         self.evict(&mut inner, now);
     }
 
-    /// Writes pending removals (lazy forgetting). Never needed for safety.
-    pub fn flush(&self) -> Result<()> {
+    /// Drops every clean, idle region from the record (in memory; `flush`
+    /// writes it). Used at a clean stop so the next start resyncs only what is
+    /// still dirty.
+    pub fn forget_clean(&self) {
         let mut inner = self.lock_inner();
-        self.write_changed(&mut inner)
+        let inner = &mut *inner;
+        let recorded: Vec<u64> = inner.image.iter_ones().map(|r| r as u64).collect();
+        for r in recorded {
+            if self.states.try_evict(r) {
+                self.set_image(inner, r, false);
+                inner.predicted.remove(&r);
+                inner.predictor.evicted(r, true);
+            }
+        }
     }
 
-    /// Whether removals are waiting to be written.
+    /// Writes pending removals (lazy forgetting), after the barrier. Never
+    /// needed for safety: a stale entry only costs resync.
+    pub fn flush(&self) -> Result<()> {
+        let mut inner = self.lock_inner();
+        let inner = &mut *inner;
+        if !inner.forgetting.is_empty() {
+            if let Some(barrier) = &self.barrier {
+                barrier()?;
+            }
+            for r in std::mem::take(&mut inner.forgetting) {
+                if !inner.image[r as usize] && inner.file_image[r as usize] {
+                    inner.file_image.set(r as usize, false);
+                    inner.changed.insert(r / self.rpp);
+                }
+            }
+        }
+        self.write_changed(inner)
+    }
+
+    /// Whether removals (or a failed update) are waiting to be written.
     pub fn has_unflushed(&self) -> bool {
-        !self.lock_inner().changed.is_empty()
+        let inner = self.lock_inner();
+        !inner.changed.is_empty() || !inner.forgetting.is_empty()
     }
 
     /// Start-up after a crash: `regions` were in the durable record, so they may
@@ -421,7 +478,9 @@ impl Record {
                 continue;
             }
             if !inner.image[r as usize] {
+                // Already durable: loaded from the store (or written just now).
                 inner.image.set(r as usize, true);
+                inner.file_image.set(r as usize, true);
                 inner.recorded += 1;
             }
             if self.states.set_recorded_dirty(r) {
@@ -432,22 +491,10 @@ impl Record {
         dirtied
     }
 
-    /// Full resync: records every region durably, then marks all dirty.
-    /// Used when the record file could not be trusted.
-    pub fn record_everything(&self) -> Result<Vec<u64>> {
-        {
-            let mut inner = self.lock_inner();
-            let inner = &mut *inner;
-            for r in 0..self.geometry.regions() {
-                if !inner.image[r as usize] {
-                    self.set_image(inner, r, true);
-                }
-            }
-            let pages = self.geometry.regions().div_ceil(self.rpp);
-            inner.changed.extend(0..pages);
-            self.write_changed(inner)?;
-        }
-        Ok(self.recover(0..self.geometry.regions()))
+    /// The regions the store holds or is being written with (includes evicted
+    /// regions not yet forgotten durably).
+    pub fn stored_regions(&self) -> Vec<u64> {
+        self.lock_inner().file_image.iter_ones().map(|r| r as u64).collect()
     }
 
     /// The regions in the record (the in-memory image).
