@@ -469,3 +469,78 @@ impl Drop for Engine {
         }
     }
 }
+
+/// Paths of a mirrored device's three parts.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub primary: std::path::PathBuf,
+    pub secondary: std::path::PathBuf,
+    pub record: std::path::PathBuf,
+}
+
+impl Paths {
+    /// Opens the devices, checking what can be checked before anything is
+    /// created: both data devices exist, they are distinct, and no path is
+    /// given twice. A missing or empty record file is created.
+    pub fn open(&self, config: &EngineConfig) -> Result<Devices> {
+        use crate::dev::{FileDev, OpenOptions};
+        let canon = |what: &str, p: &std::path::Path| {
+            std::fs::canonicalize(p)
+                .map_err(|e| Error::Config(format!("{what} {}: {e}", p.display())))
+        };
+        let primary_path = canon("primary", &self.primary)?;
+        let secondary_path = canon("secondary", &self.secondary)?;
+        if primary_path == secondary_path {
+            return Err(Error::Config(format!(
+                "primary and secondary are the same file: {}",
+                primary_path.display()
+            )));
+        }
+        if let Ok(record_path) = std::fs::canonicalize(&self.record) {
+            if record_path == primary_path || record_path == secondary_path {
+                return Err(Error::Config(format!(
+                    "record {} is also a data device",
+                    record_path.display()
+                )));
+            }
+        }
+        let direct = OpenOptions {
+            direct: true,
+            ..OpenOptions::default()
+        };
+        let primary: Dev = Arc::new(FileDev::open(&primary_path, &direct)?);
+        let secondary: Dev = Arc::new(FileDev::open(&secondary_path, &direct)?);
+        let geometry = Geometry::new(primary.size(), config.region_size)?;
+        let record_is_new = match std::fs::metadata(&self.record) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(e) => return Err(Error::io(format!("record {}", self.record.display()), e)),
+            Ok(m) => m.is_file() && m.len() == 0,
+        };
+        let record: Dev = Arc::new(FileDev::open(
+            &self.record,
+            &OpenOptions {
+                direct: false,
+                create_size: record_is_new.then(|| RegionFile::file_size(&geometry)),
+            },
+        )?);
+        if record_is_new && record.size() < RegionFile::file_size(&geometry) {
+            // An existing empty file: give it the size the layout needs.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&self.record)
+                .and_then(|f| f.set_len(RegionFile::file_size(&geometry)))
+                .map_err(|e| Error::io(format!("size record {}", self.record.display()), e))?;
+            return self.open(config);
+        }
+        Ok(Devices {
+            identity: pair_identity(
+                &primary_path.to_string_lossy(),
+                &secondary_path.to_string_lossy(),
+            ),
+            primary,
+            secondary,
+            record,
+            record_is_new,
+        })
+    }
+}

@@ -49,6 +49,10 @@ const BUSY_RETRY: Duration = Duration::from_millis(1);
 /// Extents one worker copies before one sync of the secondary.
 const EXTENTS_PER_SYNC: usize = 8;
 
+/// Claimed extents (runs of adjacent regions with their claims) and when
+/// each was queued.
+type Batch = Vec<(Vec<(u64, CopyClaim)>, Instant)>;
+
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     region: u64,
@@ -351,7 +355,7 @@ impl Shared {
 
     /// Waits for work (unless `!blocking`): returns claimed extents, each a
     /// run of adjacent claimed regions.
-    fn next_batch(&self, blocking: bool) -> Option<Vec<(Vec<(u64, CopyClaim)>, Instant)>> {
+    fn next_batch(&self, blocking: bool) -> Option<Batch> {
         let states = self.record.states();
         let max_regions = (self.config.max_copy_bytes / self.record.geometry().region_size()).max(1);
         let regions = self.record.geometry().regions();
@@ -435,7 +439,7 @@ impl Shared {
     }
 
     /// Copies claimed extents, syncs the secondary once, and settles the claims.
-    fn copy_batch(&self, batch: Vec<(Vec<(u64, CopyClaim)>, Instant)>, buf: &mut Vec<u8>) {
+    fn copy_batch(&self, batch: Batch, buf: &mut Vec<u8>) {
         let g = *self.record.geometry();
         let mut copied = 0u64;
         let mut result = Ok(());
@@ -474,7 +478,7 @@ impl Shared {
         Ok(len as u64)
     }
 
-    fn finish(&self, batch: Vec<(Vec<(u64, CopyClaim)>, Instant)>, result: Result<u64>) {
+    fn finish(&self, batch: Batch, result: Result<u64>) {
         let states = self.record.states();
         let g = *self.record.geometry();
         let durable = result.is_ok();

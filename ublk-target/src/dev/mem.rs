@@ -64,6 +64,17 @@ impl MemDev {
         }
     }
 
+    /// A device whose durable contents are `bytes`.
+    pub fn from_bytes(name: impl Into<String>, bytes: Vec<u8>) -> Self {
+        let d = MemDev::new(name, bytes.len() as u64);
+        {
+            let mut s = d.state();
+            s.durable = bytes.clone();
+            s.current = bytes;
+        }
+        d
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -170,6 +181,17 @@ impl BlockDev for MemDev {
         s.current[o..o + buf.len()].copy_from_slice(buf);
         if fua {
             s.durable[o..o + buf.len()].copy_from_slice(buf);
+            // Older unsynced writes to these bytes are superseded: a crash that
+            // keeps them must not roll the FUA data back.
+            let end = offset + buf.len() as u64;
+            for (woff, data) in s.unsynced.iter_mut() {
+                let wend = *woff + data.len() as u64;
+                let (lo, hi) = (offset.max(*woff), end.min(wend));
+                if lo < hi {
+                    data[(lo - *woff) as usize..(hi - *woff) as usize]
+                        .copy_from_slice(&buf[(lo - offset) as usize..(hi - offset) as usize]);
+                }
+            }
         } else {
             s.unsynced.push((offset, buf.to_vec()));
         }
@@ -222,6 +244,15 @@ mod tests {
         assert_eq!(&c[4..8], &[0; 4], "unsynced write dropped");
         assert_eq!(&c[8..12], &[3; 4], "unsynced write kept");
         assert_eq!(&c[12..16], &[4; 4], "FUA write is durable");
+    }
+
+    #[test]
+    fn fua_write_is_not_rolled_back_by_an_older_unsynced_write() {
+        let d = MemDev::new("m", 8);
+        d.write_at(&[1; 8], 0, false).unwrap();
+        d.write_at(&[2; 4], 2, true).unwrap();
+        d.crash(|_| true);
+        assert_eq!(d.contents(), vec![1, 1, 2, 2, 2, 2, 1, 1]);
     }
 
     #[test]

@@ -8,7 +8,7 @@ mod file;
 mod mem;
 
 pub use file::{FileDev, OpenOptions};
-pub use mem::MemDev;
+pub use mem::{Faults, MemDev};
 
 use std::io;
 use std::sync::Arc;
