@@ -93,11 +93,20 @@ fn sigkill_under_load_loses_nothing_and_resyncs_to_identical() {
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn crash-writer");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        out.read_line(&mut line).unwrap();
         assert_eq!(line.trim(), "ready", "crash-writer failed to start");
+        let last_status = std::thread::spawn(move || {
+            let mut last = (0u64, 0u64);
+            for l in out.lines().map_while(Result::ok) {
+                let f: Vec<u64> = l.split(' ').skip(1).filter_map(|x| x.parse().ok()).collect();
+                if let [record, dirty] = f[..] {
+                    last = (record, dirty);
+                }
+            }
+            last
+        });
         std::thread::sleep(Duration::from_millis(rng.gen_range(10..250)));
         // SAFETY: plain kill(2) on our own child's pid.
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
@@ -108,22 +117,25 @@ fn sigkill_under_load_loses_nothing_and_resyncs_to_identical() {
             "writer ended by itself ({status}) before the kill: see its stderr"
         );
 
+        let (record_before, dirty_before) = last_status.join().unwrap();
+
         let config = writer::config(policy);
+        let t0 = Instant::now();
         let engine = Engine::open(paths.open(&config).unwrap(), &config).unwrap();
         let st = engine.status();
         let checked = check_acknowledged(&paths.primary, &logs);
-        let t0 = Instant::now();
         assert!(
             engine.wait_synced(Duration::from_secs(120)),
             "resync did not finish"
         );
         let secs = t0.elapsed().as_secs_f64();
         println!(
-            "kill {epoch:2} ({policy:10}): {checked} blocks acknowledged; recovery resynced {} KiB \
-             of {} KiB capacity in {secs:.2}s ({} writes before the kill are not counted)",
+            "kill {epoch:2} ({policy:10}): {checked} blocks acknowledged and intact; resynced {:6} KiB \
+             in {secs:.2}s (capacity {} KiB; ~20 ms before the kill: record {} KiB, dirty {} KiB)",
             st.resync_total_bytes >> 10,
             config.capacity >> 10,
-            st.writes,
+            record_before >> 10,
+            dirty_before >> 10,
         );
         resynced.push(st.resync_total_bytes);
         engine.shutdown().unwrap();

@@ -26,7 +26,8 @@ pub struct MirrorConfig {
     pub max_copy_bytes: u64,
     /// Copy bandwidth cap in bytes per second; `None` copies as fast as it can.
     pub max_rate: Option<u64>,
-    /// How often removals from the record are written lazily.
+    /// How often removals from the record are written lazily (sooner when
+    /// they pass an eighth of the capacity).
     pub flush_interval: Duration,
 }
 
@@ -36,7 +37,7 @@ impl Default for MirrorConfig {
             threads: 2,
             max_copy_bytes: 4 << 20,
             max_rate: None,
-            flush_interval: Duration::from_secs(1),
+            flush_interval: Duration::from_millis(200),
         }
     }
 }
@@ -557,20 +558,27 @@ impl Shared {
         }
     }
 
-    /// Writes lazy removals from the record now and then.
+    /// Writes lazy removals from the record: every `flush_interval`, or as
+    /// soon as they pass an eighth of the capacity, so a crash resyncs little
+    /// beyond the capacity.
     fn housekeep(&self) {
+        let tick = self.config.flush_interval / 4;
+        let threshold = (self.record.capacity_regions() / 8).max(1) as usize;
+        let mut last_flush = Instant::now();
         let mut g = lock(&self.stop_lock);
         while !self.stopping() {
             g = self
                 .stop_signal
-                .wait_timeout(g, self.config.flush_interval)
+                .wait_timeout(g, tick)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
             if self.stopping() {
                 break;
             }
             self.record.trim();
-            if self.record.has_unflushed() {
+            let due = last_flush.elapsed() >= self.config.flush_interval;
+            if (due && self.record.has_unflushed()) || self.record.pending_forget() >= threshold {
+                last_flush = Instant::now();
                 if let Err(e) = self.record.flush() {
                     log::warn!("lazy record flush failed (will retry): {e}");
                 }

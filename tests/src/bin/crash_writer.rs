@@ -45,6 +45,17 @@ fn main() -> anyhow::Result<()> {
     let blocks = (engine.geometry().device_size() / BLOCK) as u32;
     println!("ready");
     std::io::stdout().flush()?;
+    // Reports the record's size and dirty bytes now and then, so the test can
+    // compare what a recovery resyncs with the state just before the kill.
+    {
+        let engine = engine.clone();
+        std::thread::spawn(move || loop {
+            let st = engine.status();
+            println!("status {} {}", st.record_bytes, st.dirty_bytes);
+            let _ = std::io::stdout().flush();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        });
+    }
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             let engine = engine.clone();

@@ -459,6 +459,11 @@ impl Record {
         self.write_changed(inner)
     }
 
+    /// Evicted regions whose removal has not reached the store yet.
+    pub fn pending_forget(&self) -> usize {
+        self.lock_inner().forgetting.len()
+    }
+
     /// Whether removals (or a failed update) are waiting to be written.
     pub fn has_unflushed(&self) -> bool {
         let inner = self.lock_inner();
