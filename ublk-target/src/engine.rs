@@ -154,7 +154,7 @@ pub struct Engine {
     primary: Dev,
     secondary: Dev,
     record: Arc<Record>,
-    mirror: Option<MirrorPool>,
+    mirror: MirrorPool,
     writes: Counter,
     bytes_written: Counter,
     start: StartKind,
@@ -183,9 +183,7 @@ impl Drop for WriteGuard<'_> {
         self.engine
             .record
             .end_write(self.regions.clone(), &mut dirtied);
-        if let Some(m) = &self.engine.mirror {
-            m.enqueue(&dirtied);
-        }
+        self.engine.mirror.enqueue(&dirtied);
     }
 }
 
@@ -295,7 +293,7 @@ impl Engine {
             primary,
             secondary,
             record,
-            mirror: Some(mirror),
+            mirror,
             writes: Counter::default(),
             bytes_written: Counter::default(),
             start,
@@ -383,11 +381,11 @@ impl Engine {
     /// Copies one batch of dirty regions on the calling thread (engines
     /// opened with `open_manual`); false when nothing was ready.
     pub fn pump_mirror(&self) -> bool {
-        self.mirror.as_ref().is_some_and(|m| m.pump())
+        self.mirror.pump()
     }
 
     pub fn mirror_stats(&self) -> MirrorStats {
-        self.mirror.as_ref().map(|m| m.stats()).unwrap_or_default()
+        self.mirror.stats()
     }
 
     pub fn status(&self) -> EngineStatus {
@@ -449,10 +447,8 @@ impl Engine {
 
     /// Clean stop: stops the mirror, drops clean regions from the record and
     /// makes it durable, so the next start resyncs only what is still dirty.
-    pub fn shutdown(mut self) -> Result<()> {
-        if let Some(m) = self.mirror.take() {
-            m.stop();
-        }
+    pub fn shutdown(&self) -> Result<()> {
+        self.mirror.stop();
         self.primary
             .sync()
             .map_err(|e| Error::io("flush primary", e))?;
@@ -461,14 +457,6 @@ impl Engine {
     }
 }
 
-impl Drop for Engine {
-    fn drop(&mut self) {
-        // Without `shutdown` this is like a crash: the record stays as it is.
-        if let Some(m) = self.mirror.take() {
-            m.stop();
-        }
-    }
-}
 
 /// Paths of a mirrored device's three parts.
 #[derive(Debug, Clone)]

@@ -9,6 +9,8 @@
 //! - [`mirror`]: the mirror pool that copies dirty regions to the secondary.
 //! - [`engine`]: the API the front end drives: read, write, flush, discard.
 
+pub mod args;
+pub mod control;
 pub mod dev;
 pub mod engine;
 pub mod error;
@@ -17,6 +19,7 @@ pub mod mirror;
 pub mod predict;
 pub mod record;
 pub mod stats;
+pub mod units;
 
 pub use error::{Error, Result};
 pub use engine::{Devices, Engine, EngineConfig, EngineStatus};

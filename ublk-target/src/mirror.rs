@@ -144,7 +144,7 @@ pub struct MirrorStats {
 /// The pool of mirror threads of one device.
 pub struct MirrorPool {
     shared: Arc<Shared>,
-    workers: Vec<JoinHandle<()>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -223,7 +223,10 @@ impl MirrorPool {
         });
         let mut workers = Vec::new();
         if !threads {
-            return Ok(MirrorPool { shared, workers });
+            return Ok(MirrorPool {
+                shared,
+                workers: Mutex::new(workers),
+            });
         }
         for i in 0..shared.config.threads {
             let s = shared.clone();
@@ -241,7 +244,10 @@ impl MirrorPool {
                 .spawn(move || s.housekeep())
                 .map_err(|e| Error::io("start destage thread", e))?,
         );
-        Ok(MirrorPool { shared, workers })
+        Ok(MirrorPool {
+            shared,
+            workers: Mutex::new(workers),
+        })
     }
 
     /// Copies one batch on the calling thread, ignoring retry delays; returns
@@ -308,19 +314,17 @@ impl MirrorPool {
         }
     }
 
-    /// Stops the workers after their current copy.
-    pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
+    /// Stops the workers after their current copy. Regions queued later stay
+    /// dirty (and recorded) until a new pool copies them.
+    pub fn stop(&self) {
         self.shared.stop.store(true, Ordering::Release);
         self.shared.wake.notify_all();
         {
             let _g = lock(&self.shared.stop_lock);
             self.shared.stop_signal.notify_all();
         }
-        for w in self.workers.drain(..) {
+        let workers = std::mem::take(&mut *lock(&self.workers));
+        for w in workers {
             let _ = w.join();
         }
     }
@@ -328,7 +332,7 @@ impl MirrorPool {
 
 impl Drop for MirrorPool {
     fn drop(&mut self) {
-        self.shutdown();
+        self.stop();
     }
 }
 

@@ -317,6 +317,14 @@ impl BlockDev for FileDev {
         self.size
     }
 
+    fn raw_fd(&self) -> Option<RawFd> {
+        Some(self.file.as_raw_fd())
+    }
+
+    fn dio_alignment(&self) -> Option<u32> {
+        self.dio_align
+    }
+
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.check(offset, buf.len() as u64)?;
         if buf.is_empty() {

@@ -45,6 +45,16 @@ pub trait BlockDev: Send + Sync {
     }
     /// A description for messages: usually the path.
     fn describe(&self) -> String;
+    /// The file descriptor, for callers that submit I/O on their own ring
+    /// (the ublk queues). `None` for devices that are not files.
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+    /// With O_DIRECT in effect, the alignment requests on `raw_fd` must keep
+    /// (address, offset and length); `None` when any request works.
+    fn dio_alignment(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// A shared handle to any device.

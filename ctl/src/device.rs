@@ -1,0 +1,411 @@
+//! Device commands: add, list, status, wait-synced, del, recover.
+//!
+//! Each returns data; `main` prints it as text or JSON. The daemon is
+//! `tandem-target serve`, started detached with a pipe on which it reports
+//! `ok DEV_ID` once `/dev/ublkbN` is live, or `err MESSAGE`.
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, IsTerminal};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+use serde_json::Value;
+use tandem::args::{check_name, DeviceArgs};
+use tandem::control::{self, pid_alive, DeviceState, Request, RunFiles};
+use tandem::units::format_size;
+
+/// The fd number the daemon sees its ready pipe on.
+const READY_FD: i32 = 3;
+
+/// What `add` and `recover` report.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Started {
+    pub name: String,
+    pub device: String,
+    pub dev_id: u32,
+    pub pid: u32,
+    pub log: String,
+}
+
+/// One line of `list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listed {
+    pub name: String,
+    pub device: String,
+    pub pid: u32,
+    pub state: String,
+    pub dirty_bytes: Option<u64>,
+    pub primary: String,
+    pub secondary: String,
+}
+
+/// Where `tandem-target` is: `$TANDEM_TARGET`, beside this executable, or PATH.
+pub fn target_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("TANDEM_TARGET") {
+        return p.into();
+    }
+    if let Some(dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)) {
+        let p = dir.join("tandem-target");
+        if p.exists() {
+            return p;
+        }
+    }
+    "tandem-target".into()
+}
+
+/// Refuses to go on without ublk, pointing at the VM.
+pub fn check_ublk() -> Result<()> {
+    if !Path::new("/dev/ublk-control").exists() {
+        bail!(
+            "this kernel has no ublk: /dev/ublk-control is missing. Load it with \
+             `modprobe ublk_drv` (kernel built with CONFIG_BLK_DEV_UBLK), or try tandem \
+             in the bundled VM: scripts/demo"
+        );
+    }
+    Ok(())
+}
+
+/// Validates everything that can be checked before anything is created.
+pub fn check_add(name: &str, args: &DeviceArgs, run_dir: &Path) -> Result<()> {
+    check_name(name)?;
+    args.engine_config()?;
+    args.check_paths()?;
+    if let Some(st) = RunFiles::new(run_dir, name).read_state()? {
+        if pid_alive(st.pid) {
+            bail!(
+                "device name {name:?} is in use: {} is served by pid {}",
+                st.device_path(),
+                st.pid
+            );
+        }
+        bail!(
+            "device name {name:?} is in use: {} exists without its daemon; \
+             `tandemctl recover {name}` reattaches it, `tandemctl del {name}` removes it",
+            st.device_path()
+        );
+    }
+    for other in states(run_dir)? {
+        let same = |a: &Path, b: &Path| {
+            std::fs::canonicalize(a).ok().is_some() && std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok()
+        };
+        for (what, p) in [
+            ("--primary", &args.primary),
+            ("--secondary", &args.secondary),
+            ("--record", &args.record),
+        ] {
+            for q in [&other.args.primary, &other.args.secondary, &other.args.record] {
+                if same(p, q) {
+                    bail!("{what} {} is already used by device {:?}", p.display(), other.name);
+                }
+            }
+        }
+    }
+    check_ublk()
+}
+
+/// Starts a daemon for `name` and waits until the device is live.
+pub fn add(name: &str, args: &DeviceArgs, run_dir: &Path) -> Result<Started> {
+    check_add(name, args, run_dir)?;
+    spawn_daemon(name, args, run_dir, false)
+}
+
+/// Restarts the daemon of `name` after it died; the device reattaches.
+pub fn recover(name: &str, run_dir: &Path) -> Result<Started> {
+    check_name(name)?;
+    let st = RunFiles::new(run_dir, name)
+        .read_state()?
+        .ok_or_else(|| anyhow!("no device named {name:?} in {}", run_dir.display()))?;
+    if pid_alive(st.pid) {
+        bail!("device {name:?} is served by pid {}: nothing to recover", st.pid);
+    }
+    check_ublk()?;
+    spawn_daemon(name, &st.args, run_dir, true)
+}
+
+fn spawn_daemon(name: &str, args: &DeviceArgs, run_dir: &Path, recover: bool) -> Result<Started> {
+    std::fs::create_dir_all(run_dir)
+        .with_context(|| format!("create run directory {}", run_dir.display()))?;
+    let log_path = run_dir.join(format!("{name}.log"));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("open log {}", log_path.display()))?;
+    let (read_end, write_end): (OwnedFd, OwnedFd) = nix::unistd::pipe().context("pipe")?;
+    let mut argv: Vec<OsString> = vec!["serve".into(), name.into()];
+    argv.extend(args.to_cli_args());
+    argv.push("--run-dir".into());
+    argv.push(run_dir.into());
+    argv.push("--ready-fd".into());
+    argv.push(READY_FD.to_string().into());
+    if recover {
+        argv.push("--recover".into());
+    }
+    let bin = target_binary();
+    let w = write_end.as_raw_fd();
+    let r = read_end.as_raw_fd();
+    let mut cmd = Command::new(&bin);
+    cmd.args(&argv)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: only async-signal-safe calls (setsid, dup2, close) run between
+    // fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            if libc::dup2(w, READY_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(r);
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("start {}", bin.display()))?;
+    drop(write_end);
+    let mut line = String::new();
+    BufReader::new(std::fs::File::from(read_end))
+        .read_line(&mut line)
+        .context("read the daemon's answer")?;
+    let line = line.trim();
+    if let Some(id) = line.strip_prefix("ok ") {
+        let dev_id: u32 = id.parse().with_context(|| format!("daemon said {line:?}"))?;
+        // Reap the daemon later: it runs detached in its own session.
+        std::thread::spawn(move || child.wait());
+        return Ok(Started {
+            name: name.into(),
+            device: format!("/dev/ublkb{dev_id}"),
+            dev_id,
+            pid: daemon_pid(run_dir, name)?,
+            log: log_path.display().to_string(),
+        });
+    }
+    let _ = child.wait();
+    match line.strip_prefix("err ") {
+        Some(msg) => bail!("{msg}"),
+        None => bail!(
+            "tandem-target exited without reporting (see {})",
+            log_path.display()
+        ),
+    }
+}
+
+/// The daemon pid from the state file it wrote before reporting ready.
+fn daemon_pid(run_dir: &Path, name: &str) -> Result<u32> {
+    Ok(RunFiles::new(run_dir, name)
+        .read_state()?
+        .ok_or_else(|| anyhow!("daemon for {name:?} reported ready but wrote no state file"))?
+        .pid)
+}
+
+/// Every device recorded in the run directory.
+pub fn states(run_dir: &Path) -> Result<Vec<DeviceState>> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(run_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e).with_context(|| format!("read {}", run_dir.display())),
+    };
+    for e in entries {
+        let p = e?.path();
+        if p.extension().and_then(|x| x.to_str()) != Some("json") {
+            continue;
+        }
+        let Some(name) = p.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        if let Some(st) = RunFiles::new(run_dir, name).read_state()? {
+            out.push(st);
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+pub fn list(run_dir: &Path) -> Result<Vec<Listed>> {
+    states(run_dir)?
+        .into_iter()
+        .map(|st| {
+            let status = status_of(&st, run_dir)?;
+            Ok(Listed {
+                name: st.name.clone(),
+                device: st.device_path(),
+                pid: st.pid,
+                state: status["state"].as_str().unwrap_or("unknown").to_string(),
+                dirty_bytes: status["dirty_bytes"].as_u64(),
+                primary: st.args.primary.display().to_string(),
+                secondary: st.args.secondary.display().to_string(),
+            })
+        })
+        .collect()
+}
+
+fn status_of(st: &DeviceState, run_dir: &Path) -> Result<Value> {
+    if !pid_alive(st.pid) {
+        return Ok(serde_json::json!({
+            "name": st.name,
+            "device": st.device_path(),
+            "dev_id": st.dev_id,
+            "pid": st.pid,
+            "primary": st.args.primary.display().to_string(),
+            "secondary": st.args.secondary.display().to_string(),
+            "record": st.args.record.display().to_string(),
+            "state": "down",
+            "message": format!(
+                "the daemon is gone; host I/O waits until `tandemctl recover {}`",
+                st.name
+            ),
+        }));
+    }
+    control::request(&RunFiles::new(run_dir, &st.name).socket, &Request::Status)
+        .map_err(Into::into)
+}
+
+/// The status of `name` (the daemon's JSON, or a `down` record without one).
+pub fn status(name: &str, run_dir: &Path) -> Result<Value> {
+    check_name(name)?;
+    let st = RunFiles::new(run_dir, name)
+        .read_state()?
+        .ok_or_else(|| anyhow!("no device named {name:?} in {}", run_dir.display()))?;
+    status_of(&st, run_dir)
+}
+
+/// Human-readable status.
+pub fn format_status(v: &Value) -> String {
+    let bytes = |k: &str| v[k].as_u64().map(format_size).unwrap_or_else(|| "-".into());
+    let mut s = format!(
+        "{} ({}): {}\n  primary   {}\n  secondary {}\n  record    {}\n",
+        v["name"].as_str().unwrap_or("?"),
+        v["device"].as_str().unwrap_or("?"),
+        v["state"].as_str().unwrap_or("?"),
+        v["primary"].as_str().unwrap_or("?"),
+        v["secondary"].as_str().unwrap_or("?"),
+        v["record"].as_str().unwrap_or("?"),
+    );
+    if let Some(m) = v["message"].as_str() {
+        s.push_str(&format!("  {m}\n"));
+        return s;
+    }
+    s.push_str(&format!(
+        "  record: {} regions, {} (capacity {}), policy {}\n  dirty {}, lag {:.1}s, copied {}\n  \
+         writes {}, record updates {} ({:.2} per 1000 writes)\n  resync {} of {}\n",
+        v["record_regions"],
+        bytes("record_bytes"),
+        bytes("capacity_bytes"),
+        v["policy"].as_str().unwrap_or("?"),
+        bytes("dirty_bytes"),
+        v["lag_seconds"].as_f64().unwrap_or(0.0),
+        bytes("bytes_copied"),
+        v["writes"],
+        v["record_updates"],
+        v["updates_per_1000_writes"].as_f64().unwrap_or(0.0),
+        bytes("resync_done_bytes"),
+        bytes("resync_total_bytes"),
+    ));
+    if let Some(e) = v["last_error"].as_str() {
+        s.push_str(&format!("  last mirror error: {e}\n"));
+    }
+    s
+}
+
+/// Blocks until nothing is dirty; shows a progress bar on a terminal and
+/// plain lines otherwise.
+pub fn wait_synced(name: &str, run_dir: &Path, timeout: Option<Duration>) -> Result<Value> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let tty = std::io::stderr().is_terminal();
+    let bar = tty.then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:40}] {bytes}/{total_bytes} ({eta})",
+            )
+            .expect("template")
+            .progress_chars("=> "),
+        );
+        b
+    });
+    let mut peak = 0u64;
+    let mut last_line = Instant::now() - Duration::from_secs(10);
+    loop {
+        let v = status(name, run_dir)?;
+        let state = v["state"].as_str().unwrap_or("unknown").to_string();
+        if state == "down" {
+            bail!("{name}: the daemon is gone; run `tandemctl recover {name}`");
+        }
+        let dirty = v["dirty_bytes"].as_u64().unwrap_or(0);
+        let total = v["resync_total_bytes"].as_u64().unwrap_or(0);
+        let done = v["resync_done_bytes"].as_u64().unwrap_or(0);
+        peak = peak.max(dirty);
+        if dirty == 0 && done >= total {
+            if let Some(b) = &bar {
+                b.finish_with_message(format!("{name}: synced"));
+            } else {
+                eprintln!("{name}: synced");
+            }
+            return Ok(v);
+        }
+        if let Some(b) = &bar {
+            b.set_length(peak);
+            b.set_position(peak - dirty);
+            b.set_message(format!("{name} {state}"));
+        } else if last_line.elapsed() >= Duration::from_secs(2) {
+            last_line = Instant::now();
+            eprintln!(
+                "{name}: {state}, {} dirty, resync {} of {}",
+                format_size(dirty),
+                format_size(done),
+                format_size(total)
+            );
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            bail!(
+                "{name}: not synced after {:?}: {} still dirty",
+                timeout.unwrap_or_default(),
+                format_size(dirty)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Stops the daemon of `name` cleanly and deletes the device.
+pub fn del(name: &str, run_dir: &Path, timeout: Duration) -> Result<()> {
+    check_name(name)?;
+    let files = RunFiles::new(run_dir, name);
+    let st = files
+        .read_state()?
+        .ok_or_else(|| anyhow!("no device named {name:?} in {}", run_dir.display()))?;
+    if pid_alive(st.pid) {
+        control::request(&files.socket, &Request::Stop)?;
+        let deadline = Instant::now() + timeout;
+        while pid_alive(st.pid) {
+            if Instant::now() >= deadline {
+                bail!("{name}: daemon pid {} did not stop within {timeout:?}", st.pid);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    } else {
+        // No daemon: remove the orphaned device.
+        check_ublk()?;
+        let out = Command::new(target_binary())
+            .args(["del-dev", &st.dev_id.to_string()])
+            .output()
+            .context("run tandem-target del-dev")?;
+        if !out.status.success() {
+            bail!(
+                "delete {}: {}",
+                st.device_path(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    files.remove();
+    Ok(())
+}

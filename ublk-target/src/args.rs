@@ -1,0 +1,283 @@
+//! The arguments that describe one mirrored device, shared by `tandemctl add`
+//! and `tandem-target` so both validate them the same way.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::engine::{EngineConfig, Paths};
+use crate::error::{Error, Result};
+use crate::geometry::check_region_size;
+use crate::mirror::MirrorConfig;
+use crate::units::parse_size;
+
+/// Default directory for control sockets and state files.
+pub const DEFAULT_RUN_DIR: &str = "/run/tandem";
+
+/// One mirrored device.
+#[derive(Debug, Clone, clap::Args, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct DeviceArgs {
+    /// The device or file the host reads and writes.
+    #[arg(long)]
+    pub primary: PathBuf,
+    /// Where writes are mirrored; at least as large as the primary.
+    #[arg(long)]
+    pub secondary: PathBuf,
+    /// The write-intent record: a small file (created if missing) or block device.
+    #[arg(long)]
+    pub record: PathBuf,
+    /// Region size: a power of two from 64KiB to 64MiB.
+    #[arg(long, default_value = "1MiB")]
+    pub region_size: String,
+    /// Bytes of clean regions the record may hold.
+    #[arg(long, default_value = "1GiB")]
+    pub capacity: String,
+    /// Record policy: predictive, lru or md-bitmap.
+    #[arg(long, default_value = "predictive")]
+    pub policy: String,
+    /// Hardware queues of the ublk device.
+    #[arg(long, default_value_t = 1)]
+    pub queues: u16,
+    /// Depth of each queue.
+    #[arg(long, default_value_t = 128)]
+    pub depth: u16,
+    /// Threads copying dirty regions to the secondary.
+    #[arg(long, default_value_t = 2)]
+    pub mirror_threads: usize,
+    /// Copy bandwidth cap, bytes per second (e.g. 100MiB); none by default.
+    #[arg(long)]
+    pub max_copy_rate: Option<String>,
+    /// Largest extent one copy moves.
+    #[arg(long, default_value = "4MiB")]
+    pub max_copy_size: String,
+    /// With a new record, trust that primary and secondary are already
+    /// identical (e.g. both blank) and skip the initial full copy.
+    #[arg(long)]
+    pub assume_clean: bool,
+}
+
+impl DeviceArgs {
+    /// Validates every value, naming the bad one, and builds the engine config.
+    pub fn engine_config(&self) -> Result<EngineConfig> {
+        let region_size = parse_size(&self.region_size)?;
+        check_region_size(region_size).map_err(|_| {
+            Error::Config(format!(
+                "--region-size {}: must be a power of two from 64KiB to 64MiB",
+                self.region_size
+            ))
+        })?;
+        let config = EngineConfig {
+            region_size,
+            capacity: parse_size(&self.capacity)?,
+            policy: self.policy.clone(),
+            mirror: MirrorConfig {
+                threads: self.mirror_threads,
+                max_copy_bytes: parse_size(&self.max_copy_size)?,
+                max_rate: self.max_copy_rate.as_deref().map(parse_size).transpose()?,
+                flush_interval: Duration::from_millis(200),
+            },
+            assume_clean: self.assume_clean,
+        };
+        config.validate()?;
+        if self.queues == 0 || self.queues > 32 {
+            return Err(Error::Config(format!("--queues {} is outside 1..=32", self.queues)));
+        }
+        if !(1..=4096).contains(&self.depth) {
+            return Err(Error::Config(format!("--depth {} is outside 1..=4096", self.depth)));
+        }
+        Ok(config)
+    }
+
+    /// The command-line arguments that parse back into these (for starting
+    /// the daemon with the same settings).
+    pub fn to_cli_args(&self) -> Vec<std::ffi::OsString> {
+        let mut v: Vec<std::ffi::OsString> = Vec::new();
+        let mut opt = |k: &str, val: std::ffi::OsString| {
+            v.push(format!("--{k}").into());
+            v.push(val);
+        };
+        opt("primary", self.primary.clone().into());
+        opt("secondary", self.secondary.clone().into());
+        opt("record", self.record.clone().into());
+        opt("region-size", self.region_size.clone().into());
+        opt("capacity", self.capacity.clone().into());
+        opt("policy", self.policy.clone().into());
+        opt("queues", self.queues.to_string().into());
+        opt("depth", self.depth.to_string().into());
+        opt("mirror-threads", self.mirror_threads.to_string().into());
+        opt("max-copy-size", self.max_copy_size.clone().into());
+        if let Some(rate) = &self.max_copy_rate {
+            opt("max-copy-rate", rate.clone().into());
+        }
+        if self.assume_clean {
+            v.push("--assume-clean".into());
+        }
+        v
+    }
+
+    pub fn paths(&self) -> Paths {
+        Paths {
+            primary: self.primary.clone(),
+            secondary: self.secondary.clone(),
+            record: self.record.clone(),
+        }
+    }
+
+    /// Checks the paths without creating anything: the data devices exist and
+    /// differ, the secondary is large enough. Names the bad value.
+    pub fn check_paths(&self) -> Result<()> {
+        let meta = |what: &str, p: &PathBuf| {
+            std::fs::metadata(p).map_err(|e| Error::Config(format!("{what} {}: {e}", p.display())))
+        };
+        meta("--primary", &self.primary)?;
+        meta("--secondary", &self.secondary)?;
+        let canon = |p: &PathBuf| std::fs::canonicalize(p).ok();
+        if canon(&self.primary) == canon(&self.secondary) {
+            return Err(Error::Config(format!(
+                "--primary and --secondary are the same file: {}",
+                self.primary.display()
+            )));
+        }
+        if canon(&self.record).is_some()
+            && (canon(&self.record) == canon(&self.primary)
+                || canon(&self.record) == canon(&self.secondary))
+        {
+            return Err(Error::Config(format!(
+                "--record {} is also a data device",
+                self.record.display()
+            )));
+        }
+        let size = |p: &PathBuf| -> Result<u64> {
+            use crate::dev::{BlockDev, FileDev, OpenOptions};
+            Ok(FileDev::open(p, &OpenOptions::default())?.size())
+        };
+        let (ps, ss) = (size(&self.primary)?, size(&self.secondary)?);
+        if ps == 0 {
+            return Err(Error::Config(format!(
+                "--primary {} is empty (0 bytes)",
+                self.primary.display()
+            )));
+        }
+        if ss < ps {
+            return Err(Error::Config(format!(
+                "--secondary {} has {ss} bytes, smaller than --primary {} with {ps} bytes",
+                self.secondary.display(),
+                self.primary.display()
+            )));
+        }
+        if let Some(parent) = self.record.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if !parent.is_dir() {
+                return Err(Error::Config(format!(
+                    "--record {}: directory {} does not exist",
+                    self.record.display(),
+                    parent.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A device name: used for the control socket and state file.
+pub fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "device name {name:?}: use 1-64 letters, digits, '-', '_' or '.', not starting with '.'"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> DeviceArgs {
+        DeviceArgs {
+            primary: "p".into(),
+            secondary: "s".into(),
+            record: "r".into(),
+            region_size: "1MiB".into(),
+            capacity: "1GiB".into(),
+            policy: "predictive".into(),
+            queues: 1,
+            depth: 128,
+            mirror_threads: 2,
+            max_copy_rate: None,
+            max_copy_size: "4MiB".into(),
+            assume_clean: false,
+        }
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cases: Vec<(Box<dyn Fn(&mut DeviceArgs)>, &str)> = vec![
+            (Box::new(|a| a.region_size = "3MiB".into()), "3MiB"),
+            (Box::new(|a| a.region_size = "32KiB".into()), "32KiB"),
+            (Box::new(|a| a.capacity = "lots".into()), "lots"),
+            (Box::new(|a| a.policy = "magic".into()), "magic"),
+            (Box::new(|a| a.queues = 0), "--queues 0"),
+            (Box::new(|a| a.depth = 0), "--depth 0"),
+            (Box::new(|a| a.mirror_threads = 0), "mirror threads 0"),
+            (Box::new(|a| a.max_copy_rate = Some("0".into())), "rate 0"),
+        ];
+        for (edit, needle) in cases {
+            let mut a = args();
+            edit(&mut a);
+            let e = a.engine_config().unwrap_err().to_string();
+            assert!(e.contains(needle), "{e:?} should name {needle:?}");
+        }
+        assert!(args().engine_config().is_ok());
+    }
+
+    #[test]
+    fn cli_args_round_trip() {
+        #[derive(clap::Parser)]
+        struct P {
+            #[command(flatten)]
+            a: DeviceArgs,
+        }
+        let mut a = args();
+        a.max_copy_rate = Some("10MiB".into());
+        a.assume_clean = true;
+        let mut argv: Vec<std::ffi::OsString> = vec!["x".into()];
+        argv.extend(a.to_cli_args());
+        let p = <P as clap::Parser>::try_parse_from(argv).unwrap();
+        assert_eq!(p.a, a);
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("vm-disk_1.a").is_ok());
+        for bad in ["", ".hidden", "a/b", "a b", &"x".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn paths_are_checked_before_anything_is_created() {
+        let d = tempfile::tempdir().unwrap();
+        let mut a = args();
+        a.primary = d.path().join("p");
+        a.secondary = d.path().join("s");
+        a.record = d.path().join("r");
+        let e = a.check_paths().unwrap_err().to_string();
+        assert!(e.contains("--primary") && e.contains("/p"), "{e}");
+        std::fs::File::create(&a.primary).unwrap().set_len(2 << 20).unwrap();
+        std::fs::File::create(&a.secondary).unwrap().set_len(1 << 20).unwrap();
+        let e = a.check_paths().unwrap_err().to_string();
+        assert!(e.contains("smaller") && e.contains("2097152") && e.contains("1048576"), "{e}");
+        let mut same = a.clone();
+        same.secondary = a.primary.clone();
+        assert!(same.check_paths().unwrap_err().to_string().contains("same file"));
+        std::fs::File::create(&a.secondary).unwrap().set_len(2 << 20).unwrap();
+        a.check_paths().unwrap();
+        assert!(!a.record.exists(), "checking created nothing");
+    }
+}

@@ -1,0 +1,197 @@
+//! The daemon's control plane: a state file and a Unix socket per device in
+//! the run directory, and a one-line JSON request/response protocol.
+//!
+//! `RUN_DIR/NAME.json` records how the device was started (its arguments, the
+//! ublk device id and the daemon's pid) so `tandemctl recover` can restart it;
+//! `RUN_DIR/NAME.sock` answers `{"cmd":"status"}` and `{"cmd":"stop"}`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::args::DeviceArgs;
+use crate::error::{Error, Result};
+
+/// What the run directory records about one device.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeviceState {
+    pub name: String,
+    /// The ublk device id: `/dev/ublkbN`.
+    pub dev_id: u32,
+    /// The daemon serving it.
+    pub pid: u32,
+    pub args: DeviceArgs,
+}
+
+impl DeviceState {
+    pub fn device_path(&self) -> String {
+        format!("/dev/ublkb{}", self.dev_id)
+    }
+}
+
+/// A request to a daemon.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Stop,
+}
+
+/// The files of device `name` in `run_dir`.
+#[derive(Debug, Clone)]
+pub struct RunFiles {
+    pub state: PathBuf,
+    pub socket: PathBuf,
+}
+
+impl RunFiles {
+    pub fn new(run_dir: &Path, name: &str) -> Self {
+        RunFiles {
+            state: run_dir.join(format!("{name}.json")),
+            socket: run_dir.join(format!("{name}.sock")),
+        }
+    }
+
+    pub fn read_state(&self) -> Result<Option<DeviceState>> {
+        match std::fs::read(&self.state) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                Error::Config(format!("state file {} is unreadable: {e}", self.state.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("read {}", self.state.display()), e)),
+        }
+    }
+
+    /// Writes the state file atomically (temporary file, then rename).
+    pub fn write_state(&self, state: &DeviceState) -> Result<()> {
+        let tmp = self.state.with_extension("json.tmp");
+        let body = serde_json::to_vec_pretty(state).expect("state serializes");
+        std::fs::write(&tmp, body)
+            .and_then(|()| std::fs::rename(&tmp, &self.state))
+            .map_err(|e| Error::io(format!("write {}", self.state.display()), e))
+    }
+
+    pub fn remove(&self) {
+        let _ = std::fs::remove_file(&self.state);
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Whether process `pid` is alive.
+pub fn pid_alive(pid: u32) -> bool {
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Sends one request to the daemon at `socket` and returns its JSON answer.
+pub fn request(socket: &Path, req: &Request) -> Result<serde_json::Value> {
+    let io = |e| Error::io(format!("control socket {}", socket.display()), e);
+    let mut s = UnixStream::connect(socket).map_err(io)?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(io)?;
+    let mut line = serde_json::to_string(req).expect("request serializes");
+    line.push('\n');
+    s.write_all(line.as_bytes()).map_err(io)?;
+    let mut answer = String::new();
+    BufReader::new(s).read_line(&mut answer).map_err(io)?;
+    serde_json::from_str(&answer).map_err(|e| {
+        Error::Config(format!(
+            "control socket {} answered something that is not JSON ({e}): {answer:?}",
+            socket.display()
+        ))
+    })
+}
+
+/// Serves requests on `socket` on a background thread until the process ends.
+pub fn serve(
+    socket: &Path,
+    handler: Arc<dyn Fn(Request) -> serde_json::Value + Send + Sync>,
+) -> Result<()> {
+    let _ = std::fs::remove_file(socket);
+    let listener = UnixListener::bind(socket)
+        .map_err(|e| Error::io(format!("listen on {}", socket.display()), e))?;
+    std::thread::Builder::new()
+        .name("tandem-control".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let handler = handler.clone();
+                std::thread::spawn(move || {
+                    let _ = answer(conn, &*handler);
+                });
+            }
+        })
+        .map_err(|e| Error::io("start control thread", e))?;
+    Ok(())
+}
+
+fn answer(conn: UnixStream, handler: &dyn Fn(Request) -> serde_json::Value) -> std::io::Result<()> {
+    let mut line = String::new();
+    BufReader::new(&conn).read_line(&mut line)?;
+    let reply = match serde_json::from_str::<Request>(&line) {
+        Ok(req) => handler(req),
+        Err(e) => serde_json::json!({"error": format!("bad request {line:?}: {e}")}),
+    };
+    let mut out = serde_json::to_string(&reply).expect("reply serializes");
+    out.push('\n');
+    (&conn).write_all(out.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_and_answer_over_a_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = RunFiles::new(dir.path(), "d0");
+        serve(
+            &files.socket,
+            Arc::new(|req| match req {
+                Request::Status => serde_json::json!({"state": "live"}),
+                Request::Stop => serde_json::json!({"stopping": true}),
+            }),
+        )
+        .unwrap();
+        let v = request(&files.socket, &Request::Status).unwrap();
+        assert_eq!(v["state"], "live");
+        let v = request(&files.socket, &Request::Stop).unwrap();
+        assert_eq!(v["stopping"], true);
+    }
+
+    #[test]
+    fn state_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = RunFiles::new(dir.path(), "d1");
+        assert_eq!(files.read_state().unwrap(), None);
+        let st = DeviceState {
+            name: "d1".into(),
+            dev_id: 3,
+            pid: std::process::id(),
+            args: DeviceArgs {
+                primary: "/p".into(),
+                secondary: "/s".into(),
+                record: "/r".into(),
+                region_size: "1MiB".into(),
+                capacity: "1GiB".into(),
+                policy: "lru".into(),
+                queues: 1,
+                depth: 64,
+                mirror_threads: 1,
+                max_copy_rate: None,
+                max_copy_size: "4MiB".into(),
+                assume_clean: true,
+            },
+        };
+        files.write_state(&st).unwrap();
+        assert_eq!(files.read_state().unwrap(), Some(st.clone()));
+        assert_eq!(st.device_path(), "/dev/ublkb3");
+        assert!(pid_alive(std::process::id()));
+        files.remove();
+        assert_eq!(files.read_state().unwrap(), None);
+    }
+}

@@ -1,0 +1,361 @@
+//! The daemon: serves one mirrored device as `/dev/ublkbN` through libublk.
+//!
+//! Start-up is a handshake: the caller (`tandemctl add`) passes a pipe as
+//! `--ready-fd` and reads one line back, `ok DEV_ID` once the device is live or
+//! `err MESSAGE`. The device is created with `UBLK_F_USER_RECOVERY` and
+//! `UBLK_F_USER_RECOVERY_REISSUE`: if the daemon dies, `/dev/ublkbN` stays, host
+//! I/O waits, and `serve --recover` reattaches a new daemon. SIGTERM, SIGINT or
+//! a `stop` request stop it cleanly: queues drain, the record is made durable,
+//! and the device is deleted.
+
+mod queue;
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{FromRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
+use libublk::io::UblkDev;
+use libublk::{sys, UblkFlags};
+use nix::sys::signal::{SigSet, Signal};
+use tandem::args::{check_name, DeviceArgs};
+use tandem::control::{self, pid_alive, DeviceState, Request, RunFiles};
+use tandem::Engine;
+
+/// Largest request the device accepts.
+const IO_BUF_BYTES: u32 = 512 << 10;
+
+/// How to serve.
+pub struct Options {
+    pub name: String,
+    pub args: DeviceArgs,
+    pub run_dir: PathBuf,
+    /// Reattach to an existing device whose daemon died.
+    pub recover: bool,
+    /// Where to report readiness (a pipe from `tandemctl add`).
+    pub ready_fd: Option<RawFd>,
+}
+
+/// Reports the start-up outcome once.
+struct Ready(Option<File>);
+
+impl Ready {
+    fn new(fd: Option<RawFd>) -> Self {
+        // SAFETY: the fd was handed to us on the command line for this purpose
+        // and is owned by nothing else in this process.
+        Ready(fd.map(|fd| unsafe { File::from_raw_fd(fd) }))
+    }
+
+    fn send(&mut self, line: &str) {
+        if let Some(mut f) = self.0.take() {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+/// Serves until stopped; errors before the device is live are reported on
+/// the ready fd as well.
+pub fn serve(opts: Options) -> Result<()> {
+    let mut ready = Ready::new(opts.ready_fd);
+    let r = serve_inner(&opts, &mut ready);
+    if let Err(e) = &r {
+        ready.send(&format!("err {e:#}").replace('\n', " "));
+    }
+    r
+}
+
+/// Checks that the kernel has ublk.
+pub fn check_ublk() -> Result<()> {
+    if !Path::new("/dev/ublk-control").exists() {
+        bail!(
+            "this kernel has no ublk: /dev/ublk-control is missing. Load the module \
+             (modprobe ublk_drv) on a kernel built with CONFIG_BLK_DEV_UBLK, or try tandem \
+             in the bundled VM: scripts/demo"
+        );
+    }
+    Ok(())
+}
+
+/// Gives the daemon its own mount namespace, so it never holds a mount of the
+/// device it serves (which could deadlock its exit).
+fn private_mounts() {
+    use nix::mount::{mount, MsFlags};
+    use nix::sched::{unshare, CloneFlags};
+    let r = unshare(CloneFlags::CLONE_NEWNS).and_then(|()| {
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+    });
+    if let Err(e) = r {
+        log::warn!("could not enter a private mount namespace: {e}");
+    }
+}
+
+fn serve_inner(opts: &Options, ready: &mut Ready) -> Result<()> {
+    check_name(&opts.name)?;
+    let config = opts.args.engine_config()?;
+    opts.args.check_paths()?;
+    check_ublk()?;
+    std::fs::create_dir_all(&opts.run_dir)
+        .with_context(|| format!("create run directory {}", opts.run_dir.display()))?;
+    let files = RunFiles::new(&opts.run_dir, &opts.name);
+    let previous = files.read_state()?;
+    let recover_id = match (&previous, opts.recover) {
+        (Some(st), _) if st.pid != std::process::id() && pid_alive(st.pid) => bail!(
+            "device name {:?} is in use: {} is served by pid {}",
+            opts.name,
+            st.device_path(),
+            st.pid
+        ),
+        (Some(st), false) => bail!(
+            "device name {:?} is in use: {} exists but its daemon (pid {}) is gone; \
+             run `tandemctl recover {}` to reattach it or `tandemctl del {}` to remove it",
+            opts.name,
+            st.device_path(),
+            st.pid,
+            opts.name,
+            opts.name
+        ),
+        (Some(st), true) => Some(st.dev_id),
+        (None, true) => bail!(
+            "nothing to recover: no device named {:?} in {}",
+            opts.name,
+            opts.run_dir.display()
+        ),
+        (None, false) => None,
+    };
+
+    // Signals go to one thread, which stops the device; block them everywhere
+    // else before any thread exists.
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals.thread_block().context("block signals")?;
+    private_mounts();
+
+    let engine = Arc::new(Engine::open(opts.args.paths().open(&config)?, &config)?);
+    let start = engine.status();
+    log::info!(
+        "{}: primary {}, secondary {}, record {} ({:?}), resync {} bytes",
+        opts.name,
+        opts.args.primary.display(),
+        opts.args.secondary.display(),
+        opts.args.record.display(),
+        start.start,
+        start.resync_total_bytes
+    );
+
+    let ctrl_flags = (sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_REISSUE) as u64;
+    let (id, dev_flags) = match recover_id {
+        Some(id) => {
+            let old = UblkCtrl::new_simple(id as i32)
+                .map_err(|e| anyhow!("ublk device {id} is gone ({e}); nothing to recover"))?;
+            old.start_user_recover()
+                .map_err(|e| anyhow!("start user recovery of ublk device {id}: {e}"))?;
+            (id as i32, UblkFlags::UBLK_DEV_F_RECOVER_DEV)
+        }
+        None => (-1, UblkFlags::UBLK_DEV_F_ADD_DEV),
+    };
+    let ctrl = UblkCtrlBuilder::default()
+        .name("tandem")
+        .id(id)
+        .nr_queues(opts.args.queues)
+        .depth(opts.args.depth)
+        .io_buf_bytes(IO_BUF_BYTES)
+        .ctrl_flags(ctrl_flags)
+        .dev_flags(dev_flags)
+        .build()
+        .map_err(|e| anyhow!("create ublk device: {e}"))?;
+
+    let primary = engine.primary().clone();
+    let tgt_init = move |dev: &mut UblkDev| {
+        let size = primary.size();
+        let lbs = primary.logical_block_size().max(512);
+        let pbs = primary.physical_block_size().max(lbs);
+        dev.tgt.dev_size = size;
+        let mut params = sys::ublk_params {
+            types: sys::UBLK_PARAM_TYPE_BASIC,
+            basic: sys::ublk_param_basic {
+                attrs: sys::UBLK_ATTR_VOLATILE_CACHE | sys::UBLK_ATTR_FUA,
+                logical_bs_shift: lbs.trailing_zeros() as u8,
+                physical_bs_shift: pbs.trailing_zeros() as u8,
+                io_opt_shift: 12,
+                io_min_shift: lbs.trailing_zeros() as u8,
+                max_sectors: dev.dev_info.max_io_buf_bytes >> 9,
+                dev_sectors: size >> 9,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        if primary.supports_discard() {
+            params.types |= sys::UBLK_PARAM_TYPE_DISCARD;
+            params.discard = sys::ublk_param_discard {
+                discard_granularity: pbs,
+                max_discard_sectors: u32::MAX >> 9,
+                max_write_zeroes_sectors: u32::MAX >> 9,
+                max_discard_segments: 1,
+                ..Default::default()
+            };
+        }
+        dev.tgt.params = params;
+        if let Some(fd) = primary.raw_fd() {
+            let n = dev.tgt.nr_fds as usize;
+            dev.tgt.fds[n] = fd;
+            dev.tgt.nr_fds += 1;
+            debug_assert_eq!(dev.tgt.nr_fds as u32, queue::PRIMARY_FIXED_FD + 1);
+        }
+        Ok(())
+    };
+
+    let q_engine = engine.clone();
+    let q_fn = move |qid: u16, dev: &UblkDev| queue::run(qid, dev, q_engine.clone());
+
+    let stopping = Arc::new(AtomicBool::new(false));
+    let recovering = opts.recover;
+    let name = opts.name.clone();
+    let args = opts.args.clone();
+    let run_files = files.clone();
+    let d_engine = engine.clone();
+    let d_stopping = stopping.clone();
+    let (tx, rx) = std::sync::mpsc::channel::<Result<u32, String>>();
+    let device_fn = move |ctrl: &UblkCtrl| {
+        let dev_id = ctrl.dev_info().dev_id;
+        let state = DeviceState {
+            name: name.clone(),
+            dev_id,
+            pid: std::process::id(),
+            args: args.clone(),
+        };
+        let r = run_files
+            .write_state(&state)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| {
+                let stop = stopper(dev_id, d_stopping.clone());
+                start_control(&run_files.socket, state, d_engine.clone(), recovering, stop.clone())?;
+                start_signal_thread(signals, stop);
+                Ok(())
+            });
+        if r.is_err() {
+            let _ = ctrl.kill_dev();
+        }
+        let _ = tx.send(r.map(|()| dev_id).map_err(|e| format!("{e:#}")));
+    };
+
+    // run_target blocks until the queues stop; readiness arrives from device_fn.
+    let ready_line = std::thread::scope(|s| -> Result<()> {
+        let waiter = s.spawn(|| {
+            let r = rx.recv();
+            if let Ok(Ok(id)) = &r {
+                ready.send(&format!("ok {id}"));
+            }
+            r
+        });
+        let served = ctrl
+            .run_target(tgt_init, q_fn, device_fn)
+            .map_err(|e| anyhow!("serve ublk device: {e}"));
+        let started = waiter.join().expect("ready waiter");
+        served?;
+        match started {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(anyhow!(e)),
+            Err(_) => Err(anyhow!("device did not start")),
+        }
+    });
+    // Reaching here means the queues are down (stop, signal, or a failure).
+    let shutdown = engine.shutdown();
+    if let Err(e) = ctrl.del_dev() {
+        log::warn!("delete ublk device: {e}");
+    }
+    files.remove();
+    ready_line?;
+    shutdown.context("make the record durable at stop")?;
+    log::info!("{}: stopped cleanly", opts.name);
+    Ok(())
+}
+
+/// Deletes ublk device `id` (its daemon is gone).
+pub fn delete_device(id: u32) -> Result<()> {
+    check_ublk()?;
+    let ctrl = UblkCtrl::new_simple(id as i32).map_err(|e| anyhow!("open ublk device {id}: {e}"))?;
+    ctrl.del_dev()
+        .map_err(|e| anyhow!("delete ublk device {id}: {e}"))?;
+    Ok(())
+}
+
+/// A once-only stop: kills the device from a thread with its own control ring.
+fn stopper(dev_id: u32, stopping: Arc<AtomicBool>) -> Arc<dyn Fn() + Send + Sync> {
+    Arc::new(move || {
+        if stopping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        log::info!("stopping ublk device {dev_id}");
+        std::thread::spawn(move || match UblkCtrl::new_simple(dev_id as i32) {
+            Ok(c) => {
+                if let Err(e) = c.kill_dev() {
+                    log::error!("stop ublk device {dev_id}: {e}");
+                }
+            }
+            Err(e) => log::error!("open ublk device {dev_id} to stop it: {e}"),
+        });
+    })
+}
+
+fn start_signal_thread(signals: SigSet, stop: Arc<dyn Fn() + Send + Sync>) {
+    std::thread::spawn(move || {
+        if let Ok(sig) = signals.wait() {
+            log::info!("received {sig}");
+            stop();
+        }
+    });
+}
+
+fn start_control(
+    socket: &Path,
+    state: DeviceState,
+    engine: Arc<Engine>,
+    recovering: bool,
+    stop: Arc<dyn Fn() + Send + Sync>,
+) -> Result<()> {
+    control::serve(
+        socket,
+        Arc::new(move |req| match req {
+            Request::Status => status_json(&state, &engine, recovering),
+            Request::Stop => {
+                stop();
+                serde_json::json!({"name": state.name, "stopping": true})
+            }
+        }),
+    )?;
+    Ok(())
+}
+
+/// The status object `tandemctl status --json` prints.
+pub fn status_json(state: &DeviceState, engine: &Engine, recovering: bool) -> serde_json::Value {
+    let st = engine.status();
+    let mut v = serde_json::to_value(&st).expect("status serializes");
+    let shown = if st.state == "resyncing" && recovering {
+        "recovering"
+    } else {
+        st.state
+    };
+    let obj = v.as_object_mut().expect("status is an object");
+    obj.insert("name".into(), state.name.clone().into());
+    obj.insert("device".into(), state.device_path().into());
+    obj.insert("dev_id".into(), state.dev_id.into());
+    obj.insert("pid".into(), state.pid.into());
+    obj.insert("primary".into(), state.args.primary.display().to_string().into());
+    obj.insert("secondary".into(), state.args.secondary.display().to_string().into());
+    obj.insert("record".into(), state.args.record.display().to_string().into());
+    obj.insert("state".into(), shown.into());
+    obj.insert("record_regions".into(), st.record_regions.into());
+    v
+}

@@ -1,0 +1,179 @@
+//! One ublk queue: an async task per tag that fetches a request, serves it
+//! through the engine, and commits the result. Reads, writes and flushes of
+//! the primary are submitted on the queue's own io_uring; every request is
+//! completed, with a negative errno on failure.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use io_uring::{opcode, types};
+use libublk::helpers::IoBuf;
+use libublk::io::{UblkDev, UblkQueue};
+use libublk::uring_async::ublk_submit_sqe_async;
+use libublk::{sys, BufDesc, UblkError, UblkUringData};
+use tandem::Engine;
+
+/// Index of the primary among the queue ring's registered files (0 is the
+/// ublk character device).
+pub const PRIMARY_FIXED_FD: u32 = 1;
+
+/// Serves queue `qid` until the device stops.
+pub fn run(qid: u16, dev: &UblkDev, engine: Arc<Engine>) {
+    let q = match UblkQueue::new(qid, dev) {
+        Ok(q) => Rc::new(q),
+        Err(e) => {
+            log::error!("queue {qid}: setup failed: {e}");
+            return;
+        }
+    };
+    let exe = Rc::new(smol::LocalExecutor::new());
+    let mut tasks = Vec::new();
+    for tag in q.tags() {
+        let q = q.clone();
+        let engine = engine.clone();
+        tasks.push(exe.spawn(async move {
+            match io_task(&q, tag, &engine).await {
+                Err(UblkError::QueueIsDown) | Ok(()) => {}
+                Err(e) => log::error!("queue {qid} tag {tag}: {e}"),
+            }
+        }));
+    }
+    let exe2 = exe.clone();
+    smol::block_on(exe.run(async move {
+        let run_ops = || while exe2.try_tick() {};
+        let done = || tasks.iter().all(|t| t.is_finished());
+        if let Err(e) = libublk::wait_and_handle_io_events(&q, Some(20), run_ops, done).await {
+            log::error!("queue {qid}: event loop failed: {e}");
+        }
+    }));
+}
+
+async fn io_task(q: &UblkQueue<'_>, tag: u16, engine: &Engine) -> Result<(), UblkError> {
+    let mut buf = IoBuf::<u8>::new(q.dev.dev_info.max_io_buf_bytes as usize);
+    q.submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf))
+        .await?;
+    loop {
+        let res = serve(q, tag, buf.as_mut_slice(), engine).await;
+        q.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), res)
+            .await?;
+    }
+}
+
+/// Submits one SQE on the queue's ring and waits for it.
+async fn submit(sqe: io_uring::squeue::Entry) -> i32 {
+    ublk_submit_sqe_async(sqe, UblkUringData::Target as u64)
+        .await
+        .unwrap_or(-libc::EIO)
+}
+
+/// Whether a request can go straight to the primary's fd from the queue ring
+/// (O_DIRECT alignment holds; ublk buffers are page-aligned).
+fn direct_ok(engine: &Engine, offset: u64, len: usize) -> bool {
+    match engine.primary().dio_alignment() {
+        None => true,
+        Some(a) => offset % u64::from(a) == 0 && len as u64 % u64::from(a) == 0,
+    }
+}
+
+/// Serves one request; returns bytes transferred or a negative errno.
+async fn serve(q: &UblkQueue<'_>, tag: u16, buf: &mut [u8], engine: &Engine) -> i32 {
+    let iod = q.get_iod(tag);
+    let op = iod.op_flags & 0xff;
+    // FLUSH carries start_sector u64::MAX and no length: handle it before any
+    // bounds check.
+    if op == sys::UBLK_IO_OP_FLUSH {
+        return match engine.primary().raw_fd() {
+            Some(_) => submit(opcode::Fsync::new(types::Fixed(PRIMARY_FIXED_FD))
+                .flags(types::FsyncFlags::DATASYNC)
+                .build())
+            .await,
+            None => result(engine.flush()),
+        };
+    }
+    let fua = iod.op_flags & sys::UBLK_IO_F_FUA != 0;
+    let Some(offset) = iod.start_sector.checked_mul(512) else {
+        return -libc::EINVAL;
+    };
+    let len = (iod.nr_sectors as usize) << 9;
+    if let Err(e) = engine.geometry().check_range(offset, len as u64) {
+        log::warn!("tag {tag}: {e}");
+        return -libc::EINVAL;
+    }
+    match op {
+        sys::UBLK_IO_OP_READ => {
+            if len > buf.len() {
+                return -libc::EINVAL;
+            }
+            if engine.primary().raw_fd().is_some() && direct_ok(engine, offset, len) {
+                let sqe = opcode::Read::new(
+                    types::Fixed(PRIMARY_FIXED_FD),
+                    buf.as_mut_ptr(),
+                    len as u32,
+                )
+                .offset(offset)
+                .build();
+                full(submit(sqe).await, len)
+            } else {
+                match engine.read(&mut buf[..len], offset) {
+                    Ok(()) => len as i32,
+                    Err(e) => {
+                        log::error!("read at {offset}: {e}");
+                        e.errno()
+                    }
+                }
+            }
+        }
+        sys::UBLK_IO_OP_WRITE => {
+            if len > buf.len() {
+                return -libc::EINVAL;
+            }
+            let guard = match engine.begin_write(offset, len as u64) {
+                Ok(g) => g,
+                Err(e) => {
+                    log::error!("write at {offset}: {e}");
+                    return e.errno();
+                }
+            };
+            let res = if engine.primary().raw_fd().is_some() && direct_ok(engine, offset, len) {
+                let sqe = opcode::Write::new(
+                    types::Fixed(PRIMARY_FIXED_FD),
+                    buf.as_ptr(),
+                    len as u32,
+                )
+                .offset(offset)
+                .rw_flags(if fua { libc::RWF_DSYNC } else { 0 })
+                .build();
+                full(submit(sqe).await, len)
+            } else {
+                match engine.primary().write_at(&buf[..len], offset, fua) {
+                    Ok(()) => len as i32,
+                    Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+                }
+            };
+            guard.complete();
+            res
+        }
+        sys::UBLK_IO_OP_DISCARD => result(engine.discard(offset, len as u64)),
+        sys::UBLK_IO_OP_WRITE_ZEROES => result(engine.write_zeroes(offset, len as u64)),
+        _ => -libc::EOPNOTSUPP,
+    }
+}
+
+/// A transfer result: the full length, or an errno (a short transfer is EIO).
+fn full(res: i32, len: usize) -> i32 {
+    if res < 0 || res as usize == len {
+        res
+    } else {
+        -libc::EIO
+    }
+}
+
+fn result(r: tandem::Result<()>) -> i32 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            log::error!("{e}");
+            e.errno()
+        }
+    }
+}

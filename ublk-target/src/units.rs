@@ -1,0 +1,71 @@
+//! Byte sizes as people write them: `4096`, `64KiB`, `1MiB`, `1G`.
+
+use crate::error::{Error, Result};
+
+/// Parses a size with an optional binary unit (K, KiB, M, MiB, G, GiB, T, TiB;
+/// case-insensitive). The error names the value.
+pub fn parse_size(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad = |why: &str| Error::Config(format!("invalid size {text:?}: {why}"));
+    if num.is_empty() {
+        return Err(bad("expected a number, optionally followed by KiB, MiB, GiB or TiB"));
+    }
+    let n: u64 = num.parse().map_err(|_| bad("number too large"))?;
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        "t" | "tib" => 40,
+        _ => return Err(bad("unknown unit; use KiB, MiB, GiB or TiB")),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| bad("size overflows 64 bits"))
+}
+
+/// Formats bytes with the largest binary unit that keeps two decimals honest.
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_units() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("64KiB").unwrap(), 64 << 10);
+        assert_eq!(parse_size("1M").unwrap(), 1 << 20);
+        assert_eq!(parse_size("1gib").unwrap(), 1 << 30);
+        assert_eq!(parse_size("2T").unwrap(), 2 << 40);
+    }
+
+    #[test]
+    fn errors_name_the_value() {
+        for bad in ["", "MiB", "1.5MiB", "1MB", "-1", "99999999999999999999", "16777216TiB"] {
+            let e = parse_size(bad).unwrap_err().to_string();
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(format_size(512), "512 B");
+        assert_eq!(format_size(1 << 20), "1.00 MiB");
+        assert_eq!(format_size(3 << 29), "1.50 GiB");
+    }
+}
