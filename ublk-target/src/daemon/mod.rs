@@ -252,7 +252,7 @@ fn serve_inner(opts: &Options, ready: &mut Ready) -> Result<()> {
 
     // run_target blocks until the queues stop; readiness arrives from device_fn.
     let ready_line = std::thread::scope(|s| -> Result<()> {
-        let waiter = s.spawn(|| {
+        let waiter = s.spawn(move || {
             let r = rx.recv();
             if let Ok(Ok(id)) = &r {
                 ready.send(&format!("ok {id}"));
