@@ -49,7 +49,10 @@ pub fn target_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("TANDEM_TARGET") {
         return p.into();
     }
-    if let Some(dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    {
         let p = dir.join("tandem-target");
         if p.exists() {
             return p;
@@ -91,16 +94,25 @@ pub fn check_add(name: &str, args: &DeviceArgs, run_dir: &Path) -> Result<()> {
     }
     for other in states(run_dir)? {
         let same = |a: &Path, b: &Path| {
-            std::fs::canonicalize(a).ok().is_some() && std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok()
+            std::fs::canonicalize(a).ok().is_some()
+                && std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok()
         };
         for (what, p) in [
             ("--primary", &args.primary),
             ("--secondary", &args.secondary),
             ("--record", &args.record),
         ] {
-            for q in [&other.args.primary, &other.args.secondary, &other.args.record] {
+            for q in [
+                &other.args.primary,
+                &other.args.secondary,
+                &other.args.record,
+            ] {
                 if same(p, q) {
-                    bail!("{what} {} is already used by device {:?}", p.display(), other.name);
+                    bail!(
+                        "{what} {} is already used by device {:?}",
+                        p.display(),
+                        other.name
+                    );
                 }
             }
         }
@@ -121,7 +133,10 @@ pub fn recover(name: &str, run_dir: &Path) -> Result<Started> {
         .read_state()?
         .ok_or_else(|| anyhow!("no device named {name:?} in {}", run_dir.display()))?;
     if pid_alive(st.pid) {
-        bail!("device {name:?} is served by pid {}: nothing to recover", st.pid);
+        bail!(
+            "device {name:?} is served by pid {}: nothing to recover",
+            st.pid
+        );
     }
     check_ublk()?;
     spawn_daemon(name, &st.args, run_dir, true)
@@ -176,7 +191,9 @@ fn spawn_daemon(name: &str, args: &DeviceArgs, run_dir: &Path, recover: bool) ->
         .context("read the daemon's answer")?;
     let line = line.trim();
     if let Some(id) = line.strip_prefix("ok ") {
-        let dev_id: u32 = id.parse().with_context(|| format!("daemon said {line:?}"))?;
+        let dev_id: u32 = id
+            .parse()
+            .with_context(|| format!("daemon said {line:?}"))?;
         // Reap the daemon later: it runs detached in its own session.
         std::thread::spawn(move || child.wait());
         return Ok(Started {
@@ -264,8 +281,7 @@ fn status_of(st: &DeviceState, run_dir: &Path) -> Result<Value> {
             ),
         }));
     }
-    control::request(&RunFiles::new(run_dir, &st.name).socket, &Request::Status)
-        .map_err(Into::into)
+    control::request(&RunFiles::new(run_dir, &st.name).socket, &Request::Status).map_err(Into::into)
 }
 
 /// The status of `name` (the daemon's JSON, or a `down` record without one).
@@ -387,7 +403,10 @@ pub fn del(name: &str, run_dir: &Path, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         while pid_alive(st.pid) {
             if Instant::now() >= deadline {
-                bail!("{name}: daemon pid {} did not stop within {timeout:?}", st.pid);
+                bail!(
+                    "{name}: daemon pid {} did not stop within {timeout:?}",
+                    st.pid
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

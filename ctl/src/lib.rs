@@ -2,8 +2,10 @@
 //! one module per subcommand. `main.rs` only parses, calls and prints, so every
 //! command is testable without spawning a process.
 //!
+//! - [`device`]: add, list, status, wait-synced, del, recover.
 //! - [`simulate`]: replays a block trace through the record and its policies.
 
+pub mod device;
 pub mod simulate;
 
 use std::path::PathBuf;
@@ -14,10 +16,67 @@ use clap::{Args, Parser};
 #[derive(Debug, Parser)]
 #[command(name = "tandemctl", version, about)]
 pub enum Cli {
+    /// Create a mirrored device: start its daemon and print the device path
+    /// once it is live.
+    Add {
+        /// Device name (used by the other commands).
+        name: String,
+        #[command(flatten)]
+        args: Box<tandem::args::DeviceArgs>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// List devices.
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Show a device's state, record and mirror figures.
+    Status {
+        name: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Wait until nothing is dirty (secondary caught up, resync done).
+    WaitSynced {
+        name: String,
+        /// Give up after this many seconds (default: wait for ever).
+        #[arg(long)]
+        timeout: Option<u64>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Stop a device's daemon cleanly and delete the device.
+    Del {
+        name: String,
+        /// Seconds to wait for the daemon to stop.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Restart the daemon of a device whose daemon died; the device stays,
+    /// host I/O resumes, and the record drives the resync.
+    Recover {
+        name: String,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Replay the writes of a block trace through record policies and report
     /// how many synchronous record updates each needs and how large the record
     /// grows (what a crash would resync).
     Simulate(SimulateArgs),
+}
+
+/// Options every device command takes.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Directory of the daemons' control sockets and state files.
+    #[arg(long, default_value = tandem::args::DEFAULT_RUN_DIR, env = "TANDEM_RUN_DIR")]
+    pub run_dir: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of `tandemctl simulate`.
@@ -114,7 +173,15 @@ mod tests {
 
     #[test]
     fn bad_sizes_name_the_value() {
-        for bad in ["", "MiB", "1.5MiB", "1MB", "1 parsec", "-1", "99999999999999999999"] {
+        for bad in [
+            "",
+            "MiB",
+            "1.5MiB",
+            "1MB",
+            "1 parsec",
+            "-1",
+            "99999999999999999999",
+        ] {
             let e = parse_size(bad).unwrap_err();
             assert!(e.contains(&format!("{bad:?}")), "{e}");
         }
@@ -132,7 +199,9 @@ mod tests {
             "64KiB",
             "--json",
         ])
-        .unwrap();
+        .unwrap() else {
+            panic!("not parsed as simulate");
+        };
         assert_eq!(a.region_size, 64 << 10);
         assert_eq!(a.capacity, 1 << 30);
         assert_eq!(a.destage_latency_us, 100);

@@ -1,1 +1,114 @@
-fn main() {}
+//! `tandemctl`: parses the command line, runs the command from the library,
+//! prints the outcome. Errors go to stderr with exit code 1.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use std::time::Duration;
+
+use tandemctl::{device, simulate, Cli};
+
+fn main() -> ExitCode {
+    env_logger::init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tandemctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).context("cannot encode as JSON")?
+    );
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli {
+        Cli::Add { name, args, common } => {
+            let started = device::add(&name, &args, &common.run_dir)?;
+            if common.json {
+                print_json(&started)?;
+            } else {
+                println!("{}", started.device);
+            }
+        }
+        Cli::Recover { name, common } => {
+            let started = device::recover(&name, &common.run_dir)?;
+            if common.json {
+                print_json(&started)?;
+            } else {
+                println!("{}", started.device);
+            }
+        }
+        Cli::List { common } => {
+            let devices = device::list(&common.run_dir)?;
+            if common.json {
+                print_json(&devices)?;
+            } else {
+                println!(
+                    "{:<16} {:<14} {:>8} {:<11} {:>12}  primary -> secondary",
+                    "name", "device", "pid", "state", "dirty"
+                );
+                for d in devices {
+                    println!(
+                        "{:<16} {:<14} {:>8} {:<11} {:>12}  {} -> {}",
+                        d.name,
+                        d.device,
+                        d.pid,
+                        d.state,
+                        d.dirty_bytes
+                            .map(tandem::units::format_size)
+                            .unwrap_or_else(|| "-".into()),
+                        d.primary,
+                        d.secondary
+                    );
+                }
+            }
+        }
+        Cli::Status { name, common } => {
+            let v = device::status(&name, &common.run_dir)?;
+            if common.json {
+                print_json(&v)?;
+            } else {
+                print!("{}", device::format_status(&v));
+            }
+        }
+        Cli::WaitSynced {
+            name,
+            timeout,
+            common,
+        } => {
+            let v = device::wait_synced(&name, &common.run_dir, timeout.map(Duration::from_secs))?;
+            if common.json {
+                print_json(&v)?;
+            }
+        }
+        Cli::Del {
+            name,
+            timeout,
+            common,
+        } => {
+            device::del(&name, &common.run_dir, Duration::from_secs(timeout))?;
+            if common.json {
+                print_json(&serde_json::json!({"name": name, "deleted": true}))?;
+            }
+        }
+        Cli::Simulate(args) => {
+            let results = simulate::run(&args)?;
+            if args.json {
+                let json = serde_json::to_string_pretty(&results)
+                    .context("cannot encode the results as JSON")?;
+                println!("{json}");
+            } else {
+                print!("{}", simulate::table(&results));
+            }
+        }
+    }
+    Ok(())
+}

@@ -217,7 +217,8 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        let cases: Vec<(Box<dyn Fn(&mut DeviceArgs)>, &str)> = vec![
+        type Edit = Box<dyn Fn(&mut DeviceArgs)>;
+        let cases: Vec<(Edit, &str)> = vec![
             (Box::new(|a| a.region_size = "3MiB".into()), "3MiB"),
             (Box::new(|a| a.region_size = "32KiB".into()), "32KiB"),
             (Box::new(|a| a.capacity = "lots".into()), "lots"),

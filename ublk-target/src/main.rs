@@ -24,7 +24,7 @@ enum Cmd {
         /// Device name (for tandemctl, the control socket and the state file).
         name: String,
         #[command(flatten)]
-        args: DeviceArgs,
+        args: Box<DeviceArgs>,
         /// Directory for the control socket and state file.
         #[arg(long, default_value = DEFAULT_RUN_DIR)]
         run_dir: PathBuf,
@@ -55,7 +55,7 @@ fn main() {
             ready_fd,
         } => daemon::serve(daemon::Options {
             name,
-            args,
+            args: *args,
             run_dir,
             recover,
             ready_fd,

@@ -71,7 +71,7 @@ async fn submit(sqe: io_uring::squeue::Entry) -> i32 {
 fn direct_ok(engine: &Engine, offset: u64, len: usize) -> bool {
     match engine.primary().dio_alignment() {
         None => true,
-        Some(a) => offset % u64::from(a) == 0 && len as u64 % u64::from(a) == 0,
+        Some(a) => offset.is_multiple_of(u64::from(a)) && (len as u64).is_multiple_of(u64::from(a)),
     }
 }
 
