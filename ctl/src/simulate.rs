@@ -444,7 +444,7 @@ impl<'a> Replay<'a> {
         loop {
             let tick = (self.next_tick < self.idle_from).then_some(self.next_tick);
             match (self.in_flight_until, tick) {
-                (Some(end), tick) if end <= t && tick.is_none_or(|k| end <= k) => {
+                (Some(end), tick) if end <= t && tick.unwrap_or(Nanos::MAX) >= end => {
                     self.finish_update(end)?;
                 }
                 (_, Some(k)) if k <= t => {

@@ -48,7 +48,11 @@ fn check_acknowledged(primary: &Path, log_dir: &Path) -> usize {
         let (b, t, s) = got.unwrap_or_else(|| {
             panic!("block {block}: acknowledged write {thread}/{seq} lost (block is zero)")
         });
-        assert_eq!((b, t), (block, thread), "block {block} holds another block's data");
+        assert_eq!(
+            (b, t),
+            (block, thread),
+            "block {block} holds another block's data"
+        );
         assert!(
             s >= seq,
             "block {block}: acknowledged seq {seq} lost, primary holds older seq {s}"
@@ -100,7 +104,11 @@ fn sigkill_under_load_loses_nothing_and_resyncs_to_identical() {
         let last_status = std::thread::spawn(move || {
             let mut last = (0u64, 0u64);
             for l in out.lines().map_while(Result::ok) {
-                let f: Vec<u64> = l.split(' ').skip(1).filter_map(|x| x.parse().ok()).collect();
+                let f: Vec<u64> = l
+                    .split(' ')
+                    .skip(1)
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
                 if let [record, dirty] = f[..] {
                     last = (record, dirty);
                 }
@@ -141,7 +149,10 @@ fn sigkill_under_load_loses_nothing_and_resyncs_to_identical() {
         engine.shutdown().unwrap();
         let p = std::fs::read(&paths.primary).unwrap();
         let s = std::fs::read(&paths.secondary).unwrap();
-        assert!(p == s[..p.len()], "kill {epoch}: primary and secondary differ after resync");
+        assert!(
+            p == s[..p.len()],
+            "kill {epoch}: primary and secondary differ after resync"
+        );
     }
     let max = resynced.iter().max().unwrap();
     let mean = resynced.iter().sum::<u64>() / resynced.len() as u64;
@@ -152,5 +163,8 @@ fn sigkill_under_load_loses_nothing_and_resyncs_to_identical() {
         writer::config("lru").capacity >> 10,
         DEVICE >> 10
     );
-    assert!(resynced.iter().any(|&b| b > 0), "no kill left anything to resync: the test did not exercise recovery");
+    assert!(
+        resynced.iter().any(|&b| b > 0),
+        "no kill left anything to resync: the test did not exercise recovery"
+    );
 }

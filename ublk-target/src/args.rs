@@ -79,10 +79,16 @@ impl DeviceArgs {
         };
         config.validate()?;
         if self.queues == 0 || self.queues > 32 {
-            return Err(Error::Config(format!("--queues {} is outside 1..=32", self.queues)));
+            return Err(Error::Config(format!(
+                "--queues {} is outside 1..=32",
+                self.queues
+            )));
         }
         if !(1..=4096).contains(&self.depth) {
-            return Err(Error::Config(format!("--depth {} is outside 1..=4096", self.depth)));
+            return Err(Error::Config(format!(
+                "--depth {} is outside 1..=4096",
+                self.depth
+            )));
         }
         Ok(config)
     }
@@ -270,14 +276,30 @@ mod tests {
         a.record = d.path().join("r");
         let e = a.check_paths().unwrap_err().to_string();
         assert!(e.contains("--primary") && e.contains("/p"), "{e}");
-        std::fs::File::create(&a.primary).unwrap().set_len(2 << 20).unwrap();
-        std::fs::File::create(&a.secondary).unwrap().set_len(1 << 20).unwrap();
+        std::fs::File::create(&a.primary)
+            .unwrap()
+            .set_len(2 << 20)
+            .unwrap();
+        std::fs::File::create(&a.secondary)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
         let e = a.check_paths().unwrap_err().to_string();
-        assert!(e.contains("smaller") && e.contains("2097152") && e.contains("1048576"), "{e}");
+        assert!(
+            e.contains("smaller") && e.contains("2097152") && e.contains("1048576"),
+            "{e}"
+        );
         let mut same = a.clone();
         same.secondary = a.primary.clone();
-        assert!(same.check_paths().unwrap_err().to_string().contains("same file"));
-        std::fs::File::create(&a.secondary).unwrap().set_len(2 << 20).unwrap();
+        assert!(same
+            .check_paths()
+            .unwrap_err()
+            .to_string()
+            .contains("same file"));
+        std::fs::File::create(&a.secondary)
+            .unwrap()
+            .set_len(2 << 20)
+            .unwrap();
         a.check_paths().unwrap();
         assert!(!a.record.exists(), "checking created nothing");
     }

@@ -59,7 +59,10 @@ impl RunFiles {
     pub fn read_state(&self) -> Result<Option<DeviceState>> {
         match std::fs::read(&self.state) {
             Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                Error::Config(format!("state file {} is unreadable: {e}", self.state.display()))
+                Error::Config(format!(
+                    "state file {} is unreadable: {e}",
+                    self.state.display()
+                ))
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(format!("read {}", self.state.display()), e)),
@@ -92,7 +95,8 @@ pub fn pid_alive(pid: u32) -> bool {
 pub fn request(socket: &Path, req: &Request) -> Result<serde_json::Value> {
     let io = |e| Error::io(format!("control socket {}", socket.display()), e);
     let mut s = UnixStream::connect(socket).map_err(io)?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(io)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(io)?;
     let mut line = serde_json::to_string(req).expect("request serializes");
     line.push('\n');
     s.write_all(line.as_bytes()).map_err(io)?;

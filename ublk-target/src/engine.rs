@@ -47,7 +47,7 @@ impl Default for EngineConfig {
             policy: "predictive".into(),
             mirror: MirrorConfig::default(),
             assume_clean: false,
-            }
+        }
     }
 }
 
@@ -234,7 +234,11 @@ impl Engine {
                 identity,
                 !config.assume_clean,
             )?;
-            let resync = if config.assume_clean { Vec::new() } else { all() };
+            let resync = if config.assume_clean {
+                Vec::new()
+            } else {
+                all()
+            };
             (file, StartKind::Created, resync)
         } else {
             match RegionFile::open(record_dev.clone(), &geometry, identity)? {
@@ -250,7 +254,8 @@ impl Engine {
                 }
             }
         };
-        let predictor = predict::by_name(&config.policy, geometry.regions(), geometry.region_size())?;
+        let predictor =
+            predict::by_name(&config.policy, geometry.regions(), geometry.region_size())?;
         let barrier_dev = primary.clone();
         let record = Arc::new(
             Record::new(
@@ -456,7 +461,6 @@ impl Engine {
         self.record.flush()
     }
 }
-
 
 /// Paths of a mirrored device's three parts.
 #[derive(Debug, Clone)]

@@ -21,6 +21,6 @@ pub mod record;
 pub mod stats;
 pub mod units;
 
-pub use error::{Error, Result};
 pub use engine::{Devices, Engine, EngineConfig, EngineStatus};
+pub use error::{Error, Result};
 pub use geometry::Geometry;

@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use tandem::args::{DeviceArgs, DEFAULT_RUN_DIR};
 
 #[derive(Parser)]
-#[command(name = "tandem-target", version, about = "Serves a mirrored block device through ublk")]
+#[command(
+    name = "tandem-target",
+    version,
+    about = "Serves a mirrored block device through ublk"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -38,9 +42,7 @@ enum Cmd {
     /// Check that this kernel can serve ublk devices.
     Check,
     /// Delete ublk device ID whose daemon is gone (used by `tandemctl del`).
-    DelDev {
-        id: u32,
-    },
+    DelDev { id: u32 },
 }
 
 fn main() {

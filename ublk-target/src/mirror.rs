@@ -93,7 +93,8 @@ impl Throttle {
     fn take(&mut self, bytes: u64) -> Duration {
         let now = Instant::now();
         let burst = self.rate as f64 / 10.0 + bytes as f64;
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate as f64)
+        self.tokens = (self.tokens
+            + now.duration_since(self.last).as_secs_f64() * self.rate as f64)
             .min(burst);
         self.last = now;
         self.tokens -= bytes as f64;
@@ -362,7 +363,8 @@ impl Shared {
     /// run of adjacent claimed regions.
     fn next_batch(&self, blocking: bool) -> Option<Batch> {
         let states = self.record.states();
-        let max_regions = (self.config.max_copy_bytes / self.record.geometry().region_size()).max(1);
+        let max_regions =
+            (self.config.max_copy_bytes / self.record.geometry().region_size()).max(1);
         let regions = self.record.geometry().regions();
         let mut q = lock(&self.queue);
         loop {
@@ -392,7 +394,9 @@ impl Shared {
             }
             let mut batch = Vec::new();
             while batch.len() < EXTENTS_PER_SYNC {
-                let Some(e) = q.entries.pop_front() else { break };
+                let Some(e) = q.entries.pop_front() else {
+                    break;
+                };
                 match states.claim_copy(e.region) {
                     Ok(claim) => {
                         let mut run = vec![(e.region, claim)];
@@ -422,12 +426,9 @@ impl Shared {
             if !blocking {
                 return None;
             }
-            let wait = q
-                .delayed
-                .front()
-                .map_or(Duration::from_millis(200), |e| {
-                    e.not_before.saturating_duration_since(now)
-                });
+            let wait = q.delayed.front().map_or(Duration::from_millis(200), |e| {
+                e.not_before.saturating_duration_since(now)
+            });
             q = self
                 .wake
                 .wait_timeout(q, wait)
@@ -457,9 +458,9 @@ impl Shared {
             }
         }
         let result = result.and_then(|()| {
-            self.secondary.sync().map_err(|e| {
-                Error::io(format!("sync secondary {}", self.secondary.describe()), e)
-            })
+            self.secondary
+                .sync()
+                .map_err(|e| Error::io(format!("sync secondary {}", self.secondary.describe()), e))
         });
         self.finish(batch, result.map(|()| copied));
     }
@@ -474,12 +475,20 @@ impl Shared {
                 std::thread::sleep(wait);
             }
         }
-        self.primary
-            .read_at(&mut buf[..len], start)
-            .map_err(|e| Error::io(format!("read primary {} at {start}", self.primary.describe()), e))?;
+        self.primary.read_at(&mut buf[..len], start).map_err(|e| {
+            Error::io(
+                format!("read primary {} at {start}", self.primary.describe()),
+                e,
+            )
+        })?;
         self.secondary
             .write_at(&buf[..len], start, false)
-            .map_err(|e| Error::io(format!("write secondary {} at {start}", self.secondary.describe()), e))?;
+            .map_err(|e| {
+                Error::io(
+                    format!("write secondary {} at {start}", self.secondary.describe()),
+                    e,
+                )
+            })?;
         Ok(len as u64)
     }
 

@@ -42,7 +42,10 @@ impl Counter {
     }
 
     pub fn get(&self) -> u64 {
-        self.shards.iter().map(|p| p.0.load(Ordering::Relaxed)).sum()
+        self.shards
+            .iter()
+            .map(|p| p.0.load(Ordering::Relaxed))
+            .sum()
     }
 }
 

@@ -10,7 +10,9 @@ pub fn parse_size(text: &str) -> Result<u64> {
     let (num, unit) = t.split_at(split);
     let bad = |why: &str| Error::Config(format!("invalid size {text:?}: {why}"));
     if num.is_empty() {
-        return Err(bad("expected a number, optionally followed by KiB, MiB, GiB or TiB"));
+        return Err(bad(
+            "expected a number, optionally followed by KiB, MiB, GiB or TiB",
+        ));
     }
     let n: u64 = num.parse().map_err(|_| bad("number too large"))?;
     let shift = match unit.to_ascii_lowercase().as_str() {
@@ -56,7 +58,15 @@ mod tests {
 
     #[test]
     fn errors_name_the_value() {
-        for bad in ["", "MiB", "1.5MiB", "1MB", "-1", "99999999999999999999", "16777216TiB"] {
+        for bad in [
+            "",
+            "MiB",
+            "1.5MiB",
+            "1MB",
+            "-1",
+            "99999999999999999999",
+            "16777216TiB",
+        ] {
             let e = parse_size(bad).unwrap_err().to_string();
             assert!(e.contains(&format!("{bad:?}")), "{e}");
         }

@@ -24,14 +24,16 @@ pub fn config(policy: &str) -> EngineConfig {
             ..MirrorConfig::default()
         },
         assume_clean: true,
-        ..EngineConfig::default()
     }
 }
 
 fn main() -> anyhow::Result<()> {
     env_logger::init();
     let args: Vec<String> = std::env::args().collect();
-    anyhow::ensure!(args.len() == 8, "usage: crash-writer PRIMARY SECONDARY RECORD LOG_DIR THREADS EPOCH POLICY");
+    anyhow::ensure!(
+        args.len() == 8,
+        "usage: crash-writer PRIMARY SECONDARY RECORD LOG_DIR THREADS EPOCH POLICY"
+    );
     let paths = Paths {
         primary: PathBuf::from(&args[1]),
         secondary: PathBuf::from(&args[2]),
@@ -61,7 +63,10 @@ fn main() -> anyhow::Result<()> {
             let engine = engine.clone();
             let log_path = log_dir.join(format!("ack-{t}"));
             std::thread::spawn(move || -> anyhow::Result<()> {
-                let mut log = OpenOptions::new().create(true).append(true).open(&log_path)?;
+                let mut log = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log_path)?;
                 let mut rng = rand::rngs::StdRng::seed_from_u64(epoch ^ u64::from(t) << 32);
                 let mine = blocks / threads;
                 // Mostly a hot set, sometimes anywhere: exercises hits and misses.
@@ -78,7 +83,12 @@ fn main() -> anyhow::Result<()> {
                     if i % 16 == 15 {
                         engine.flush()?;
                     }
-                    Ack { block, thread: t, seq }.append(&mut log)?;
+                    Ack {
+                        block,
+                        thread: t,
+                        seq,
+                    }
+                    .append(&mut log)?;
                 }
                 Ok(())
             })

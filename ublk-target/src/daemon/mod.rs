@@ -240,7 +240,13 @@ fn serve_inner(opts: &Options, ready: &mut Ready) -> Result<()> {
             .map_err(anyhow::Error::from)
             .and_then(|()| {
                 let stop = stopper(dev_id, d_stopping.clone());
-                start_control(&run_files.socket, state, d_engine.clone(), recovering, stop.clone())?;
+                start_control(
+                    &run_files.socket,
+                    state,
+                    d_engine.clone(),
+                    recovering,
+                    stop.clone(),
+                )?;
                 start_signal_thread(signals, stop);
                 Ok(())
             });
@@ -285,7 +291,8 @@ fn serve_inner(opts: &Options, ready: &mut Ready) -> Result<()> {
 /// Deletes ublk device `id` (its daemon is gone).
 pub fn delete_device(id: u32) -> Result<()> {
     check_ublk()?;
-    let ctrl = UblkCtrl::new_simple(id as i32).map_err(|e| anyhow!("open ublk device {id}: {e}"))?;
+    let ctrl =
+        UblkCtrl::new_simple(id as i32).map_err(|e| anyhow!("open ublk device {id}: {e}"))?;
     ctrl.del_dev()
         .map_err(|e| anyhow!("delete ublk device {id}: {e}"))?;
     Ok(())
@@ -352,9 +359,18 @@ pub fn status_json(state: &DeviceState, engine: &Engine, recovering: bool) -> se
     obj.insert("device".into(), state.device_path().into());
     obj.insert("dev_id".into(), state.dev_id.into());
     obj.insert("pid".into(), state.pid.into());
-    obj.insert("primary".into(), state.args.primary.display().to_string().into());
-    obj.insert("secondary".into(), state.args.secondary.display().to_string().into());
-    obj.insert("record".into(), state.args.record.display().to_string().into());
+    obj.insert(
+        "primary".into(),
+        state.args.primary.display().to_string().into(),
+    );
+    obj.insert(
+        "secondary".into(),
+        state.args.secondary.display().to_string().into(),
+    );
+    obj.insert(
+        "record".into(),
+        state.args.record.display().to_string().into(),
+    );
     obj.insert("state".into(), shown.into());
     obj.insert("record_regions".into(), st.record_regions.into());
     v

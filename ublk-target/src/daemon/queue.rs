@@ -83,10 +83,14 @@ async fn serve(q: &UblkQueue<'_>, tag: u16, buf: &mut [u8], engine: &Engine) -> 
     // bounds check.
     if op == sys::UBLK_IO_OP_FLUSH {
         return match engine.primary().raw_fd() {
-            Some(_) => submit(opcode::Fsync::new(types::Fixed(PRIMARY_FIXED_FD))
-                .flags(types::FsyncFlags::DATASYNC)
-                .build())
-            .await,
+            Some(_) => {
+                submit(
+                    opcode::Fsync::new(types::Fixed(PRIMARY_FIXED_FD))
+                        .flags(types::FsyncFlags::DATASYNC)
+                        .build(),
+                )
+                .await
+            }
             None => result(engine.flush()),
         };
     }
@@ -105,13 +109,10 @@ async fn serve(q: &UblkQueue<'_>, tag: u16, buf: &mut [u8], engine: &Engine) -> 
                 return -libc::EINVAL;
             }
             if engine.primary().raw_fd().is_some() && direct_ok(engine, offset, len) {
-                let sqe = opcode::Read::new(
-                    types::Fixed(PRIMARY_FIXED_FD),
-                    buf.as_mut_ptr(),
-                    len as u32,
-                )
-                .offset(offset)
-                .build();
+                let sqe =
+                    opcode::Read::new(types::Fixed(PRIMARY_FIXED_FD), buf.as_mut_ptr(), len as u32)
+                        .offset(offset)
+                        .build();
                 full(submit(sqe).await, len)
             } else {
                 match engine.read(&mut buf[..len], offset) {
@@ -135,14 +136,11 @@ async fn serve(q: &UblkQueue<'_>, tag: u16, buf: &mut [u8], engine: &Engine) -> 
                 }
             };
             let res = if engine.primary().raw_fd().is_some() && direct_ok(engine, offset, len) {
-                let sqe = opcode::Write::new(
-                    types::Fixed(PRIMARY_FIXED_FD),
-                    buf.as_ptr(),
-                    len as u32,
-                )
-                .offset(offset)
-                .rw_flags(if fua { libc::RWF_DSYNC } else { 0 })
-                .build();
+                let sqe =
+                    opcode::Write::new(types::Fixed(PRIMARY_FIXED_FD), buf.as_ptr(), len as u32)
+                        .offset(offset)
+                        .rw_flags(if fua { libc::RWF_DSYNC } else { 0 })
+                        .build();
                 full(submit(sqe).await, len)
             } else {
                 match engine.primary().write_at(&buf[..len], offset, fua) {

@@ -283,10 +283,7 @@ impl Record {
                 self.batch_done.notify_all();
                 continue;
             }
-            p = self
-                .batch_done
-                .wait(p)
-                .unwrap_or_else(|e| e.into_inner());
+            p = self.batch_done.wait(p).unwrap_or_else(|e| e.into_inner());
         }
     }
 
@@ -499,12 +496,20 @@ impl Record {
     /// The regions the store holds or is being written with (includes evicted
     /// regions not yet forgotten durably).
     pub fn stored_regions(&self) -> Vec<u64> {
-        self.lock_inner().file_image.iter_ones().map(|r| r as u64).collect()
+        self.lock_inner()
+            .file_image
+            .iter_ones()
+            .map(|r| r as u64)
+            .collect()
     }
 
     /// The regions in the record (the in-memory image).
     pub fn recorded_regions(&self) -> Vec<u64> {
-        self.lock_inner().image.iter_ones().map(|r| r as u64).collect()
+        self.lock_inner()
+            .image
+            .iter_ones()
+            .map(|r| r as u64)
+            .collect()
     }
 
     pub fn stats(&self) -> RecordStats {

@@ -138,12 +138,8 @@ impl RegionStates {
             if cur & RECORDED == 0 || cur & (DIRTY | COPYING | INFLIGHT_MASK) != 0 {
                 return false;
             }
-            match w.compare_exchange_weak(
-                cur,
-                cur & !RECORDED,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
+            match w.compare_exchange_weak(cur, cur & !RECORDED, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => return true,
                 Err(actual) => cur = actual,
             }
@@ -179,14 +175,13 @@ impl RegionStates {
     pub fn finish_copy(&self, r: u64, claim: CopyClaim, durable: bool) -> bool {
         let w = self.word(r);
         if durable
-            && w
-                .compare_exchange(
-                    claim.word,
-                    claim.word & !(DIRTY | COPYING),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_ok()
+            && w.compare_exchange(
+                claim.word,
+                claim.word & !(DIRTY | COPYING),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
         {
             self.dirty.fetch_sub(1, Ordering::Relaxed);
             return true;
@@ -308,12 +303,8 @@ mod tests {
         let violations = Arc::new(AtomicU64::new(0));
         let mut handles = Vec::new();
         for t in 0..3 {
-            let (s, stop, written, violations) = (
-                s.clone(),
-                stop.clone(),
-                written.clone(),
-                violations.clone(),
-            );
+            let (s, stop, written, violations) =
+                (s.clone(), stop.clone(), written.clone(), violations.clone());
             handles.push(std::thread::spawn(move || {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {

@@ -30,21 +30,8 @@ struct Stream {
     last: Nanos,
 }
 
-/// How a miss relates to the streams.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum StreamMiss {
-    /// The miss continues a stream (or starts one): predict `window`.
-    Ahead { window: Range<u64>, new: bool },
-    /// Not sequential.
-    None,
-}
-
-/// Window sizes, in regions, chosen by the policy from its accuracy.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Windows {
-    pub first: u64,
-    pub max: u64,
-}
+/// The window of a new stream, in regions.
+pub(super) const FIRST_WINDOW: u64 = 4;
 
 #[derive(Debug)]
 pub(super) struct Streams {
@@ -61,37 +48,39 @@ impl Streams {
     }
 
     /// Region `m` missed at `now`; `below_written` says whether `m - 1` was
-    /// written recently. Returns the regions to predict for a stream.
+    /// written recently. Returns the window to predict when the miss continues
+    /// or starts a stream; windows never exceed `max_window` regions nor reach
+    /// past `regions`.
     pub(super) fn on_miss(
         &mut self,
         m: u64,
         below_written: bool,
         now: Nanos,
-        windows: Windows,
+        max_window: u64,
         regions: u64,
-    ) -> StreamMiss {
+    ) -> Option<Range<u64>> {
         self.streams
             .retain(|s| now.saturating_sub(s.last) < STREAM_IDLE_NS);
         let found = self
             .streams
             .iter()
             .position(|s| s.start <= m && m <= s.next);
-        let (stream, new) = match found {
+        let stream = match found {
             Some(i) => {
                 let s = &mut self.streams[i];
                 if m + s.window / 2 >= s.next {
                     // Near or at the end of the window: the stream goes on.
-                    s.window = (s.window * 2).min(windows.max.max(1));
+                    s.window = (s.window * 2).min(max_window.max(1));
                 }
-                (i, false)
+                i
             }
             None => {
                 let learned = self.runs.get(m).copied();
                 let start = if below_written { m - 1 } else { m };
                 let window = match (learned, below_written) {
-                    (Some(len), _) => len.clamp(1, windows.max.max(1)),
-                    (None, true) => windows.first.max(1),
-                    (None, false) => return StreamMiss::None,
+                    (Some(len), _) => len.clamp(1, max_window.max(1)),
+                    (None, true) => FIRST_WINDOW.min(max_window.max(1)),
+                    (None, false) => return None,
                 };
                 if self.streams.len() >= MAX_STREAMS {
                     let oldest = (0..self.streams.len())
@@ -105,7 +94,7 @@ impl Streams {
                     window,
                     last: now,
                 });
-                (self.streams.len() - 1, true)
+                self.streams.len() - 1
             }
         };
         let s = &mut self.streams[stream];
@@ -115,14 +104,12 @@ impl Streams {
         let len = m + 1 - s.start;
         let run = self.runs.entry(s.start, || 0);
         *run = (*run).max(len);
-        StreamMiss::Ahead {
-            window: m + 1..end,
-            new,
-        }
+        Some(m + 1..end)
     }
 
     /// The learned run length starting at `r`, if any.
-    pub(super) fn run(&self, r: u64) -> Option<u64> {
+    #[cfg(test)]
+    fn run(&self, r: u64) -> Option<u64> {
         self.runs.get(r).copied()
     }
 }
@@ -131,42 +118,43 @@ impl Streams {
 mod tests {
     use super::*;
 
-    const W: Windows = Windows { first: 2, max: 16 };
+    const MAX: u64 = 32;
 
     fn ahead(s: &mut Streams, m: u64, below: bool, now: Nanos) -> Option<Range<u64>> {
-        match s.on_miss(m, below, now, W, 1 << 20) {
-            StreamMiss::Ahead { window, .. } => Some(window),
-            StreamMiss::None => None,
-        }
+        s.on_miss(m, below, now, MAX, 1 << 20)
     }
 
     #[test]
     fn the_window_grows_while_the_stream_goes_on() {
         let mut s = Streams::new();
-        assert_eq!(ahead(&mut s, 10, false, 0), None, "a lone miss is no stream");
-        assert_eq!(ahead(&mut s, 11, true, 1), Some(12..14));
-        // The stream writes 12 and 13 (hits), then misses at the window's end.
-        assert_eq!(ahead(&mut s, 14, false, 2), Some(15..19));
-        assert_eq!(ahead(&mut s, 19, false, 3), Some(20..28));
-        assert_eq!(ahead(&mut s, 28, false, 4), Some(29..45));
-        assert_eq!(ahead(&mut s, 45, false, 5), Some(46..62), "capped at max");
+        assert_eq!(
+            ahead(&mut s, 10, false, 0),
+            None,
+            "a lone miss is no stream"
+        );
+        assert_eq!(ahead(&mut s, 11, true, 1), Some(12..16));
+        // The stream writes 12..16 (hits), then misses at the window's end.
+        assert_eq!(ahead(&mut s, 16, false, 2), Some(17..25));
+        assert_eq!(ahead(&mut s, 25, false, 3), Some(26..42));
+        assert_eq!(ahead(&mut s, 42, false, 4), Some(43..75));
+        assert_eq!(ahead(&mut s, 75, false, 5), Some(76..108), "capped at max");
     }
 
     #[test]
     fn a_stopped_stream_starts_small_again() {
         let mut s = Streams::new();
         ahead(&mut s, 11, true, 0);
-        ahead(&mut s, 14, false, 1);
+        ahead(&mut s, 16, false, 1);
         let later = 1 + STREAM_IDLE_NS;
-        assert_eq!(ahead(&mut s, 19, false, later), None, "stream is gone");
-        assert_eq!(ahead(&mut s, 40, true, later), Some(41..43));
+        assert_eq!(ahead(&mut s, 25, false, later), None, "stream is gone");
+        assert_eq!(ahead(&mut s, 40, true, later), Some(41..45));
     }
 
     #[test]
     fn a_run_is_remembered_and_replayed_whole() {
         let mut s = Streams::new();
         ahead(&mut s, 101, true, 0);
-        ahead(&mut s, 104, false, 1);
+        ahead(&mut s, 105, false, 1);
         ahead(&mut s, 109, false, 2);
         assert_eq!(s.run(100), Some(10));
         // Much later the same run starts again at its first region.

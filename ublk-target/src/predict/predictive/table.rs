@@ -23,7 +23,8 @@ impl<V> BoundedMap<V> {
         }
     }
 
-    pub(super) fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.young.len() + self.old.len()
     }
 
