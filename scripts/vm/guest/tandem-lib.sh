@@ -1,0 +1,65 @@
+# Helpers for the tandem cases (sourced after lib.sh by guest scripts).
+# vm-standalone: no
+# shellcheck shell=sh
+
+# json_num FIELD: reads a number field from `tandemctl status --json` on stdin.
+json_num() {
+    sed -n "s/^ *\"$1\": *\([0-9.]*\).*/\1/p" | head -n 1
+}
+
+# status_num NAME FIELD
+status_num() {
+    tandemctl status "$1" --json | json_num "$2"
+}
+
+# daemon_pid NAME
+daemon_pid() {
+    status_num "$1" pid
+}
+
+# make_pattern FILE MIB: random data to write and later compare.
+make_pattern() {
+    dd if=/dev/urandom of="$1" bs=1M count="$2" 2>/dev/null
+}
+
+# write_patterns DEV PATTERN: O_DIRECT writes of the pattern at 0 and 40 MiB,
+# buffered writes + fsync at 80 MiB.
+write_patterns() {
+    dd if="$2" of="$1" bs=1M oflag=direct 2>/dev/null
+    dd if="$2" of="$1" bs=64k seek=640 oflag=direct 2>/dev/null
+    dd if="$2" of="$1" bs=1M seek=80 conv=fsync 2>/dev/null
+}
+
+# verify_patterns DEV PATTERN: reads them back through DEV.
+verify_patterns() {
+    _n=$(wc -c < "$2")
+    dd if="$1" bs=1M count=$((_n >> 20)) iflag=direct 2>/dev/null | cmp - "$2"
+    dd if="$1" bs=64k skip=640 count=$((_n >> 16)) 2>/dev/null | cmp - "$2"
+    dd if="$1" bs=1M skip=80 count=$((_n >> 20)) 2>/dev/null | cmp - "$2"
+}
+
+# nothing_left NAME: no state file, socket or ublk block device remains.
+nothing_left() {
+    if [ -e "/run/tandem/$1.json" ] || [ -e "/run/tandem/$1.sock" ]; then
+        echo "state of $1 left behind in /run/tandem" >&2
+        return 1
+    fi
+    if ls /dev/ublkb* >/dev/null 2>&1; then
+        echo "ublk block device left behind: $(ls /dev/ublkb*)" >&2
+        return 1
+    fi
+}
+
+# expect_refusal NEEDLE CMD...: CMD must fail and its stderr must contain NEEDLE.
+expect_refusal() {
+    _needle="$1"; shift
+    if "$@" 2>/tmp/refusal.err; then
+        echo "accepted, but should have been refused: $*" >&2
+        return 1
+    fi
+    cat /tmp/refusal.err
+    grep -q -- "$_needle" /tmp/refusal.err || {
+        echo "message does not mention '$_needle'" >&2
+        return 1
+    }
+}
