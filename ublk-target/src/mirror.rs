@@ -319,7 +319,12 @@ impl MirrorPool {
     /// dirty (and recorded) until a new pool copies them.
     pub fn stop(&self) {
         self.shared.stop.store(true, Ordering::Release);
-        self.shared.wake.notify_all();
+        {
+            // Under the queue lock, so a worker between its stop check and its
+            // wait cannot miss the wake-up.
+            let _q = lock(&self.shared.queue);
+            self.shared.wake.notify_all();
+        }
         {
             let _g = lock(&self.shared.stop_lock);
             self.shared.stop_signal.notify_all();
@@ -450,6 +455,11 @@ impl Shared {
         let mut copied = 0u64;
         let mut result = Ok(());
         for (run, _) in &batch {
+            if self.stopping() {
+                // Stopping: leave the rest dirty (and recorded) for the next start.
+                self.release(batch);
+                return;
+            }
             let start = g.region_bytes(run[0].0).start;
             let end = g.region_bytes(run[run.len() - 1].0).end;
             result = self.copy(start, end, buf).map(|n| copied += n);
@@ -472,7 +482,11 @@ impl Shared {
         if let Some(t) = &self.throttle {
             let wait = lock(t).take(len as u64);
             if !wait.is_zero() {
-                std::thread::sleep(wait);
+                // Interruptible: a stop does not wait out the bandwidth cap.
+                let g = lock(&self.stop_lock);
+                if !self.stopping() {
+                    drop(self.stop_signal.wait_timeout(g, wait));
+                }
             }
         }
         self.primary.read_at(&mut buf[..len], start).map_err(|e| {
@@ -490,6 +504,25 @@ impl Shared {
                 )
             })?;
         Ok(len as u64)
+    }
+
+    /// Drops the claims of a batch that was not copied; its regions stay dirty.
+    fn release(&self, batch: Batch) {
+        let states = self.record.states();
+        let mut q = lock(&self.queue);
+        for (run, since) in &batch {
+            for &(r, claim) in run {
+                states.finish_copy(r, claim, false);
+                q.entries.push_back(Entry {
+                    region: r,
+                    since: *since,
+                    not_before: Instant::now(),
+                });
+            }
+            if let Some(i) = q.copying.iter().position(|t| t == since) {
+                q.copying.swap_remove(i);
+            }
+        }
     }
 
     fn finish(&self, batch: Batch, result: Result<u64>) {
@@ -1175,7 +1208,6 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "BUG: stop() waits out the rate cap's sleeps for a whole batch (up to 8 extents)"]
     fn threaded_pool_stops_promptly_under_a_rate_cap() {
         // One region a second; eight isolated regions form one batch.
         let rig = rig(

@@ -512,11 +512,24 @@ impl Record {
             .collect()
     }
 
+    /// Bytes covered by `count` regions of which the last region of the
+    /// device is one when `with_last` (it may be partial).
+    pub fn bytes_of(&self, count: u64, with_last: bool) -> u64 {
+        let full = count * self.geometry.region_size();
+        if with_last && count > 0 {
+            let last = self.geometry.region_bytes(self.geometry.regions() - 1);
+            full - (self.geometry.region_size() - (last.end - last.start))
+        } else {
+            full
+        }
+    }
+
     pub fn stats(&self) -> RecordStats {
         let inner = self.lock_inner();
+        let last = (self.geometry.regions() - 1) as usize;
         RecordStats {
             regions: inner.recorded,
-            bytes: inner.recorded * self.geometry.region_size(),
+            bytes: self.bytes_of(inner.recorded, inner.image[last]),
             dirty_regions: self.states.dirty_count(),
             ..inner.stats
         }
