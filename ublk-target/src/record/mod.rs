@@ -526,10 +526,10 @@ impl Record {
 
     pub fn stats(&self) -> RecordStats {
         let inner = self.lock_inner();
-        let last = (self.geometry.regions() - 1) as usize;
+        let with_last = inner.image.last().is_some_and(|b| *b);
         RecordStats {
             regions: inner.recorded,
-            bytes: self.bytes_of(inner.recorded, inner.image[last]),
+            bytes: self.bytes_of(inner.recorded, with_last),
             dirty_regions: self.states.dirty_count(),
             ..inner.stats
         }
