@@ -120,10 +120,40 @@ pub fn check_add(name: &str, args: &DeviceArgs, run_dir: &Path) -> Result<()> {
     check_ublk()
 }
 
-/// Starts a daemon for `name` and waits until the device is live.
+/// Starts a daemon for `name` and waits until the device is live. Given again
+/// for a device whose daemon died, with the same arguments, it reattaches the
+/// device like `recover`.
 pub fn add(name: &str, args: &DeviceArgs, run_dir: &Path) -> Result<Started> {
+    check_name(name)?;
+    if let Some(st) = RunFiles::new(run_dir, name).read_state()? {
+        if !pid_alive(st.pid) && st.args == *args {
+            return recover(name, run_dir);
+        }
+        if !pid_alive(st.pid) {
+            bail!(
+                "device name {name:?} is in use: {} exists without its daemon, started with \
+                 other arguments ({}); `tandemctl recover {name}` reattaches it as it was, \
+                 `tandemctl del {name}` removes it",
+                st.device_path(),
+                describe_difference(&st.args, args)
+            );
+        }
+    }
     check_add(name, args, run_dir)?;
     spawn_daemon(name, args, run_dir, false)
+}
+
+/// Names the first argument that differs between two settings.
+fn describe_difference(was: &DeviceArgs, now: &DeviceArgs) -> String {
+    let (a, b) = (was.to_cli_args(), now.to_cli_args());
+    for pair in a.chunks(2) {
+        if !b.chunks(2).any(|q| q == pair) {
+            let key = pair[0].to_string_lossy();
+            let old = pair.get(1).map(|v| v.to_string_lossy().into_owned()).unwrap_or_default();
+            return format!("{key} was {old}");
+        }
+    }
+    "flags differ".into()
 }
 
 /// Restarts the daemon of `name` after it died; the device reattaches.

@@ -22,8 +22,10 @@ kill_case() {
     truncate -s 128M /tmp/k/p.img /tmp/k/s.img
     make_pattern /tmp/k/pat 32
     cap=$((16 << 20))
-    dev=$(tandemctl add k1 --primary /tmp/k/p.img --secondary /tmp/k/s.img \
-        --record /tmp/k/k1.rec --assume-clean --region-size 64KiB --capacity 16MiB)
+    args="--primary /tmp/k/p.img --secondary /tmp/k/s.img --record /tmp/k/k1.rec"
+    args="$args --assume-clean --region-size 64KiB --capacity 16MiB"
+    # shellcheck disable=SC2086
+    dev=$(tandemctl add k1 $args)
     round=1
     while [ $round -le 2 ]; do
         : > /tmp/k/err
@@ -36,7 +38,13 @@ kill_case() {
         echo "round $round: killed daemon $pid during the load"
         sleep 1
         [ "$(tandemctl status k1 --json | sed -n 's/.*"state": *"\([a-z]*\)".*/\1/p')" = down ]
-        tandemctl recover k1
+        if [ $round = 1 ]; then
+            tandemctl recover k1
+        else
+            # The same start command again reattaches the device too.
+            # shellcheck disable=SC2086
+            tandemctl add k1 $args
+        fi
         resync=$(status_num k1 resync_total_bytes)
         echo "INFO kill round $round: recovery resyncs $resync bytes; capacity $cap bytes" \
             | tee -a /tmp/k/info
