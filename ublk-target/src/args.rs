@@ -53,6 +53,10 @@ pub struct DeviceArgs {
     /// identical (e.g. both blank) and skip the initial full copy.
     #[arg(long)]
     pub assume_clean: bool,
+    /// Benchmark baseline: serve the primary with mirror and record off. The
+    /// next mirrored start of this device copies it whole.
+    #[arg(long)]
+    pub passthrough: bool,
 }
 
 impl DeviceArgs {
@@ -76,6 +80,7 @@ impl DeviceArgs {
                 flush_interval: Duration::from_millis(200),
             },
             assume_clean: self.assume_clean,
+            passthrough: self.passthrough,
         };
         config.validate()?;
         if self.queues == 0 || self.queues > 32 {
@@ -116,6 +121,9 @@ impl DeviceArgs {
         }
         if self.assume_clean {
             v.push("--assume-clean".into());
+        }
+        if self.passthrough {
+            v.push("--passthrough".into());
         }
         v
     }
@@ -218,6 +226,7 @@ mod tests {
             max_copy_rate: None,
             max_copy_size: "4MiB".into(),
             assume_clean: false,
+            passthrough: false,
         }
     }
 
@@ -253,6 +262,7 @@ mod tests {
         let mut a = args();
         a.max_copy_rate = Some("10MiB".into());
         a.assume_clean = true;
+        a.passthrough = true;
         let mut argv: Vec<std::ffi::OsString> = vec!["x".into()];
         argv.extend(a.to_cli_args());
         let p = <P as clap::Parser>::try_parse_from(argv).unwrap();

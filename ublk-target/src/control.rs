@@ -189,6 +189,7 @@ mod tests {
                 max_copy_rate: None,
                 max_copy_size: "4MiB".into(),
                 assume_clean: true,
+                passthrough: false,
             },
         };
         files.write_state(&st).unwrap();

@@ -37,6 +37,10 @@ pub struct EngineConfig {
     /// With a new record file: trust that primary and secondary are already
     /// identical (e.g. both blank) and skip the initial full copy.
     pub assume_clean: bool,
+    /// Benchmark baseline: serve the primary with mirror and record checks off.
+    /// The record is rewritten with every region set, so the next mirrored
+    /// start copies the whole device.
+    pub passthrough: bool,
 }
 
 impl Default for EngineConfig {
@@ -47,6 +51,7 @@ impl Default for EngineConfig {
             policy: "predictive".into(),
             mirror: MirrorConfig::default(),
             assume_clean: false,
+            passthrough: false,
         }
     }
 }
@@ -116,6 +121,8 @@ pub enum StartKind {
     Recovered,
     /// The record could not be trusted: full resync.
     Corrupt { reason: String },
+    /// Mirror and record are off (benchmark baseline).
+    Passthrough,
 }
 
 /// The engine's state, for status requests.
@@ -160,6 +167,7 @@ pub struct Engine {
     start: StartKind,
     started: Instant,
     capacity: u64,
+    passthrough: bool,
 }
 
 /// A write that passed the record check; `complete` it once the primary has it.
@@ -227,7 +235,10 @@ impl Engine {
         }
         let geometry = Geometry::new(size, config.region_size)?;
         let all = || (0..geometry.regions()).collect::<Vec<u64>>();
-        let (store, start, resync) = if record_is_new {
+        let (store, start, resync) = if config.passthrough {
+            let file = RegionFile::create(record_dev.clone(), &geometry, identity, true)?;
+            (file, StartKind::Passthrough, Vec::new())
+        } else if record_is_new {
             let file = RegionFile::create(
                 record_dev.clone(),
                 &geometry,
@@ -304,6 +315,7 @@ impl Engine {
             start,
             started: Instant::now(),
             capacity: config.capacity,
+            passthrough: config.passthrough,
         })
     }
 
@@ -330,6 +342,12 @@ impl Engine {
         self.geometry.check_range(offset, len)?;
         self.writes.add(1);
         self.bytes_written.add(len);
+        if self.passthrough {
+            return Ok(WriteGuard {
+                engine: self,
+                regions: 0..0,
+            });
+        }
         let regions = self.geometry.regions_of(offset, len);
         let mut misses = Vec::new();
         self.record.begin_write(regions.clone(), &mut misses);
@@ -397,7 +415,9 @@ impl Engine {
         let rs = self.record.stats();
         let ms = self.mirror_stats();
         let writes = self.writes.get();
-        let state = if ms.degraded {
+        let state = if self.passthrough {
+            "passthrough"
+        } else if ms.degraded {
             "degraded"
         } else if ms.resync_done_bytes < ms.resync_total_bytes {
             "resyncing"
@@ -1404,5 +1424,30 @@ mod tests {
             s.dirty_bytes,
             s.record_bytes
         );
+    }
+    #[test]
+    fn passthrough_serves_the_primary_alone_and_forces_a_full_resync_later() {
+        let mut rig = rig();
+        rig.config.passthrough = true;
+        let e = rig.open(true);
+        assert_eq!(e.status().state, "passthrough");
+        let data = pattern(7, 3 * REGION as usize);
+        e.write(&data, REGION, false).unwrap();
+        assert_eq!(
+            &rig.primary.contents()[REGION as usize..4 * REGION as usize],
+            &data[..]
+        );
+        let st = e.status();
+        assert_eq!(st.record_updates, 0, "no record updates in passthrough");
+        assert_eq!(st.dirty_bytes, 0);
+        assert!(!e.pump_mirror(), "nothing is mirrored in passthrough");
+        assert_ne!(rig.secondary.contents(), rig.primary.contents());
+        drop(e);
+        // The secondary was not kept: a mirrored start copies everything.
+        rig.config.passthrough = false;
+        let e = rig.open(false);
+        assert_eq!(e.status().resync_total_bytes, SIZE);
+        pump_all(&e);
+        assert!(rig.in_sync());
     }
 }

@@ -24,6 +24,7 @@ pub fn config(policy: &str) -> EngineConfig {
             ..MirrorConfig::default()
         },
         assume_clean: true,
+        passthrough: false,
     }
 }
 
