@@ -63,14 +63,7 @@ pub fn target_binary() -> PathBuf {
 
 /// Refuses to go on without ublk, pointing at the VM.
 pub fn check_ublk() -> Result<()> {
-    if !Path::new("/dev/ublk-control").exists() {
-        bail!(
-            "this kernel has no ublk: /dev/ublk-control is missing. Load it with \
-             `modprobe ublk_drv` (kernel built with CONFIG_BLK_DEV_UBLK), or try tandem \
-             in the bundled VM: scripts/demo"
-        );
-    }
-    Ok(())
+    control::check_ublk().map_err(Into::into)
 }
 
 /// Validates everything that can be checked before anything is created.
@@ -149,7 +142,10 @@ fn describe_difference(was: &DeviceArgs, now: &DeviceArgs) -> String {
     for pair in a.chunks(2) {
         if !b.chunks(2).any(|q| q == pair) {
             let key = pair[0].to_string_lossy();
-            let old = pair.get(1).map(|v| v.to_string_lossy().into_owned()).unwrap_or_default();
+            let old = pair
+                .get(1)
+                .map(|v| v.to_string_lossy().into_owned())
+                .unwrap_or_default();
             return format!("{key} was {old}");
         }
     }

@@ -129,29 +129,13 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Parses a size in bytes: a number with an optional binary unit, `K`, `M`,
-/// `G`, `T` (or `KiB`, `MiB`, `GiB`, `TiB`, any case), or `B`. `1MiB`, `1M` and
-/// `1048576` are the same size.
+/// Parses a size in bytes for clap: `tandem::units::parse_size`, the parser
+/// the daemon's arguments use too (`4096`, `64KiB`, `1M`, `1GiB`, ...).
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let bad = |why: &str| format!("invalid size {text:?}: {why}");
-    let s = text.trim();
-    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, unit) = s.split_at(digits);
-    if number.is_empty() {
-        return Err(bad("expected a number, e.g. 4096, 64KiB, 1MiB, 1GiB"));
-    }
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kib" => 10,
-        "m" | "mib" => 20,
-        "g" | "gib" => 30,
-        "t" | "tib" => 40,
-        _ => return Err(bad("unknown unit; use K/KiB, M/MiB, G/GiB, T/TiB (binary)")),
-    };
-    let value: u64 = number.parse().map_err(|_| bad("number too large"))?;
-    value
-        .checked_mul(1 << shift)
-        .ok_or_else(|| bad("too large"))
+    tandem::units::parse_size(text).map_err(|e| match e {
+        tandem::Error::Config(msg) => msg,
+        other => other.to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -19,7 +19,10 @@ fn files(dir: &Path, primary: u64, secondary: u64) -> (String, String, String) {
     let p = dir.join("p.img");
     let s = dir.join("s.img");
     std::fs::File::create(&p).unwrap().set_len(primary).unwrap();
-    std::fs::File::create(&s).unwrap().set_len(secondary).unwrap();
+    std::fs::File::create(&s)
+        .unwrap()
+        .set_len(secondary)
+        .unwrap();
     (
         p.display().to_string(),
         s.display().to_string(),
@@ -41,22 +44,52 @@ fn bad_input_is_refused_naming_the_value_and_nothing_is_created() {
     ];
     for (extra, needles) in cases {
         let mut args = vec![
-            "add", "t1", "--primary", &p, "--secondary", &s, "--record", &r, "--run-dir", run,
+            "add",
+            "t1",
+            "--primary",
+            &p,
+            "--secondary",
+            &s,
+            "--record",
+            &r,
+            "--run-dir",
+            run,
         ];
         args.extend(extra.iter());
         let o = tandemctl(&args);
         assert!(!o.status.success(), "{args:?} was accepted");
         for n in needles {
-            assert!(stderr(&o).contains(n), "{:?} does not mention {n:?}", stderr(&o));
+            assert!(
+                stderr(&o).contains(n),
+                "{:?} does not mention {n:?}",
+                stderr(&o)
+            );
         }
     }
     let o = tandemctl(&[
-        "add", "t1", "--primary", &p, "--secondary", &p, "--record", &r, "--run-dir", run,
+        "add",
+        "t1",
+        "--primary",
+        &p,
+        "--secondary",
+        &p,
+        "--record",
+        &r,
+        "--run-dir",
+        run,
     ]);
     assert!(stderr(&o).contains("same file"), "{}", stderr(&o));
     let o = tandemctl(&[
-        "add", "t1", "--primary", "/nonexistent/p", "--secondary", &s, "--record", &r,
-        "--run-dir", run,
+        "add",
+        "t1",
+        "--primary",
+        "/nonexistent/p",
+        "--secondary",
+        &s,
+        "--record",
+        &r,
+        "--run-dir",
+        run,
     ]);
     assert!(stderr(&o).contains("/nonexistent/p"), "{}", stderr(&o));
     assert!(!Path::new(&r).exists(), "a refused add created the record");
@@ -69,11 +102,21 @@ fn add_without_ublk_says_so_and_points_to_the_vm() {
     let run = d.path().join("run");
     let (p, s, r) = files(d.path(), 8 << 20, 8 << 20);
     let o = tandemctl(&[
-        "add", "t2", "--primary", &p, "--secondary", &s, "--record", &r, "--run-dir",
+        "add",
+        "t2",
+        "--primary",
+        &p,
+        "--secondary",
+        &s,
+        "--record",
+        &r,
+        "--run-dir",
         run.to_str().unwrap(),
     ]);
     if Path::new("/dev/ublk-control").exists() {
-        eprintln!("NOTE: this kernel has ublk; the no-ublk message is checked in the VM suite instead");
+        eprintln!(
+            "NOTE: this kernel has ublk; the no-ublk message is checked in the VM suite instead"
+        );
         return;
     }
     assert!(!o.status.success());
@@ -92,7 +135,11 @@ fn status_list_and_del_of_unknown_devices() {
     for cmd in ["status", "del", "recover", "wait-synced"] {
         let o = tandemctl(&[cmd, "nosuch", "--run-dir", run]);
         assert!(!o.status.success(), "{cmd} of an unknown device succeeded");
-        assert!(stderr(&o).contains("no device named \"nosuch\""), "{cmd}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("no device named \"nosuch\""),
+            "{cmd}: {}",
+            stderr(&o)
+        );
     }
     let o = tandemctl(&["status", "bad/name", "--run-dir", run]);
     assert!(stderr(&o).contains("device name"), "{}", stderr(&o));

@@ -84,6 +84,21 @@ impl RunFiles {
     }
 }
 
+/// The ublk control device; present when the kernel has ublk loaded.
+pub const UBLK_CONTROL: &str = "/dev/ublk-control";
+
+/// Refuses to go on without ublk, saying how to get it or where to try tandem.
+pub fn check_ublk() -> Result<()> {
+    if !Path::new(UBLK_CONTROL).exists() {
+        return Err(Error::Config(format!(
+            "this kernel has no ublk: {UBLK_CONTROL} is missing. Load it with \
+             `modprobe ublk_drv` (a kernel built with CONFIG_BLK_DEV_UBLK), or try tandem \
+             in the bundled VM: scripts/demo"
+        )));
+    }
+    Ok(())
+}
+
 /// Whether process `pid` is alive.
 pub fn pid_alive(pid: u32) -> bool {
     // SAFETY: kill with signal 0 only checks that the process exists.

@@ -8,6 +8,7 @@ pub fn parse_size(text: &str) -> Result<u64> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
+    let unit = unit.trim();
     let bad = |why: &str| Error::Config(format!("invalid size {text:?}: {why}"));
     if num.is_empty() {
         return Err(bad(
@@ -24,7 +25,7 @@ pub fn parse_size(text: &str) -> Result<u64> {
         _ => return Err(bad("unknown unit; use KiB, MiB, GiB or TiB")),
     };
     n.checked_mul(1u64 << shift)
-        .ok_or_else(|| bad("size overflows 64 bits"))
+        .ok_or_else(|| bad("too large for 64 bits"))
 }
 
 /// Formats bytes with the largest binary unit that keeps two decimals honest.

@@ -70,14 +70,7 @@ pub fn serve(opts: Options) -> Result<()> {
 
 /// Checks that the kernel has ublk.
 pub fn check_ublk() -> Result<()> {
-    if !Path::new("/dev/ublk-control").exists() {
-        bail!(
-            "this kernel has no ublk: /dev/ublk-control is missing. Load the module \
-             (modprobe ublk_drv) on a kernel built with CONFIG_BLK_DEV_UBLK, or try tandem \
-             in the bundled VM: scripts/demo"
-        );
-    }
-    Ok(())
+    control::check_ublk().map_err(Into::into)
 }
 
 /// Gives the daemon its own mount namespace, so it never holds a mount of the
