@@ -1,0 +1,218 @@
+#!/bin/sh
+# vm-standalone: no
+# The guest side of scripts/bench-vm: fio against tandem and the alternatives, all
+# over the same two virtio disks, one device at a time.
+#   /dev/vda  primary (every device's data lives here)
+#   /dev/vdb  secondary (tandem's mirror target; md's second leg)
+#   /dev/vdc  ext4 holding tandem's record file (a new file for every setup)
+# Devices: tandem (tandemctl add --assume-clean), passthrough (tandemctl add
+# --passthrough), loop (losetup --direct-io=on over vda), md-bitmap (raid1, internal
+# bitmap), md-write-behind (raid1, internal bitmap, vdb --write-mostly,
+# --write-behind). Rounds interleave: round r runs every device (order rotated by r),
+# each device every workload.
+#
+# Usage: bench.sh ROUNDS RUNTIME RAMP SIZE DEVICES WORKLOADS
+#   DEVICES and WORKLOADS are comma-separated names.
+# Console protocol (read by scripts/bench-vm):
+#   BENCH-SETUP DEVICE ROUND ok DEV | BENCH-SETUP-FAIL DEVICE ROUND: REASON
+#   BENCH-JSON-BEGIN ROUND DEVICE WORKLOAD, fio's JSON output, BENCH-JSON-END
+#   BENCH-RUN-FAIL ROUND DEVICE WORKLOAD: REASON
+#   BENCH-DONE FAILURES
+# Exit status 1 when any device could not be set up or any fio run failed.
+# shellcheck shell=sh
+set -u
+
+rounds="${1:?ROUNDS}" runtime="${2:?RUNTIME}" ramp="${3:?RAMP}" size="${4:?SIZE}"
+devices="$(echo "${5:?DEVICES}" | tr ',' ' ')"
+workloads="$(echo "${6:?WORKLOADS}" | tr ',' ' ')"
+
+P=/dev/vda S=/dev/vdb R=/dev/vdc
+REC_DIR=/mnt/rec
+FIO=/usr/local/bin/fio
+WRITE_BEHIND=4096
+W=/tmp/bench
+mkdir -p "$W" "$REC_DIR"
+failures=0
+DEV=""
+
+note() { echo "bench: $*"; }
+# reason FILE: the last lines of FILE on one line.
+reason() { tail -n 3 "$1" 2>/dev/null | tr '\n' ' ' | sed 's/  */ /g; s/ $//'; }
+
+# --- checks before anything runs ----------------------------------------------------------
+for d in $P $S $R; do
+    [ -b "$d" ] || { echo "BENCH-FATAL: $d is missing (bench-vm attaches three virtio disks)"; exit 1; }
+done
+[ -x "$FIO" ] || { echo "BENCH-FATAL: $FIO is not in the VM"; exit 1; }
+"$FIO" --enghelp 2>/dev/null | grep -qw io_uring \
+    || { echo "BENCH-FATAL: $FIO has no io_uring engine"; exit 1; }
+note "$("$FIO" --version), ioengine io_uring; kernel $(uname -r); $(nproc) cpus"
+note "mdadm: $(/usr/sbin/mdadm --version 2>&1 | head -n 1)"
+note "disks: vda $(cat /sys/block/vda/size) vdb $(cat /sys/block/vdb/size) vdc $(cat /sys/block/vdc/size) sectors"
+
+# A run killed earlier (e.g. a timeout) may have left an md superblock.
+/usr/sbin/mdadm --zero-superblock $P $S >/dev/null 2>&1
+/usr/sbin/mkfs.ext4 -q -F $R >"$W/mkfs.log" 2>&1 \
+    || { echo "BENCH-FATAL: mkfs.ext4 $R failed: $(reason "$W/mkfs.log")"; exit 1; }
+mount -t ext4 $R "$REC_DIR" \
+    || { echo "BENCH-FATAL: cannot mount $R on $REC_DIR"; exit 1; }
+
+# --- devices: setup_X sets DEV (or returns non-zero, with the reason in $W/setup.log);
+# --- teardown_X removes it; settle_X runs (untimed) before each workload ---------------
+
+tandem_add() {  # tandem_add NAME EXTRA-ARGS...
+    _n="$1"; shift
+    rm -f "$REC_DIR/$_n.rec"
+    DEV="$(tandemctl add "$_n" --primary $P --secondary $S --record "$REC_DIR/$_n.rec" "$@" \
+        2>"$W/setup.log")" || return 1
+    [ -b "$DEV" ] || { echo "tandemctl add printed '$DEV', not a block device" >>"$W/setup.log"; return 1; }
+    tandemctl status "$_n" >>"$W/setup.log" 2>&1
+}
+tandem_del() {
+    tandemctl del "$1" >"$W/teardown.log" 2>&1 || { cat "$W/teardown.log"; return 1; }
+    rm -f "$REC_DIR/$1.rec"
+}
+
+setup_tandem() { tandem_add bench-tandem --assume-clean; }
+# The mirror catches up between workloads (not timed), so that each workload starts
+# with a clean device, as the other devices do.
+settle_tandem() {
+    tandemctl wait-synced bench-tandem --timeout 600 >"$W/settle.log" 2>&1 \
+        || { note "tandem wait-synced failed: $(reason "$W/settle.log")"; return 1; }
+}
+teardown_tandem() {
+    tandemctl status bench-tandem 2>&1 | sed 's/^/bench: tandem status: /'
+    tandem_del bench-tandem
+}
+
+setup_passthrough() { tandem_add bench-pt --passthrough; }
+settle_passthrough() { :; }
+teardown_passthrough() { tandem_del bench-pt; }
+
+setup_loop() {
+    DEV="$(/sbin/losetup --direct-io=on --show -f $P 2>"$W/setup.log")" || return 1
+    _dio="$(cat "/sys/block/${DEV#/dev/}/loop/dio" 2>/dev/null)"
+    if [ "$_dio" != 1 ]; then
+        echo "direct I/O is off on $DEV (sys/block/.../loop/dio: '$_dio')" >>"$W/setup.log"
+        /sbin/losetup -d "$DEV"
+        return 1
+    fi
+}
+settle_loop() { :; }
+teardown_loop() { /sbin/losetup -d "$DEV"; }
+
+md_create() {  # md_create MDADM-ARGS...
+    /usr/sbin/mdadm --create /dev/md0 --run --assume-clean --level=1 --raid-devices=2 \
+        --metadata=1.2 --bitmap=internal "$@" </dev/null >"$W/setup.log" 2>&1 || return 1
+    _i=0
+    while [ ! -b /dev/md0 ] && [ $_i -lt 50 ]; do sleep 0.1; _i=$((_i + 1)); done
+    [ -b /dev/md0 ] || { echo "/dev/md0 did not appear" >>"$W/setup.log"; return 1; }
+    if grep -q resync /proc/mdstat; then
+        echo "md0 is resyncing despite --assume-clean" >>"$W/setup.log"
+        return 1
+    fi
+    DEV=/dev/md0
+    note "md0: $(grep -A 2 '^md0' /proc/mdstat | tr -s ' \n' '  ')"
+    note "md0 bitmap: chunk $(cat /sys/block/md0/md/bitmap/chunksize 2>/dev/null) bytes, backlog $(cat /sys/block/md0/md/bitmap/backlog 2>/dev/null)"
+}
+md_stop() {
+    /usr/sbin/mdadm --stop /dev/md0 >"$W/teardown.log" 2>&1 || { cat "$W/teardown.log"; return 1; }
+    /usr/sbin/mdadm --zero-superblock $P $S >>"$W/teardown.log" 2>&1 || { cat "$W/teardown.log"; return 1; }
+}
+setup_md_bitmap() { md_create $P $S; }
+settle_md_bitmap() { :; }
+teardown_md_bitmap() { md_stop; }
+
+setup_md_write_behind() {
+    md_create --write-behind=$WRITE_BEHIND $P --write-mostly $S || return 1
+    if ! grep -q 'vdb\[[0-9]*\](W)' /proc/mdstat; then
+        echo "vdb is not write-mostly in /proc/mdstat: $(grep '^md0' /proc/mdstat)" >>"$W/setup.log"
+        md_stop
+        return 1
+    fi
+}
+settle_md_write_behind() { :; }
+teardown_md_write_behind() { md_stop; }
+
+# --- workloads ----------------------------------------------------------------------------
+fio_args() {  # fio_args WORKLOAD: the workload's fio options
+    case "$1" in
+        randwrite-4k-qd1) echo "--rw=randwrite --bs=4k --iodepth=1" ;;
+        randwrite-4k-qd32) echo "--rw=randwrite --bs=4k --iodepth=32" ;;
+        seqwrite-128k) echo "--rw=write --bs=128k --iodepth=32" ;;
+        randread-4k-qd32) echo "--rw=randread --bs=4k --iodepth=32" ;;
+        randrw-70-30-4k) echo "--rw=randrw --rwmixread=70 --bs=4k --iodepth=32" ;;
+        *) return 1 ;;
+    esac
+}
+
+run_fio() {  # run_fio ROUND DEVICE WORKLOAD
+    _args="$(fio_args "$3")" || { echo "BENCH-RUN-FAIL $1 $2 $3: unknown workload"; return 1; }
+    rm -f "$W/fio.json"
+    # shellcheck disable=SC2086
+    "$FIO" --name="$3" --filename="$DEV" --ioengine=io_uring --direct=1 $_args \
+        --size="$size" --offset=0 --time_based --runtime="$runtime" --ramp_time="$ramp" \
+        --norandommap --randrepeat=0 --numjobs=1 --group_reporting \
+        --percentile_list=50:99:99.9 --output-format=json --output="$W/fio.json" \
+        >"$W/fio.err" 2>&1
+    _rc=$?
+    if [ $_rc -ne 0 ] || [ ! -s "$W/fio.json" ]; then
+        echo "BENCH-RUN-FAIL $1 $2 $3: fio exit status $_rc: $(reason "$W/fio.err")"
+        return 1
+    fi
+    echo "BENCH-JSON-BEGIN $1 $2 $3"
+    cat "$W/fio.json"
+    echo "BENCH-JSON-END"
+}
+
+# --- the rounds ---------------------------------------------------------------------------
+ndev=$(echo "$devices" | wc -w)
+r=1
+while [ $r -le "$rounds" ]; do
+    # Rotate the device order by the round number.
+    order="" i=0
+    while [ $i -lt "$ndev" ]; do
+        k=$(( (i + r - 1) % ndev + 1 ))
+        order="$order $(echo "$devices" | cut -d' ' -f$k)"
+        i=$((i + 1))
+    done
+    note "round $r of $rounds:$order"
+    for d in $order; do
+        fn="$(echo "$d" | tr '-' '_')"
+        DEV=""
+        if ! "setup_$fn"; then
+            echo "BENCH-SETUP-FAIL $d $r: $(reason "$W/setup.log")"
+            failures=$((failures + 1))
+            continue
+        fi
+        echo "BENCH-SETUP $d $r ok $DEV"
+        for wl in $workloads; do
+            if ! "settle_$fn"; then
+                echo "BENCH-RUN-FAIL $r $d $wl: could not settle the device before the run"
+                failures=$((failures + 1))
+                continue
+            fi
+            # QEMU's default cache mode keeps guest writes in the host's page cache,
+            # and a guest flush makes QEMU fdatasync the image: start every run with
+            # nothing dirty, or the first device that flushes (md's bitmap writes)
+            # pays for what the devices before it wrote.
+            if ! sync $P $S $R; then
+                echo "BENCH-RUN-FAIL $r $d $wl: sync $P $S $R failed"
+                failures=$((failures + 1))
+                continue
+            fi
+            run_fio "$r" "$d" "$wl" || failures=$((failures + 1))
+        done
+        if ! "teardown_$fn"; then
+            echo "BENCH-SETUP-FAIL $d $r: teardown failed; stopping (the disks are in an unknown state)"
+            failures=$((failures + 1))
+            echo "BENCH-DONE $failures"
+            exit 1
+        fi
+    done
+    r=$((r + 1))
+done
+
+umount "$REC_DIR"
+echo "BENCH-DONE $failures"
+[ "$failures" -eq 0 ]
