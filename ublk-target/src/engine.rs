@@ -10,7 +10,6 @@
 //! caller then writes the primary and calls `WriteGuard::complete`, which marks
 //! the regions dirty and queues the newly dirty ones for the mirror pool.
 
-use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -174,7 +173,8 @@ pub struct Engine {
 #[must_use = "a write must be completed"]
 pub struct WriteGuard<'a> {
     engine: &'a Engine,
-    regions: Range<u64>,
+    offset: u64,
+    len: u64,
 }
 
 impl WriteGuard<'_> {
@@ -187,10 +187,13 @@ impl WriteGuard<'_> {
 
 impl Drop for WriteGuard<'_> {
     fn drop(&mut self) {
+        if self.len == 0 {
+            return;
+        }
         let mut dirtied = Vec::new();
         self.engine
             .record
-            .end_write(self.regions.clone(), &mut dirtied);
+            .end_write_span(self.offset, self.len, &mut dirtied);
         self.engine.mirror.enqueue(&dirtied);
     }
 }
@@ -345,7 +348,8 @@ impl Engine {
         if self.passthrough {
             return Ok(WriteGuard {
                 engine: self,
-                regions: 0..0,
+                offset,
+                len: 0,
             });
         }
         let regions = self.geometry.regions_of(offset, len);
@@ -359,7 +363,8 @@ impl Engine {
         }
         Ok(WriteGuard {
             engine: self,
-            regions,
+            offset,
+            len,
         })
     }
 
@@ -1198,7 +1203,9 @@ mod tests {
         pump_all(&e);
         let s = e.status();
         assert_eq!(s.dirty_bytes, 0);
-        assert_eq!(s.bytes_copied, 2 * REGION);
+        // Only the written 4 KiB chunks move: region 0 chunks 0, 1, 2 and 15
+        // (the straddling write), region 1 chunks 0 and 1.
+        assert_eq!(s.bytes_copied, 6 * 4096);
         assert_eq!(s.copy_errors, 0);
         assert_eq!(s.lag_seconds, 0.0);
         assert!(!s.degraded);

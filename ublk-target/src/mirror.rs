@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::dev::Dev;
 use crate::error::{Error, Result};
-use crate::record::{ClaimRefused, CopyClaim, Record, RegionView};
+use crate::record::{ChunkMask, ClaimRefused, CopyClaim, Record, RegionView};
 
 /// How the pool copies.
 #[derive(Debug, Clone)]
@@ -450,21 +450,26 @@ impl Shared {
     }
 
     /// Copies claimed extents, syncs the secondary once, and settles the claims.
+    /// Only the chunks written since each region's last copy are moved.
     fn copy_batch(&self, batch: Batch, buf: &mut Vec<u8>) {
-        let g = *self.record.geometry();
+        let states = self.record.states();
         let mut copied = 0u64;
         let mut result = Ok(());
-        for (run, _) in &batch {
+        let mut taken: Vec<(u64, ChunkMask)> = Vec::new();
+        'runs: for (run, _) in &batch {
             if self.stopping() {
                 // Stopping: leave the rest dirty (and recorded) for the next start.
+                for &(r, mask) in &taken {
+                    states.restore_chunks(r, mask);
+                }
                 self.release(batch);
                 return;
             }
-            let start = g.region_bytes(run[0].0).start;
-            let end = g.region_bytes(run[run.len() - 1].0).end;
-            result = self.copy(start, end, buf).map(|n| copied += n);
-            if result.is_err() {
-                break;
+            for (start, end) in self.dirty_extents(run, &mut taken) {
+                result = self.copy(start, end, buf).map(|n| copied += n);
+                if result.is_err() {
+                    break 'runs;
+                }
             }
         }
         let result = result.and_then(|()| {
@@ -472,7 +477,44 @@ impl Shared {
                 .sync()
                 .map_err(|e| Error::io(format!("sync secondary {}", self.secondary.describe()), e))
         });
+        if result.is_err() {
+            for &(r, mask) in &taken {
+                states.restore_chunks(r, mask);
+            }
+        }
         self.finish(batch, result.map(|()| copied));
+    }
+
+    /// Takes the written chunks of a claimed run (noting them in `taken`) and
+    /// returns the byte extents to copy, adjacent chunks merged.
+    fn dirty_extents(
+        &self,
+        run: &[(u64, CopyClaim)],
+        taken: &mut Vec<(u64, ChunkMask)>,
+    ) -> Vec<(u64, u64)> {
+        let g = self.record.geometry();
+        let shift = self.record.chunk_shift();
+        let mut extents: Vec<(u64, u64)> = Vec::new();
+        for &(r, _) in run {
+            let mask = self.record.states().take_chunks(r);
+            taken.push((r, mask));
+            let region = g.region_bytes(r);
+            let mut bits = mask;
+            while bits != 0 {
+                let i = u64::from(bits.trailing_zeros());
+                bits &= bits - 1;
+                let start = region.start + (i << shift);
+                let end = (start + (1 << shift)).min(region.end);
+                if start >= end {
+                    continue;
+                }
+                match extents.last_mut() {
+                    Some(last) if last.1 == start => last.1 = end,
+                    _ => extents.push((start, end)),
+                }
+            }
+        }
+        extents
     }
 
     /// Copies bytes `start..end` from primary to secondary (not yet durable).

@@ -14,7 +14,7 @@ mod file;
 mod state;
 
 pub use file::{LoadOutcome, RegionFile, REGIONS_PER_PAGE};
-pub use state::{ClaimRefused, CopyClaim, RegionStates, RegionView};
+pub use state::{ChunkMask, ClaimRefused, CopyClaim, RegionStates, RegionView, ALL_CHUNKS};
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ops::Range;
@@ -241,6 +241,46 @@ impl Record {
                 dirtied.push(r);
             }
         }
+    }
+
+    /// Ends a write of `len` bytes at `offset` begun with `begin_write`,
+    /// recording which chunks of each region it touched; pushes regions that
+    /// turned dirty.
+    #[inline]
+    pub fn end_write_span(&self, offset: u64, len: u64, dirtied: &mut Vec<u64>) {
+        for r in self.geometry.regions_of(offset, len) {
+            if self
+                .states
+                .end_write_chunks(r, self.chunk_mask(r, offset, len))
+            {
+                dirtied.push(r);
+            }
+        }
+    }
+
+    /// log2 of the chunk size: a 64th of a region, at least 4 KiB.
+    pub fn chunk_shift(&self) -> u32 {
+        self.geometry.region_shift().saturating_sub(6).max(12)
+    }
+
+    /// The chunks of region `r` that `len` bytes at `offset` touch.
+    pub fn chunk_mask(&self, r: u64, offset: u64, len: u64) -> ChunkMask {
+        let region = self.geometry.region_bytes(r);
+        let lo = offset.max(region.start);
+        let hi = (offset + len).min(region.end);
+        if lo >= hi {
+            return 0;
+        }
+        let shift = self.chunk_shift();
+        let first = (lo - region.start) >> shift;
+        let last = (hi - 1 - region.start) >> shift;
+        let bits = last - first + 1;
+        let ones = if bits >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << bits) - 1
+        };
+        ones << first
     }
 
     /// Ends a write begun with `begin_write` that was never issued.

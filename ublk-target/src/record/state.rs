@@ -56,17 +56,29 @@ pub enum ClaimRefused {
     Busy,
 }
 
+/// Which parts of a region were written since its last copy: one bit per
+/// chunk, at most 64 chunks per region, chunks of at least 4 KiB.
+pub type ChunkMask = u64;
+
+/// Every chunk of a region.
+pub const ALL_CHUNKS: ChunkMask = u64::MAX;
+
 /// The state words of every region, plus counters kept on the slow paths.
 pub struct RegionStates {
     words: Box<[AtomicU64]>,
+    /// Chunks written since the region's last copy: the mirror copies only
+    /// these. Set before a write releases its region, taken by a claim.
+    chunks: Box<[AtomicU64]>,
     dirty: AtomicU64,
 }
 
 impl RegionStates {
     pub fn new(regions: u64) -> Self {
         let words = (0..regions).map(|_| AtomicU64::new(0)).collect();
+        let chunks = (0..regions).map(|_| AtomicU64::new(0)).collect();
         RegionStates {
             words,
+            chunks,
             dirty: AtomicU64::new(0),
         }
     }
@@ -91,6 +103,16 @@ impl RegionStates {
     /// turned dirty now (the caller queues it for mirroring).
     #[inline]
     pub fn end_write(&self, r: u64) -> bool {
+        self.end_write_chunks(r, ALL_CHUNKS)
+    }
+
+    /// Like `end_write`, for a write that touched the chunks in `mask`.
+    #[inline]
+    pub fn end_write_chunks(&self, r: u64, mask: ChunkMask) -> bool {
+        let c = &self.chunks[r as usize];
+        if c.load(Ordering::Acquire) & mask != mask {
+            c.fetch_or(mask, Ordering::AcqRel);
+        }
         let w = self.word(r);
         // While our write is in flight nobody can clear DIRTY (that CAS needs no
         // writes in flight), so a DIRTY seen here stays set.
@@ -120,6 +142,7 @@ impl RegionStates {
     /// Marks `r` recorded and dirty (recovery: the record says it may differ).
     /// Returns true when it turned dirty now.
     pub fn set_recorded_dirty(&self, r: u64) -> bool {
+        self.chunks[r as usize].store(ALL_CHUNKS, Ordering::Release);
         let old = self.word(r).fetch_or(RECORDED | DIRTY, Ordering::AcqRel);
         let became = old & DIRTY == 0;
         if became {
@@ -166,6 +189,20 @@ impl RegionStates {
                 Ok(_) => return Ok(CopyClaim { word: claimed }),
                 Err(actual) => cur = actual,
             }
+        }
+    }
+
+    /// Takes the chunks written since the last copy of `r` (call it holding a
+    /// claim, before reading the primary). Every chunk taken belongs to a write
+    /// that completed, so reading the primary afterwards sees its data.
+    pub fn take_chunks(&self, r: u64) -> ChunkMask {
+        self.chunks[r as usize].swap(0, Ordering::AcqRel)
+    }
+
+    /// Gives back chunks taken for a copy that did not become durable.
+    pub fn restore_chunks(&self, r: u64, mask: ChunkMask) {
+        if mask != 0 {
+            self.chunks[r as usize].fetch_or(mask, Ordering::AcqRel);
         }
     }
 
