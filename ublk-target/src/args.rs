@@ -2,7 +2,6 @@
 //! and `tandem-target` so both validate them the same way.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use crate::engine::{EngineConfig, Paths};
 use crate::error::{Error, Result};
@@ -77,7 +76,7 @@ impl DeviceArgs {
                 threads: self.mirror_threads,
                 max_copy_bytes: parse_size(&self.max_copy_size)?,
                 max_rate: self.max_copy_rate.as_deref().map(parse_size).transpose()?,
-                flush_interval: Duration::from_millis(200),
+                ..MirrorConfig::default()
             },
             assume_clean: self.assume_clean,
             passthrough: self.passthrough,

@@ -29,6 +29,9 @@ pub struct MirrorConfig {
     /// How often removals from the record are written lazily (sooner when
     /// they pass an eighth of the capacity).
     pub flush_interval: Duration,
+    /// How long a newly dirty region waits before its first copy, so further
+    /// writes to it are copied together (write-behind coalescing).
+    pub copy_delay: Duration,
 }
 
 impl Default for MirrorConfig {
@@ -38,6 +41,7 @@ impl Default for MirrorConfig {
             max_copy_bytes: 4 << 20,
             max_rate: None,
             flush_interval: Duration::from_millis(200),
+            copy_delay: Duration::from_millis(50),
         }
     }
 }
@@ -49,6 +53,21 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const BUSY_RETRY: Duration = Duration::from_millis(1);
 /// Extents one worker copies before one sync of the secondary.
 const EXTENTS_PER_SYNC: usize = 8;
+
+/// A worker's copy buffer: page-aligned (so O_DIRECT needs no bounce) and
+/// reused across copies.
+#[derive(Default)]
+pub(crate) struct CopyBuf(Option<rings::AlignedBuf>);
+
+impl CopyBuf {
+    /// At least `len` bytes, reallocated only when too small.
+    fn get(&mut self, len: usize) -> &mut [u8] {
+        if self.0.as_ref().is_none_or(|b| b.len() < len) {
+            self.0 = Some(rings::AlignedBuf::zeroed(len));
+        }
+        &mut self.0.as_mut().expect("allocated above")[..len]
+    }
+}
 
 /// Claimed extents (runs of adjacent regions with their claims) and when
 /// each was queued.
@@ -256,7 +275,7 @@ impl MirrorPool {
     pub fn pump(&self) -> bool {
         match self.shared.next_batch(false) {
             Some(batch) => {
-                self.shared.copy_batch(batch, &mut Vec::new());
+                self.shared.copy_batch(batch, &mut CopyBuf::default());
                 true
             }
             None => false,
@@ -398,10 +417,18 @@ impl Shared {
                 q.entries.push_back(e);
             }
             let mut batch = Vec::new();
+            let mut young: Option<Instant> = None;
             while batch.len() < EXTENTS_PER_SYNC {
-                let Some(e) = q.entries.pop_front() else {
+                let Some(&e) = q.entries.front() else {
                     break;
                 };
+                let due = e.since + self.config.copy_delay;
+                if blocking && due > now {
+                    // Queued too recently: let more writes to it gather first.
+                    young = Some(due);
+                    break;
+                }
+                q.entries.pop_front();
                 match states.claim_copy(e.region) {
                     Ok(claim) => {
                         let mut run = vec![(e.region, claim)];
@@ -431,9 +458,16 @@ impl Shared {
             if !blocking {
                 return None;
             }
-            let wait = q.delayed.front().map_or(Duration::from_millis(200), |e| {
-                e.not_before.saturating_duration_since(now)
-            });
+            let wait = q
+                .delayed
+                .front()
+                .map(|e| e.not_before)
+                .into_iter()
+                .chain(young)
+                .min()
+                .map_or(Duration::from_millis(200), |t| {
+                    t.saturating_duration_since(now)
+                });
             q = self
                 .wake
                 .wait_timeout(q, wait)
@@ -443,7 +477,7 @@ impl Shared {
     }
 
     fn work(&self) {
-        let mut buf = Vec::new();
+        let mut buf = CopyBuf::default();
         while let Some(batch) = self.next_batch(true) {
             self.copy_batch(batch, &mut buf);
         }
@@ -451,7 +485,7 @@ impl Shared {
 
     /// Copies claimed extents, syncs the secondary once, and settles the claims.
     /// Only the chunks written since each region's last copy are moved.
-    fn copy_batch(&self, batch: Batch, buf: &mut Vec<u8>) {
+    fn copy_batch(&self, batch: Batch, buf: &mut CopyBuf) {
         let states = self.record.states();
         let mut copied = 0u64;
         let mut result = Ok(());
@@ -518,9 +552,9 @@ impl Shared {
     }
 
     /// Copies bytes `start..end` from primary to secondary (not yet durable).
-    fn copy(&self, start: u64, end: u64, buf: &mut Vec<u8>) -> Result<u64> {
+    fn copy(&self, start: u64, end: u64, buf: &mut CopyBuf) -> Result<u64> {
         let len = (end - start) as usize;
-        buf.resize(len, 0);
+        let buf = buf.get(len);
         if let Some(t) = &self.throttle {
             let wait = lock(t).take(len as u64);
             if !wait.is_zero() {
@@ -698,7 +732,7 @@ mod tests {
             threads: 2,
             max_copy_bytes: max_copy_regions * REGION,
             max_rate: None,
-            flush_interval: Duration::from_millis(200),
+            ..MirrorConfig::default()
         }
     }
 
@@ -829,7 +863,7 @@ mod tests {
             Rig::runs(&batch),
             vec![vec![0, 1, 2], vec![3, 4, 5], vec![6, 7]]
         );
-        rig.shared().copy_batch(batch, &mut Vec::new());
+        rig.shared().copy_batch(batch, &mut CopyBuf::default());
         let s = rig.pool.stats();
         assert_eq!(s.copies, 3);
         assert_eq!(s.bytes_copied, 8 * REGION);
@@ -851,7 +885,7 @@ mod tests {
         assert_eq!(batch.len(), EXTENTS_PER_SYNC);
         assert_eq!(Rig::runs(&batch)[0], vec![0, 1]);
         assert_eq!(Rig::runs(&batch)[1], vec![4]);
-        rig.shared().copy_batch(batch, &mut Vec::new());
+        rig.shared().copy_batch(batch, &mut CopyBuf::default());
         assert_eq!(rig.secondary.op_counts(), (8, 1));
         assert_eq!(rig.dirty(), vec![18, 20, 22]);
         assert!(rig.pool.pump());
@@ -947,7 +981,7 @@ mod tests {
         assert_eq!(Rig::runs(&batch), vec![vec![1]]);
         let n = rig
             .shared()
-            .copy(REGION, 2 * REGION, &mut Vec::new())
+            .copy(REGION, 2 * REGION, &mut CopyBuf::default())
             .unwrap();
         rig.secondary.sync().unwrap();
         // ...a host write lands after the copy read the primary...
@@ -976,7 +1010,7 @@ mod tests {
         let batch = rig.shared().next_batch(false).unwrap();
         let newer = pattern(9, 4096);
         let inflight = rig.begin_write(0, &newer);
-        rig.shared().copy_batch(batch, &mut Vec::new());
+        rig.shared().copy_batch(batch, &mut CopyBuf::default());
         assert_eq!(rig.dirty(), vec![0]);
         assert!(!rig.pool.pump(), "busy: nothing can be claimed yet");
         rig.end_write(inflight);
@@ -1000,7 +1034,7 @@ mod tests {
             vec![vec![0], vec![2]],
             "the run stops at the busy region"
         );
-        rig.shared().copy_batch(batch, &mut Vec::new());
+        rig.shared().copy_batch(batch, &mut CopyBuf::default());
         assert_eq!(rig.dirty(), vec![1]);
         for _ in 0..3 {
             assert!(!rig.pool.pump());
@@ -1144,7 +1178,10 @@ mod tests {
         // Region 0 is written during its copy: not done yet.
         let batch = rig.shared().next_batch(false).unwrap();
         assert_eq!(Rig::runs(&batch)[0], vec![0]);
-        let n = rig.shared().copy(0, REGION, &mut Vec::new()).unwrap();
+        let n = rig
+            .shared()
+            .copy(0, REGION, &mut CopyBuf::default())
+            .unwrap();
         rig.secondary.sync().unwrap();
         rig.write(0, &pattern(7, 4096));
         // Settle only region 0's extent: the rest of the batch is put back.
