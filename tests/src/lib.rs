@@ -1,8 +1,10 @@
 //! Shared pieces of tandem's end-to-end tests: the acknowledged-write log the
 //! crash writer keeps, and the block stamps it writes.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::Path;
+use std::process::ChildStdout;
+use std::thread::JoinHandle;
 
 /// Block size the crash writer uses.
 pub const BLOCK: u64 = 4096;
@@ -80,6 +82,27 @@ pub fn parse_block(data: &[u8]) -> Result<Option<(u32, u32, u64)>, String> {
         ));
     }
     Ok(Some((block, thread, seq)))
+}
+
+/// Waits for a child's `ready` line, then follows its `status N N ...` lines
+/// on a thread; the handle returns the numbers of the last one (empty if none
+/// came) once the child's stdout closes.
+pub fn follow_status(stdout: ChildStdout) -> Result<JoinHandle<Vec<u64>>, String> {
+    let mut out = BufReader::new(stdout);
+    let mut line = String::new();
+    out.read_line(&mut line).map_err(|e| e.to_string())?;
+    if line.trim() != "ready" {
+        return Err(format!("child failed to start: {line:?}"));
+    }
+    Ok(std::thread::spawn(move || {
+        let mut last = Vec::new();
+        for l in out.lines().map_while(Result::ok) {
+            if let Some(rest) = l.strip_prefix("status ") {
+                last = rest.split(' ').filter_map(|x| x.parse().ok()).collect();
+            }
+        }
+        last
+    }))
 }
 
 #[cfg(test)]

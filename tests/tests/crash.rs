@@ -6,7 +6,6 @@
 //! record capacity.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -14,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use tandem::engine::{Engine, Paths};
-use tandem_tests::{parse_block, read_log, BLOCK};
+use tandem_tests::{follow_status, parse_block, read_log, BLOCK};
 
 #[path = "../src/bin/crash_writer.rs"]
 #[allow(dead_code)]
@@ -97,24 +96,8 @@ fn sigkill_under_load_loses_nothing_and_resyncs_to_identical() {
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn crash-writer");
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "ready", "crash-writer failed to start");
-        let last_status = std::thread::spawn(move || {
-            let mut last = (0u64, 0u64);
-            for l in out.lines().map_while(Result::ok) {
-                let f: Vec<u64> = l
-                    .split(' ')
-                    .skip(1)
-                    .filter_map(|x| x.parse().ok())
-                    .collect();
-                if let [record, dirty] = f[..] {
-                    last = (record, dirty);
-                }
-            }
-            last
-        });
+        let last_status = follow_status(child.stdout.take().unwrap())
+            .unwrap_or_else(|e| panic!("crash-writer: {e}"));
         std::thread::sleep(Duration::from_millis(rng.gen_range(10..250)));
         // SAFETY: plain kill(2) on our own child's pid.
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
@@ -125,7 +108,10 @@ fn sigkill_under_load_loses_nothing_and_resyncs_to_identical() {
             "writer ended by itself ({status}) before the kill: see its stderr"
         );
 
-        let (record_before, dirty_before) = last_status.join().unwrap();
+        let (record_before, dirty_before) = match last_status.join().unwrap()[..] {
+            [record, dirty] => (record, dirty),
+            _ => (0, 0),
+        };
 
         let config = writer::config(policy);
         let t0 = Instant::now();

@@ -15,7 +15,7 @@
 
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
@@ -25,13 +25,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{anyhow, bail, ensure, Context};
 use clap::{Args, Parser, Subcommand};
 use rand::{Rng, SeedableRng};
 use rings::{with_thread_ring, AlignedBuf, RwFlags};
 use serde_json::{json, Value};
 use tandem::engine::{Engine, EngineConfig, Paths};
 use tandem::units::{format_size, parse_size};
+use tandem_tests::follow_status;
 
 const MIB: f64 = (1u64 << 20) as f64;
 
@@ -1067,27 +1068,7 @@ fn recovery_bench(a: &RecoveryArgs) -> anyhow::Result<Value> {
             .stdout(Stdio::piped())
             .spawn()
             .context("spawn crash-child")?;
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line)?;
-        ensure!(
-            line.trim() == "ready",
-            "crash-child failed to start: {line:?}"
-        );
-        let last = std::thread::spawn(move || {
-            let mut last = [0u64; 3];
-            for l in out.lines().map_while(Result::ok) {
-                let f: Vec<u64> = l
-                    .split(' ')
-                    .skip(1)
-                    .filter_map(|x| x.parse().ok())
-                    .collect();
-                if let [r, d, w] = f[..] {
-                    last = [r, d, w];
-                }
-            }
-            last
-        });
+        let last = follow_status(child.stdout.take().unwrap()).map_err(|e| anyhow!(e))?;
         std::thread::sleep(Duration::from_secs_f64(kill_after));
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
@@ -1095,7 +1076,10 @@ fn recovery_bench(a: &RecoveryArgs) -> anyhow::Result<Value> {
         if status.signal() != Some(libc::SIGKILL) {
             bail!("crash-child ended by itself ({status}) before the kill");
         }
-        let [record_before, dirty_before, writes_before] = last.join().unwrap();
+        let [record_before, dirty_before, writes_before] = match last.join().unwrap()[..] {
+            [r, d, w] => [r, d, w],
+            _ => [0, 0, 0],
+        };
         let config = EngineConfig {
             capacity,
             ..engine_config(false)
