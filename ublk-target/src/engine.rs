@@ -536,22 +536,22 @@ impl Paths {
             Err(e) => return Err(Error::io(format!("record {}", self.record.display()), e)),
             Ok(m) => m.is_file() && m.len() == 0,
         };
-        let record: Dev = Arc::new(FileDev::open(
-            &self.record,
-            &OpenOptions {
-                direct: false,
-                create_size: record_is_new.then(|| RegionFile::file_size(&geometry)),
-            },
-        )?);
-        if record_is_new && record.size() < RegionFile::file_size(&geometry) {
+        let layout = RegionFile::file_size(&geometry);
+        if record_is_new && self.record.exists() {
             // An existing empty file: give it the size the layout needs.
             std::fs::OpenOptions::new()
                 .write(true)
                 .open(&self.record)
-                .and_then(|f| f.set_len(RegionFile::file_size(&geometry)))
+                .and_then(|f| f.set_len(layout))
                 .map_err(|e| Error::io(format!("size record {}", self.record.display()), e))?;
-            return self.open(config);
         }
+        let record: Dev = Arc::new(FileDev::open(
+            &self.record,
+            &OpenOptions {
+                direct: false,
+                create_size: record_is_new.then_some(layout),
+            },
+        )?);
         Ok(Devices {
             identity: pair_identity(
                 &primary_path.to_string_lossy(),

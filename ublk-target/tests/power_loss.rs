@@ -292,3 +292,30 @@ proptest! {
         run("predictive", ops)?;
     }
 }
+
+/// An existing empty record file is a new record: with `assume_clean` nothing
+/// is resynced (it used to be reopened as a blank, corrupt record).
+#[test]
+fn an_empty_record_file_is_a_new_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = tandem::engine::Paths {
+        primary: dir.path().join("p"),
+        secondary: dir.path().join("s"),
+        record: dir.path().join("r"),
+    };
+    for p in [&paths.primary, &paths.secondary] {
+        std::fs::File::create(p).unwrap().set_len(4 << 20).unwrap();
+    }
+    std::fs::File::create(&paths.record).unwrap();
+    let config = EngineConfig {
+        region_size: REGION,
+        assume_clean: true,
+        ..EngineConfig::default()
+    };
+    let devices = paths.open(&config).unwrap();
+    assert!(devices.record_is_new);
+    let e = Engine::open_manual(devices, &config).unwrap();
+    let st = e.status();
+    assert_eq!(st.start, tandem::engine::StartKind::Created);
+    assert_eq!(st.resync_total_bytes, 0);
+}
