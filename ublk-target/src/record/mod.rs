@@ -437,20 +437,29 @@ impl Record {
             }
         }
         for &r in &victims {
-            if inner.image[r as usize] && self.states.try_evict(r) {
-                self.set_image(inner, r, false);
+            if let Some(written) = self.remove_idle(inner, r) {
                 inner.stats.evictions += 1;
-                let written = match inner.predicted.remove(&r) {
-                    Some(seq) => seq != self.states.seq(r),
-                    None => true,
-                };
                 if !written {
                     inner.stats.predicted_never_written += 1;
                 }
-                inner.predictor.evicted(r, written);
             }
         }
         inner.scratch = victims;
+    }
+
+    /// Removes `r` from the record if it is recorded, clean and idle, and tells
+    /// the predictor. Returns whether it was written while recorded.
+    fn remove_idle(&self, inner: &mut Inner, r: u64) -> Option<bool> {
+        if !inner.image[r as usize] || !self.states.try_evict(r) {
+            return None;
+        }
+        self.set_image(inner, r, false);
+        let written = match inner.predicted.remove(&r) {
+            Some(seq) => seq != self.states.seq(r),
+            None => true,
+        };
+        inner.predictor.evicted(r, written);
+        Some(written)
     }
 
     /// Evicts what the capacity and the policy allow, in memory only; the
@@ -469,11 +478,7 @@ impl Record {
         let inner = &mut *inner;
         let recorded: Vec<u64> = inner.image.iter_ones().map(|r| r as u64).collect();
         for r in recorded {
-            if self.states.try_evict(r) {
-                self.set_image(inner, r, false);
-                inner.predicted.remove(&r);
-                inner.predictor.evicted(r, true);
-            }
+            self.remove_idle(inner, r);
         }
     }
 
