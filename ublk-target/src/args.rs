@@ -143,22 +143,7 @@ impl DeviceArgs {
         };
         meta("--primary", &self.primary)?;
         meta("--secondary", &self.secondary)?;
-        let canon = |p: &PathBuf| std::fs::canonicalize(p).ok();
-        if canon(&self.primary) == canon(&self.secondary) {
-            return Err(Error::Config(format!(
-                "--primary and --secondary are the same file: {}",
-                self.primary.display()
-            )));
-        }
-        if canon(&self.record).is_some()
-            && (canon(&self.record) == canon(&self.primary)
-                || canon(&self.record) == canon(&self.secondary))
-        {
-            return Err(Error::Config(format!(
-                "--record {} is also a data device",
-                self.record.display()
-            )));
-        }
+        self.paths().check_distinct()?;
         let size = |p: &PathBuf| -> Result<u64> {
             use crate::dev::{BlockDev, FileDev, OpenOptions};
             Ok(FileDev::open(p, &OpenOptions::default())?.size())

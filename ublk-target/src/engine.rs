@@ -499,6 +499,30 @@ pub struct Paths {
 }
 
 impl Paths {
+    /// Refuses a path given twice: primary and secondary must differ, and the
+    /// record must be neither of them.
+    pub fn check_distinct(&self) -> Result<()> {
+        let canon = |p: &std::path::Path| std::fs::canonicalize(p).ok();
+        let (p, s, r) = (
+            canon(&self.primary),
+            canon(&self.secondary),
+            canon(&self.record),
+        );
+        if p.is_some() && p == s {
+            return Err(Error::Config(format!(
+                "--primary and --secondary are the same file: {}",
+                self.primary.display()
+            )));
+        }
+        if r.is_some() && (r == p || r == s) {
+            return Err(Error::Config(format!(
+                "--record {} is also a data device",
+                self.record.display()
+            )));
+        }
+        Ok(())
+    }
+
     /// Opens the devices, checking what can be checked before anything is
     /// created: both data devices exist, they are distinct, and no path is
     /// given twice. A missing or empty record file is created.
@@ -510,20 +534,7 @@ impl Paths {
         };
         let primary_path = canon("primary", &self.primary)?;
         let secondary_path = canon("secondary", &self.secondary)?;
-        if primary_path == secondary_path {
-            return Err(Error::Config(format!(
-                "primary and secondary are the same file: {}",
-                primary_path.display()
-            )));
-        }
-        if let Ok(record_path) = std::fs::canonicalize(&self.record) {
-            if record_path == primary_path || record_path == secondary_path {
-                return Err(Error::Config(format!(
-                    "record {} is also a data device",
-                    record_path.display()
-                )));
-            }
-        }
+        self.check_distinct()?;
         let direct = OpenOptions {
             direct: true,
             ..OpenOptions::default()
