@@ -336,7 +336,7 @@ pub fn format_status(v: &Value) -> String {
         return s;
     }
     s.push_str(&format!(
-        "  record: {} regions, {} (capacity {}), policy {}\n  dirty {}, lag {:.1}s, copied {}\n  \
+        "  record: {} regions, {} (capacity {}), policy {}\n  dirty {}, lag {:.1}s{}, copied {}\n  \
          writes {}, record updates {} ({:.2} per 1000 writes)\n  resync {} of {}\n",
         v["record_regions"],
         bytes("record_bytes"),
@@ -344,6 +344,14 @@ pub fn format_status(v: &Value) -> String {
         v["policy"].as_str().unwrap_or("?"),
         bytes("dirty_bytes"),
         v["lag_seconds"].as_f64().unwrap_or(0.0),
+        if v["mirror_deferring"].as_bool() == Some(true) {
+            format!(
+                " (copies held back: host I/O busy {:.0}%)",
+                v["host_busy"].as_f64().unwrap_or(0.0) * 100.0
+            )
+        } else {
+            String::new()
+        },
         bytes("bytes_copied"),
         v["writes"],
         v["record_updates"],

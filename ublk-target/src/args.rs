@@ -7,10 +7,14 @@ use crate::engine::{EngineConfig, Paths};
 use crate::error::{Error, Result};
 use crate::geometry::check_region_size;
 use crate::mirror::MirrorConfig;
-use crate::units::parse_size;
+use crate::units::{parse_duration, parse_size};
 
 /// Default directory for control sockets and state files.
 pub const DEFAULT_RUN_DIR: &str = "/run/tandem";
+
+fn default_max_lag() -> String {
+    "10s".into()
+}
 
 /// One mirrored device.
 #[derive(Debug, Clone, clap::Args, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -48,6 +52,12 @@ pub struct DeviceArgs {
     /// Largest extent one copy moves.
     #[arg(long, default_value = "4MiB")]
     pub max_copy_size: String,
+    /// While host I/O is heavy, how long the mirror may hold a region's copy
+    /// back so host writes run at full speed (e.g. 10s, 500ms); 0 copies at
+    /// once whatever the load. Light host I/O never holds copies back.
+    #[arg(long, default_value = "10s")]
+    #[serde(default = "default_max_lag")]
+    pub max_lag: String,
     /// With a new record, trust that primary and secondary are already
     /// identical (e.g. both blank) and skip the initial full copy.
     #[arg(long)]
@@ -76,6 +86,8 @@ impl DeviceArgs {
                 threads: self.mirror_threads,
                 max_copy_bytes: parse_size(&self.max_copy_size)?,
                 max_rate: self.max_copy_rate.as_deref().map(parse_size).transpose()?,
+                max_lag: parse_duration(&self.max_lag)
+                    .map_err(|e| Error::Config(format!("--max-lag: {e}")))?,
                 ..MirrorConfig::default()
             },
             assume_clean: self.assume_clean,
@@ -115,6 +127,7 @@ impl DeviceArgs {
         opt("depth", self.depth.to_string().into());
         opt("mirror-threads", self.mirror_threads.to_string().into());
         opt("max-copy-size", self.max_copy_size.clone().into());
+        opt("max-lag", self.max_lag.clone().into());
         if let Some(rate) = &self.max_copy_rate {
             opt("max-copy-rate", rate.clone().into());
         }
@@ -209,6 +222,7 @@ mod tests {
             mirror_threads: 2,
             max_copy_rate: None,
             max_copy_size: "4MiB".into(),
+            max_lag: "10s".into(),
             assume_clean: false,
             passthrough: false,
         }
@@ -226,6 +240,7 @@ mod tests {
             (Box::new(|a| a.depth = 0), "--depth 0"),
             (Box::new(|a| a.mirror_threads = 0), "mirror threads 0"),
             (Box::new(|a| a.max_copy_rate = Some("0".into())), "rate 0"),
+            (Box::new(|a| a.max_lag = "later".into()), "--max-lag"),
         ];
         for (edit, needle) in cases {
             let mut a = args();
@@ -245,6 +260,7 @@ mod tests {
         }
         let mut a = args();
         a.max_copy_rate = Some("10MiB".into());
+        a.max_lag = "250ms".into();
         a.assume_clean = true;
         a.passthrough = true;
         let mut argv: Vec<std::ffi::OsString> = vec!["x".into()];

@@ -203,6 +203,7 @@ mod tests {
                 mirror_threads: 1,
                 max_copy_rate: None,
                 max_copy_size: "4MiB".into(),
+                max_lag: "10s".into(),
                 assume_clean: true,
                 passthrough: false,
             },

@@ -19,7 +19,7 @@ use crate::geometry::{check_region_size, Geometry, DEFAULT_REGION_SIZE};
 use crate::mirror::{MirrorConfig, MirrorPool, MirrorStats};
 use crate::predict;
 use crate::record::{Clock, LoadOutcome, Record, RegionFile, RegionView};
-use crate::stats::Counter;
+use crate::stats::{Counter, Gauge, GaugeGuard};
 
 /// Default capacity for clean regions in the record: 1 GiB.
 pub const DEFAULT_CAPACITY: u64 = 1 << 30;
@@ -137,6 +137,10 @@ pub struct EngineStatus {
     pub record_bytes: u64,
     pub dirty_bytes: u64,
     pub lag_seconds: f64,
+    /// Share of recent time with host I/O in flight (0 to 1).
+    pub host_busy: f64,
+    /// Copies are held back (up to the maximum lag) for heavy host I/O.
+    pub mirror_deferring: bool,
     pub writes: u64,
     pub bytes_written: u64,
     pub record_updates: u64,
@@ -161,6 +165,8 @@ pub struct Engine {
     secondary: Dev,
     record: Arc<Record>,
     mirror: MirrorPool,
+    /// Host requests in being, which mirror copies yield to.
+    host_io: Arc<Gauge>,
     writes: Counter,
     bytes_written: Counter,
     start: StartKind,
@@ -175,6 +181,7 @@ pub struct WriteGuard<'a> {
     engine: &'a Engine,
     offset: u64,
     len: u64,
+    _host_io: GaugeGuard<'a>,
 }
 
 impl WriteGuard<'_> {
@@ -300,11 +307,13 @@ impl Engine {
         } else {
             MirrorPool::start
         };
+        let host_io = Arc::new(Gauge::default());
         let mirror = start_pool(
             record.clone(),
             primary.clone(),
             secondary.clone(),
             config.mirror.clone(),
+            host_io.clone(),
         )?;
         mirror.enqueue_resync(&dirtied);
         Ok(Engine {
@@ -313,6 +322,7 @@ impl Engine {
             secondary,
             record,
             mirror,
+            host_io,
             writes: Counter::default(),
             bytes_written: Counter::default(),
             start,
@@ -343,6 +353,7 @@ impl Engine {
     /// the primary and completes the guard.
     pub fn begin_write(&self, offset: u64, len: u64) -> Result<WriteGuard<'_>> {
         self.geometry.check_range(offset, len)?;
+        let host_io = self.host_io.enter();
         self.writes.add(1);
         self.bytes_written.add(len);
         if self.passthrough {
@@ -350,6 +361,7 @@ impl Engine {
                 engine: self,
                 offset,
                 len: 0,
+                _host_io: host_io,
             });
         }
         let regions = self.geometry.regions_of(offset, len);
@@ -365,11 +377,21 @@ impl Engine {
             engine: self,
             offset,
             len,
+            _host_io: host_io,
         })
+    }
+
+    /// Marks a host request in being until the guard drops: mirror copies
+    /// yield to heavy host I/O. `read`, `write`, `flush` and `begin_write`
+    /// mark their own; a front end that reads or flushes the primary directly
+    /// marks the request with this.
+    pub fn host_io(&self) -> GaugeGuard<'_> {
+        self.host_io.enter()
     }
 
     pub fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         self.geometry.check_range(offset, buf.len() as u64)?;
+        let _io = self.host_io.enter();
         self.primary
             .read_at(buf, offset)
             .map_err(|e| Error::io(format!("read primary at {offset}"), e))
@@ -385,6 +407,7 @@ impl Engine {
 
     /// Makes every completed write durable on the primary.
     pub fn flush(&self) -> Result<()> {
+        let _io = self.host_io.enter();
         self.primary
             .sync()
             .map_err(|e| Error::io("flush primary", e))
@@ -442,6 +465,8 @@ impl Engine {
                 self.record.states().is_dirty(self.geometry.regions() - 1),
             ),
             lag_seconds: ms.lag_seconds,
+            host_busy: ms.host_busy,
+            mirror_deferring: ms.deferring,
             writes,
             bytes_written: self.bytes_written.get(),
             record_updates: rs.updates,

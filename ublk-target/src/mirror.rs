@@ -6,6 +6,12 @@
 //! clean, which succeeds only if no write started since the claim. A failed
 //! copy leaves the regions dirty, puts the pool in degraded mode and retries
 //! with backoff; host I/O never sees a secondary failure.
+//!
+//! Copies yield to heavy host I/O: while host I/O is in flight most of the
+//! time (and the dirty backlog is below half the record's capacity), a newly
+//! dirty region waits up to `max_lag` instead of `copy_delay`, so the host's
+//! writes do not share the machine with the copies, and writes to a hot region
+//! during that time are copied once. Light host I/O does not delay copies.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,6 +22,7 @@ use std::time::{Duration, Instant};
 use crate::dev::Dev;
 use crate::error::{Error, Result};
 use crate::record::{ChunkMask, ClaimRefused, CopyClaim, Record, RegionView};
+use crate::stats::Gauge;
 
 /// How the pool copies.
 #[derive(Debug, Clone)]
@@ -32,6 +39,9 @@ pub struct MirrorConfig {
     /// How long a newly dirty region waits before its first copy, so further
     /// writes to it are copied together (write-behind coalescing).
     pub copy_delay: Duration,
+    /// Under heavy host I/O, how long a dirty region may wait for its copy;
+    /// zero copies at once whatever the load.
+    pub max_lag: Duration,
 }
 
 impl Default for MirrorConfig {
@@ -42,9 +52,19 @@ impl Default for MirrorConfig {
             max_rate: None,
             flush_interval: Duration::from_millis(200),
             copy_delay: Duration::from_millis(50),
+            max_lag: DEFAULT_MAX_LAG,
         }
     }
 }
+
+/// How long copies may wait under heavy host I/O, by default.
+pub const DEFAULT_MAX_LAG: Duration = Duration::from_secs(10);
+/// Host I/O counts as heavy when it is in flight at least this share of the time.
+const BUSY_UTIL: f64 = 0.25;
+/// The time constant of the host I/O average.
+const BUSY_WINDOW: Duration = Duration::from_millis(50);
+/// How often the housekeeping thread samples the host I/O while anything is dirty.
+const SAMPLE_EVERY: Duration = Duration::from_millis(5);
 
 /// First retry delay after a secondary failure; doubles up to `MAX_BACKOFF`.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -125,6 +145,40 @@ impl Throttle {
     }
 }
 
+/// Tells heavy host I/O from light: a moving average, over about
+/// `BUSY_WINDOW`, of samples of whether host I/O is in flight (the share of
+/// time the device is busy, as iostat's %util).
+#[derive(Default)]
+struct Pacer {
+    util: f64,
+    last: Option<Instant>,
+}
+
+impl Pacer {
+    /// Adds a sample taken at `now`; returns the new average.
+    fn sample(&mut self, now: Instant, busy: bool) -> f64 {
+        let x = if busy { 1.0 } else { 0.0 };
+        self.util = match self.last {
+            None => x,
+            Some(t) => {
+                let dt = now.saturating_duration_since(t).as_secs_f64();
+                let keep = (-dt / BUSY_WINDOW.as_secs_f64()).exp();
+                self.util * keep + x * (1.0 - keep)
+            }
+        };
+        self.last = Some(now);
+        self.util
+    }
+
+    /// The average, or 0 when no sample is recent.
+    fn current(&self, now: Instant) -> f64 {
+        match self.last {
+            Some(t) if now.saturating_duration_since(t) < Duration::from_secs(1) => self.util,
+            _ => 0.0,
+        }
+    }
+}
+
 struct Shared {
     record: Arc<Record>,
     primary: Dev,
@@ -145,6 +199,11 @@ struct Shared {
     /// Regions that recovery found in the record and that are not copied yet.
     resync: Mutex<HashSet<u64>>,
     counters: Counters,
+    /// Host I/O in flight, raised by the engine around every request.
+    host_io: Arc<Gauge>,
+    pacer: Mutex<Pacer>,
+    /// Whether copies are being held back for heavy host I/O right now.
+    deferring: AtomicBool,
 }
 
 /// A snapshot of the pool's figures.
@@ -159,6 +218,10 @@ pub struct MirrorStats {
     pub last_error: Option<String>,
     pub resync_total_bytes: u64,
     pub resync_done_bytes: u64,
+    /// Share of recent time with host I/O in flight (0 to 1).
+    pub host_busy: f64,
+    /// Copies are held back (up to the maximum lag) for heavy host I/O.
+    pub deferring: bool,
 }
 
 /// The pool of mirror threads of one device.
@@ -172,17 +235,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl MirrorPool {
-    /// Starts `config.threads` workers and a housekeeping thread.
+    /// Starts `config.threads` workers and a housekeeping thread. `host_io`
+    /// is the level of host I/O in flight, which copies yield to.
     pub fn start(
         record: Arc<Record>,
         primary: Dev,
         secondary: Dev,
         config: MirrorConfig,
+        host_io: Arc<Gauge>,
     ) -> Result<Self> {
         if config.threads == 0 {
             return Err(Error::Config("mirror threads must be at least 1".into()));
         }
-        Self::build(record, primary, secondary, config, true)
+        Self::build(record, primary, secondary, config, host_io, true)
     }
 
     /// A pool without threads: the owner copies by calling `pump`. For
@@ -192,8 +257,9 @@ impl MirrorPool {
         primary: Dev,
         secondary: Dev,
         config: MirrorConfig,
+        host_io: Arc<Gauge>,
     ) -> Result<Self> {
-        Self::build(record, primary, secondary, config, false)
+        Self::build(record, primary, secondary, config, host_io, false)
     }
 
     fn build(
@@ -201,6 +267,7 @@ impl MirrorPool {
         primary: Dev,
         secondary: Dev,
         config: MirrorConfig,
+        host_io: Arc<Gauge>,
         threads: bool,
     ) -> Result<Self> {
         if config.max_copy_bytes < record.geometry().region_size() {
@@ -239,6 +306,9 @@ impl MirrorPool {
             throttle,
             resync: Mutex::new(HashSet::new()),
             counters: Counters::default(),
+            host_io,
+            pacer: Mutex::new(Pacer::default()),
+            deferring: AtomicBool::new(false),
             config,
         });
         let mut workers = Vec::new();
@@ -331,6 +401,8 @@ impl MirrorPool {
             last_error: lock(&s.last_error).clone(),
             resync_total_bytes: s.counters.resync_total.load(Ordering::Relaxed),
             resync_done_bytes: s.counters.resync_done.load(Ordering::Relaxed),
+            host_busy: lock(&s.pacer).current(now),
+            deferring: s.deferring.load(Ordering::Relaxed),
         }
     }
 
@@ -418,11 +490,17 @@ impl Shared {
             }
             let mut batch = Vec::new();
             let mut young: Option<Instant> = None;
+            let deferring = blocking && !q.entries.is_empty() && self.deferring_now(now);
+            let delay = if deferring {
+                self.config.max_lag
+            } else {
+                self.config.copy_delay
+            };
             while batch.len() < EXTENTS_PER_SYNC {
                 let Some(&e) = q.entries.front() else {
                     break;
                 };
-                let due = e.since + self.config.copy_delay;
+                let due = e.since + delay;
                 if blocking && due > now {
                     // Queued too recently: let more writes to it gather first.
                     young = Some(due);
@@ -473,6 +551,40 @@ impl Shared {
                 .wait_timeout(q, wait)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+        }
+    }
+
+    /// Samples the host I/O and decides whether copies wait for it to ease:
+    /// they do while it is heavy and the dirty backlog is below half the
+    /// capacity. Returns the decision and whether copies were held back
+    /// until now (the waiting workers need a wake-up).
+    fn pace(&self, now: Instant) -> (bool, bool) {
+        let util = lock(&self.pacer).sample(now, self.host_io.get() > 0);
+        let backlog_ok =
+            self.record.states().dirty_count() < (self.record.capacity_regions() / 2).max(1);
+        let defer = util >= BUSY_UTIL && backlog_ok;
+        let eased = self.deferring.swap(defer, Ordering::Relaxed) && !defer;
+        (defer, eased)
+    }
+
+    /// Whether copies wait for host I/O now: the housekeeping thread's last
+    /// decision, or a fresh one when that is stale (the thread samples only
+    /// while something is dirty).
+    fn deferring_now(&self, now: Instant) -> bool {
+        if self.config.max_lag.is_zero() {
+            return false;
+        }
+        let fresh = lock(&self.pacer)
+            .last
+            .is_some_and(|t| now.saturating_duration_since(t) <= 2 * SAMPLE_EVERY);
+        if fresh {
+            self.deferring.load(Ordering::Relaxed)
+        } else {
+            let (defer, eased) = self.pace(now);
+            if eased {
+                self.wake.notify_all();
+            }
+            defer
         }
     }
 
@@ -680,23 +792,36 @@ impl Shared {
         }
     }
 
-    /// Writes lazy removals from the record: every `flush_interval`, or as
-    /// soon as they pass an eighth of the capacity, so a crash resyncs little
-    /// beyond the capacity.
+    /// Samples the host I/O every `SAMPLE_EVERY` while anything is dirty (to
+    /// pace the copies), and writes lazy removals from the record: every
+    /// `flush_interval`, or as soon as they pass an eighth of the capacity, so
+    /// a crash resyncs little beyond the capacity.
     fn housekeep(&self) {
         let tick = self.config.flush_interval / 4;
+        let pacing = !self.config.max_lag.is_zero();
         let threshold = (self.record.capacity_regions() / 8).max(1) as usize;
         let mut last_flush = Instant::now();
+        let mut last_trim = Instant::now();
         let mut g = lock(&self.stop_lock);
         while !self.stopping() {
+            let sampling = pacing && self.record.states().dirty_count() > 0;
             g = self
                 .stop_signal
-                .wait_timeout(g, tick)
+                .wait_timeout(g, if sampling { SAMPLE_EVERY } else { tick })
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
             if self.stopping() {
                 break;
             }
+            if pacing && self.pace(Instant::now()).1 {
+                // Under the queue lock, so a worker about to wait cannot miss it.
+                let _q = lock(&self.queue);
+                self.wake.notify_all();
+            }
+            if last_trim.elapsed() < tick {
+                continue;
+            }
+            last_trim = Instant::now();
             self.record.trim();
             let due = last_flush.elapsed() >= self.config.flush_interval;
             if (due && self.record.has_unflushed()) || self.record.pending_forget() >= threshold {
@@ -725,6 +850,7 @@ mod tests {
         primary: Arc<MemDev>,
         secondary: Arc<MemDev>,
         pool: MirrorPool,
+        host_io: Arc<Gauge>,
     }
 
     fn config(max_copy_regions: u64) -> MirrorConfig {
@@ -737,10 +863,14 @@ mod tests {
     }
 
     fn record(size: u64) -> Arc<Record> {
+        record_with_capacity(size, 1 << 30)
+    }
+
+    fn record_with_capacity(size: u64, capacity: u64) -> Arc<Record> {
         let g = Geometry::new(size, REGION).unwrap();
         Arc::new(Record::new(
             g,
-            1 << 30,
+            capacity,
             Box::new(Lru::new()),
             Box::new(NullStore::default()),
             Clock::Manual(Arc::new(AtomicU64::new(0))),
@@ -755,7 +885,12 @@ mod tests {
     }
 
     fn rig(size: u64, config: MirrorConfig, threaded: bool) -> Rig {
-        let record = record(size);
+        rig_with_record(record(size), config, threaded)
+    }
+
+    fn rig_with_record(record: Arc<Record>, config: MirrorConfig, threaded: bool) -> Rig {
+        let size = record.geometry().device_size();
+        let host_io = Arc::new(Gauge::default());
         let primary = Arc::new(MemDev::new("primary-dev", size));
         let secondary = Arc::new(MemDev::new("secondary-dev", size));
         let build = if threaded {
@@ -763,7 +898,13 @@ mod tests {
         } else {
             MirrorPool::manual
         };
-        let pool = match build(record.clone(), primary.clone(), secondary.clone(), config) {
+        let pool = match build(
+            record.clone(),
+            primary.clone(),
+            secondary.clone(),
+            config,
+            host_io.clone(),
+        ) {
             Ok(p) => p,
             Err(e) => panic!("pool does not start: {e}"),
         };
@@ -772,6 +913,7 @@ mod tests {
             primary,
             secondary,
             pool,
+            host_io,
         }
     }
 
@@ -1109,6 +1251,7 @@ mod tests {
                 Arc::new(MemDev::new("p", size)),
                 Arc::new(MemDev::new("s", size)),
                 config,
+                Arc::new(Gauge::default()),
             )
         };
         let config_error = |r: Result<MirrorPool>| match r {
@@ -1317,5 +1460,114 @@ mod tests {
             "stop() did not return within 2 s: the worker sleeps for the \
              throttle once per extent of its batch before it looks at the stop flag"
         );
+    }
+
+    #[test]
+    fn the_host_io_average_follows_the_samples() {
+        let t0 = Instant::now();
+        let mut p = Pacer::default();
+        assert_eq!(p.sample(t0, true), 1.0, "the first sample stands alone");
+        // Idle for one time constant: the average falls to 1/e.
+        let u = p.sample(t0 + BUSY_WINDOW, false);
+        assert!((u - (-1.0f64).exp()).abs() < 1e-9, "{u}");
+        // Busy every other sample, 1 ms apart: it settles near one half.
+        let mut t = t0 + BUSY_WINDOW;
+        for i in 0..2000 {
+            t += Duration::from_millis(1);
+            p.sample(t, i % 2 == 0);
+        }
+        assert!((p.current(t) - 0.5).abs() < 0.05, "{}", p.current(t));
+        // A stale average reads as idle.
+        assert_eq!(p.current(t + Duration::from_secs(2)), 0.0);
+    }
+
+    /// Mirror settings for the pacing tests: no coalescing delay, so only the
+    /// pacing can hold a copy back.
+    fn paced(max_lag: Duration) -> MirrorConfig {
+        MirrorConfig {
+            copy_delay: Duration::ZERO,
+            max_lag,
+            ..config(4)
+        }
+    }
+
+    fn wait_clean(rig: &Rig, limit: Duration) -> Duration {
+        let t0 = Instant::now();
+        while rig.record.states().dirty_count() > 0 {
+            assert!(t0.elapsed() < limit, "not copied within {limit:?}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        t0.elapsed()
+    }
+
+    #[test]
+    fn heavy_host_io_holds_copies_back_up_to_the_maximum_lag() {
+        let lag = Duration::from_millis(600);
+        let rig = rig(16 * REGION, paced(lag), true);
+        let busy = rig.host_io.enter();
+        let t0 = Instant::now();
+        rig.write(3 * REGION, &pattern(1, 4096));
+        std::thread::sleep(Duration::from_millis(100));
+        let s = rig.pool.stats();
+        assert!(s.deferring, "copies are held back: {s:?}");
+        assert!(
+            s.host_busy > 0.9,
+            "host I/O is in flight all the time: {s:?}"
+        );
+        wait_clean(&rig, Duration::from_secs(10));
+        let took = t0.elapsed();
+        assert!(
+            took >= lag,
+            "copied after {took:?}, before the maximum lag {lag:?}"
+        );
+        assert_eq!(rig.secondary.durable_contents(), rig.primary.contents());
+        drop(busy);
+    }
+
+    #[test]
+    fn copies_resume_as_soon_as_host_io_eases() {
+        let rig = rig(16 * REGION, paced(Duration::from_secs(3600)), true);
+        let busy = rig.host_io.enter();
+        rig.write(5 * REGION, &pattern(2, 8192));
+        rig.write(9 * REGION, &pattern(3, 8192));
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(rig.dirty(), vec![5, 9], "held back while host I/O is heavy");
+        drop(busy);
+        wait_clean(&rig, Duration::from_secs(10));
+        assert_eq!(rig.secondary.durable_contents(), rig.primary.contents());
+        assert!(!rig.pool.stats().deferring);
+    }
+
+    #[test]
+    fn light_host_io_and_a_zero_maximum_lag_never_hold_copies_back() {
+        // No host I/O in flight: copied at once though the maximum lag is long.
+        let rig = rig(16 * REGION, paced(Duration::from_secs(3600)), true);
+        rig.write(REGION, &pattern(4, 4096));
+        wait_clean(&rig, Duration::from_secs(10));
+        // Host I/O in flight, but a zero maximum lag: copied at once.
+        let rig = rig_with_record(record(16 * REGION), paced(Duration::ZERO), true);
+        let busy = rig.host_io.enter();
+        rig.write(2 * REGION, &pattern(5, 4096));
+        wait_clean(&rig, Duration::from_secs(10));
+        assert!(!rig.pool.stats().deferring);
+        drop(busy);
+    }
+
+    #[test]
+    fn a_backlog_of_half_the_capacity_is_copied_despite_heavy_host_io() {
+        // Capacity 4 regions: 2 dirty regions are half of it.
+        let rig = rig_with_record(
+            record_with_capacity(16 * REGION, 4 * REGION),
+            paced(Duration::from_secs(3600)),
+            true,
+        );
+        let busy = rig.host_io.enter();
+        rig.write(0, &pattern(6, 4096));
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(rig.dirty(), vec![0], "one dirty region is held back");
+        rig.write(8 * REGION, &pattern(7, 4096));
+        wait_clean(&rig, Duration::from_secs(10));
+        assert_eq!(rig.secondary.durable_contents(), rig.primary.contents());
+        drop(busy);
     }
 }

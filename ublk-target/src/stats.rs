@@ -44,8 +44,50 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.shards
             .iter()
-            .map(|p| p.0.load(Ordering::Relaxed))
-            .sum()
+            .fold(0u64, |a, p| a.wrapping_add(p.0.load(Ordering::Relaxed)))
+    }
+}
+
+/// A level (such as host I/O in flight) split into per-thread shards: `enter`
+/// raises it until the returned guard drops. A guard may drop on another
+/// thread; shards wrap, so the sum stays right.
+#[derive(Default)]
+pub struct Gauge {
+    shards: Counter,
+}
+
+/// Holds a [`Gauge`] one higher while it lives.
+#[must_use = "the gauge drops back when the guard does"]
+pub struct GaugeGuard<'a>(&'a Gauge);
+
+impl Gauge {
+    #[inline]
+    pub fn enter(&self) -> GaugeGuard<'_> {
+        self.shards.add(1);
+        GaugeGuard(self)
+    }
+
+    /// The current level (a snapshot: shards are read one by one).
+    pub fn get(&self) -> u64 {
+        let sum = self
+            .shards
+            .shards
+            .iter()
+            .fold(0u64, |a, p| a.wrapping_add(p.0.load(Ordering::Relaxed)));
+        // A guard that entered on one shard and left on another can make a
+        // snapshot look negative for an instant.
+        if (sum as i64) < 0 {
+            0
+        } else {
+            sum
+        }
+    }
+}
+
+impl Drop for GaugeGuard<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.0.shards.add(u64::MAX); // wrapping -1
     }
 }
 
@@ -71,5 +113,46 @@ mod tests {
             h.join().unwrap();
         }
         assert_eq!(c.get(), 8000);
+    }
+
+    #[test]
+    fn gauge_levels_survive_guards_dropped_on_other_threads() {
+        let g = Arc::new(Gauge::default());
+        let held: Vec<_> = (0..4)
+            .map(|_| {
+                let g = g.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        std::mem::forget(g.enter());
+                    }
+                })
+            })
+            .collect();
+        for h in held {
+            h.join().unwrap();
+        }
+        assert_eq!(g.get(), 4000);
+        // Leave from other threads than the ones that entered.
+        let left: Vec<_> = (0..8)
+            .map(|_| {
+                let g = g.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..500 {
+                        drop(GaugeGuard(&g));
+                    }
+                })
+            })
+            .collect();
+        for h in left {
+            h.join().unwrap();
+        }
+        assert_eq!(g.get(), 0);
+        let a = g.enter();
+        let b = g.enter();
+        assert_eq!(g.get(), 2);
+        drop(a);
+        assert_eq!(g.get(), 1);
+        drop(b);
+        assert_eq!(g.get(), 0);
     }
 }

@@ -28,6 +28,27 @@ pub fn parse_size(text: &str) -> Result<u64> {
         .ok_or_else(|| bad("too large for 64 bits"))
 }
 
+/// Parses a duration: a number of seconds, optionally with a unit (`ms`, `s`,
+/// `min`), e.g. `10`, `2.5s`, `500ms`. The error names the value.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad = |why: &str| Error::Config(format!("invalid duration {text:?}: {why}"));
+    let n: f64 = num
+        .parse()
+        .map_err(|_| bad("expected a number of seconds, optionally followed by ms, s or min"))?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "s" => 1.0,
+        "ms" => 1e-3,
+        "min" => 60.0,
+        _ => return Err(bad("unknown unit; use ms, s or min")),
+    };
+    std::time::Duration::try_from_secs_f64(n * scale).map_err(|_| bad("out of range"))
+}
+
 /// Formats bytes with the largest binary unit that keeps two decimals honest.
 pub fn format_size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -47,6 +68,20 @@ pub fn format_size(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_durations() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("2.5s").unwrap(), Duration::from_millis(2500));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1min").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        for bad in ["", "soon", "-1", "1h", "1e999"] {
+            let e = parse_duration(bad).unwrap_err().to_string();
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+        }
+    }
 
     #[test]
     fn parses_units() {

@@ -87,6 +87,35 @@ teardown_tandem() {
 
 setup_passthrough() { tandem_add bench-pt --passthrough; }
 settle_passthrough() { :; }
+# After each tandem run (not timed): how far behind the secondary is and how long
+# the mirror takes to catch up once the load stops, as BENCH-CATCHUP ROUND DEVICE
+# WORKLOAD SECONDS DIRTY-BYTES HOST-BUSY-PERCENT DEFERRING, the last two from a
+# status taken halfway through the run.
+uptime_cs() { read -r _u _ </proc/uptime; echo "${_u%.*}${_u#*.}"; }
+json_num() { sed -n "s/.*\"$1\": *\([0-9][0-9.]*\).*/\1/p" | head -n 1; }
+json_word() { sed -n "s/.*\"$1\": *\([a-z]*\).*/\1/p" | head -n 1; }
+# The snapshot is taken of passthrough too (same daemon), so both pay for it.
+before_run() {  # before_run DEVICE: a status snapshot halfway through the run
+    case "$1" in tandem) _n=bench-tandem ;; passthrough) _n=bench-pt ;; *) return 0 ;; esac
+    rm -f "$W/mid.json"
+    ( sleep $(( (ramp + runtime + 1) / 2 )); tandemctl status $_n --json >"$W/mid.json" 2>&1 ) &
+    MID_PID=$!
+}
+after_run() {  # after_run ROUND DEVICE WORKLOAD
+    [ "$2" = passthrough ] && { wait "$MID_PID" 2>/dev/null; return 0; }
+    [ "$2" = tandem ] || return 0
+    _t0="$(uptime_cs)"
+    tandemctl status bench-tandem --json >"$W/after.json" 2>&1
+    _dirty="$(json_num dirty_bytes <"$W/after.json")"
+    tandemctl wait-synced bench-tandem --timeout 600 >"$W/settle.log" 2>&1 \
+        || { note "tandem wait-synced failed: $(reason "$W/settle.log")"; return 1; }
+    _t1="$(uptime_cs)"
+    wait "$MID_PID" 2>/dev/null
+    _busy="$(json_num host_busy <"$W/mid.json" 2>/dev/null)"
+    _busy="$(awk -v b="${_busy:-0}" 'BEGIN { printf "%.0f", b * 100 }')"
+    _defer="$(json_word mirror_deferring <"$W/mid.json" 2>/dev/null)"
+    echo "BENCH-CATCHUP $1 $2 $3 $(( (_t1 - _t0) / 100 )).$(printf %02d $(( (_t1 - _t0) % 100 ))) ${_dirty:-0} ${_busy} ${_defer:-unknown}"
+}
 teardown_passthrough() { tandem_del bench-pt; }
 
 setup_loop() {
@@ -201,7 +230,9 @@ while [ $r -le "$rounds" ]; do
                 failures=$((failures + 1))
                 continue
             fi
+            before_run "$d"
             run_fio "$r" "$d" "$wl" || failures=$((failures + 1))
+            after_run "$r" "$d" "$wl" || failures=$((failures + 1))
         done
         if ! "teardown_$fn"; then
             echo "BENCH-SETUP-FAIL $d $r: teardown failed; stopping (the disks are in an unknown state)"

@@ -53,7 +53,11 @@ async fn io_task(q: &UblkQueue<'_>, tag: u16, engine: &Engine) -> Result<(), Ubl
     q.submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf))
         .await?;
     loop {
-        let res = serve(q, tag, buf.as_mut_slice(), engine).await;
+        let res = {
+            // The request is host I/O in being, which mirror copies yield to.
+            let _io = engine.host_io();
+            serve(q, tag, buf.as_mut_slice(), engine).await
+        };
         q.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), res)
             .await?;
     }
