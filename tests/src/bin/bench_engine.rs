@@ -112,6 +112,9 @@ struct MirrorArgs {
     /// Largest extent one copy moves [engine default: 4MiB].
     #[arg(long)]
     mirror_max_copy: Option<String>,
+    /// How long copies may wait under heavy host I/O, e.g. 0 or 10s [engine default: 10s].
+    #[arg(long)]
+    mirror_max_lag: Option<String>,
 }
 
 impl MirrorArgs {
@@ -125,6 +128,9 @@ impl MirrorArgs {
         if let Some(c) = &self.mirror_max_copy {
             config.mirror.max_copy_bytes = parse_size(c)?;
         }
+        if let Some(l) = &self.mirror_max_lag {
+            config.mirror.max_lag = tandem::units::parse_duration(l)?;
+        }
         Ok(())
     }
 
@@ -135,6 +141,9 @@ impl MirrorArgs {
         }
         if let Some(t) = self.mirror_threads {
             d.push(format!("{t} mirror threads"));
+        }
+        if let Some(l) = &self.mirror_max_lag {
+            d.push(format!("mirror max lag {l}"));
         }
         if let Some(r) = &self.mirror_max_rate {
             d.push(format!("mirror rate cap {r}/s"));
