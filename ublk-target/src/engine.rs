@@ -1422,6 +1422,30 @@ mod tests {
     }
 
     #[test]
+    fn host_requests_in_being_hold_mirror_copies_back() {
+        let mut rig = rig();
+        rig.config.capacity = SIZE;
+        rig.config.mirror.max_lag = Duration::from_secs(3600);
+        let e = rig.open_threaded(true);
+        // A front end's request in being (as the daemon marks every request).
+        let busy = e.host_io();
+        e.write(&pattern(1, 4096), 3 * REGION, false).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let s = e.status();
+        assert!(s.mirror_deferring, "copies are held back: {s:?}");
+        assert!(s.host_busy > 0.9, "{s:?}");
+        assert_eq!(dirty(&e), vec![3]);
+        drop(busy);
+        assert!(
+            e.wait_synced(Duration::from_secs(10)),
+            "copies did not resume when the host I/O ended"
+        );
+        assert!(!e.status().mirror_deferring);
+        assert!(rig.in_sync());
+        e.shutdown().unwrap();
+    }
+
+    #[test]
     fn wait_synced_times_out_while_the_secondary_fails() {
         let rig = rig();
         let e = rig.open_threaded(true);
