@@ -270,6 +270,15 @@ mod tests {
     }
 
     #[test]
+    fn state_files_written_before_max_lag_existed_still_load() {
+        let mut v = serde_json::to_value(args()).unwrap();
+        v.as_object_mut().unwrap().remove("max_lag").unwrap();
+        let a: DeviceArgs = serde_json::from_value(v).unwrap();
+        assert_eq!(a.max_lag, "10s");
+        assert_eq!(a, args());
+    }
+
+    #[test]
     fn names_are_checked() {
         assert!(check_name("vm-disk_1.a").is_ok());
         for bad in ["", ".hidden", "a/b", "a b", &"x".repeat(65)] {
