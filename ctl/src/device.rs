@@ -462,3 +462,36 @@ pub fn del(name: &str, run_dir: &Path, timeout: Duration) -> Result<()> {
     files.remove();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn live(deferring: bool) -> Value {
+        json!({
+            "name": "vm1", "device": "/dev/ublkb0", "state": "live",
+            "primary": "/p", "secondary": "/s", "record": "/r",
+            "record_regions": 3, "record_bytes": 3 << 20, "capacity_bytes": 1u64 << 30,
+            "policy": "predictive", "dirty_bytes": 2 << 20, "lag_seconds": 1.25,
+            "bytes_copied": 0, "writes": 10, "record_updates": 1,
+            "updates_per_1000_writes": 100.0, "resync_done_bytes": 0,
+            "resync_total_bytes": 0, "host_busy": 0.87, "mirror_deferring": deferring,
+        })
+    }
+
+    #[test]
+    fn status_says_when_copies_are_held_back() {
+        let held = format_status(&live(true));
+        assert!(
+            held.contains("dirty 2.00 MiB, lag 1.2s (copies held back: host I/O busy 87%)"),
+            "{held}"
+        );
+        let eager = format_status(&live(false));
+        assert!(!eager.contains("held back"), "{eager}");
+        assert!(
+            eager.contains("dirty 2.00 MiB, lag 1.2s, copied"),
+            "{eager}"
+        );
+    }
+}
