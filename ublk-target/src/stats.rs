@@ -69,11 +69,7 @@ impl Gauge {
 
     /// The current level (a snapshot: shards are read one by one).
     pub fn get(&self) -> u64 {
-        let sum = self
-            .shards
-            .shards
-            .iter()
-            .fold(0u64, |a, p| a.wrapping_add(p.0.load(Ordering::Relaxed)));
+        let sum = self.shards.get();
         // A guard that entered on one shard and left on another can make a
         // snapshot look negative for an instant.
         if (sum as i64) < 0 {
