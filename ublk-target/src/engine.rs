@@ -382,9 +382,9 @@ impl Engine {
     }
 
     /// Marks a host request in being until the guard drops: mirror copies
-    /// yield to heavy host I/O. `read`, `write`, `flush` and `begin_write`
-    /// mark their own; a front end that reads or flushes the primary directly
-    /// marks the request with this.
+    /// yield to heavy host I/O. Every engine call marks its own (a write from
+    /// `begin_write` until its guard completes); a front end that reads the
+    /// primary directly marks the read with this.
     pub fn host_io(&self) -> GaugeGuard<'_> {
         self.host_io.enter()
     }

@@ -53,11 +53,7 @@ async fn io_task(q: &UblkQueue<'_>, tag: u16, engine: &Engine) -> Result<(), Ubl
     q.submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf))
         .await?;
     loop {
-        let res = {
-            // The request is host I/O in being, which mirror copies yield to.
-            let _io = engine.host_io();
-            serve(q, tag, buf.as_mut_slice(), engine).await
-        };
+        let res = serve(q, tag, buf.as_mut_slice(), engine).await;
         q.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), res)
             .await?;
     }
@@ -88,6 +84,8 @@ async fn serve(q: &UblkQueue<'_>, tag: u16, buf: &mut [u8], engine: &Engine) -> 
     if op == sys::UBLK_IO_OP_FLUSH {
         return match engine.primary().raw_fd() {
             Some(_) => {
+                // Past the engine: host I/O, which mirror copies yield to.
+                let _io = engine.host_io();
                 submit(
                     opcode::Fsync::new(types::Fixed(PRIMARY_FIXED_FD))
                         .flags(types::FsyncFlags::DATASYNC)
@@ -113,6 +111,9 @@ async fn serve(q: &UblkQueue<'_>, tag: u16, buf: &mut [u8], engine: &Engine) -> 
                 return -libc::EINVAL;
             }
             if engine.primary().raw_fd().is_some() && direct_ok(engine, offset, len) {
+                // Past the engine: host I/O, which mirror copies yield to (the
+                // engine's own calls and write guards mark themselves).
+                let _io = engine.host_io();
                 let sqe =
                     opcode::Read::new(types::Fixed(PRIMARY_FIXED_FD), buf.as_mut_ptr(), len as u32)
                         .offset(offset)
