@@ -107,8 +107,7 @@ after_run() {  # after_run ROUND DEVICE WORKLOAD
     _t0="$(uptime_cs)"
     tandemctl status bench-tandem --json >"$W/after.json" 2>&1
     _dirty="$(json_num dirty_bytes <"$W/after.json")"
-    tandemctl wait-synced bench-tandem --timeout 600 >"$W/settle.log" 2>&1 \
-        || { note "tandem wait-synced failed: $(reason "$W/settle.log")"; return 1; }
+    settle_tandem || return 1
     _t1="$(uptime_cs)"
     wait "$MID_PID" 2>/dev/null
     _busy="$(json_num host_busy <"$W/mid.json" 2>/dev/null)"
