@@ -20,15 +20,6 @@ impl Predictor for Lru {
         "lru"
     }
 
-    fn predict(
-        &mut self,
-        _missed: &[u64],
-        _view: &dyn RegionView,
-        _now: Nanos,
-        _out: &mut Vec<u64>,
-    ) {
-    }
-
     fn admitted(&mut self, r: u64, _predicted: bool, view: &dyn RegionView, _now: Nanos) {
         self.order.touch(r, view.seq(r));
     }

@@ -36,15 +36,6 @@ impl Predictor for MdBitmap {
         "md-bitmap"
     }
 
-    fn predict(
-        &mut self,
-        _missed: &[u64],
-        _view: &dyn RegionView,
-        _now: Nanos,
-        _out: &mut Vec<u64>,
-    ) {
-    }
-
     fn admitted(&mut self, r: u64, _predicted: bool, view: &dyn RegionView, now: Nanos) {
         self.chunks.insert(
             r,

@@ -28,8 +28,10 @@ pub trait Predictor: Send {
 
     /// Regions `missed` (sorted, deduplicated) are being added to the record.
     /// Push regions predicted to be written soon into `out`; they join the same
-    /// durable update.
-    fn predict(&mut self, missed: &[u64], view: &dyn RegionView, now: Nanos, out: &mut Vec<u64>);
+    /// durable update. By default nothing is predicted.
+    fn predict(&mut self, missed: &[u64], view: &dyn RegionView, now: Nanos, out: &mut Vec<u64>) {
+        let _ = (missed, view, now, out);
+    }
 
     /// Region `r` entered the record, either missed by a write or `predicted`.
     fn admitted(&mut self, r: u64, predicted: bool, view: &dyn RegionView, now: Nanos);
