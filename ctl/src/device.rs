@@ -336,12 +336,13 @@ pub fn format_status(v: &Value) -> String {
         return s;
     }
     s.push_str(&format!(
-        "  record: {} regions, {} (capacity {}), policy {}\n  dirty {}, lag {:.1}s{}, copied {}\n  \
+        "  record: {} regions, {} (capacity {}), policy {}, cache {}\n  dirty {}, lag {:.1}s{}, copied {}\n  \
          writes {}, record updates {} ({:.2} per 1000 writes)\n  resync {} of {}\n",
         v["record_regions"],
         bytes("record_bytes"),
         bytes("capacity_bytes"),
         v["policy"].as_str().unwrap_or("?"),
+        v["cache"].as_str().unwrap_or("?"),
         bytes("dirty_bytes"),
         v["lag_seconds"].as_f64().unwrap_or(0.0),
         if v["mirror_deferring"].as_bool() == Some(true) {
@@ -473,7 +474,7 @@ mod tests {
             "name": "vm1", "device": "/dev/ublkb0", "state": "live",
             "primary": "/p", "secondary": "/s", "record": "/r",
             "record_regions": 3, "record_bytes": 3 << 20, "capacity_bytes": 1u64 << 30,
-            "policy": "predictive", "dirty_bytes": 2 << 20, "lag_seconds": 1.25,
+            "policy": "predictive", "cache": "writeback", "dirty_bytes": 2 << 20, "lag_seconds": 1.25,
             "bytes_copied": 0, "writes": 10, "record_updates": 1,
             "updates_per_1000_writes": 100.0, "resync_done_bytes": 0,
             "resync_total_bytes": 0, "host_busy": 0.87, "mirror_deferring": deferring,
@@ -485,6 +486,10 @@ mod tests {
         let held = format_status(&live(true));
         assert!(
             held.contains("dirty 2.00 MiB, lag 1.2s (copies held back: host I/O busy 87%)"),
+            "{held}"
+        );
+        assert!(
+            held.contains("policy predictive, cache writeback\n"),
             "{held}"
         );
         let eager = format_status(&live(false));

@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
+use tandem::dev::Cache;
 use tandem::engine::{Engine, Paths};
 use tandem_tests::{follow_status, parse_block, read_log, BLOCK};
 
@@ -83,6 +84,13 @@ fn sigkill_under_load_loses_nothing_and_resyncs_to_identical() {
     let mut resynced = Vec::new();
     for epoch in 1..=u64::from(n) {
         let policy = if epoch % 3 == 0 { "lru" } else { "predictive" };
+        // Half the kills with the host page cache in the path: what a write
+        // left there survives the daemon's death.
+        let cache = if epoch % 2 == 0 {
+            Cache::Writeback
+        } else {
+            Cache::None
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_crash-writer"))
             .args([
                 paths.primary.to_str().unwrap(),
@@ -92,6 +100,7 @@ fn sigkill_under_load_loses_nothing_and_resyncs_to_identical() {
                 &THREADS.to_string(),
                 &epoch.to_string(),
                 policy,
+                cache.name(),
             ])
             .stdout(Stdio::piped())
             .spawn()
@@ -113,7 +122,7 @@ fn sigkill_under_load_loses_nothing_and_resyncs_to_identical() {
             _ => (0, 0),
         };
 
-        let config = writer::config(policy);
+        let config = writer::config(policy, cache);
         let t0 = Instant::now();
         let engine = Engine::open(paths.open(&config).unwrap(), &config).unwrap();
         let st = engine.status();
@@ -124,8 +133,9 @@ fn sigkill_under_load_loses_nothing_and_resyncs_to_identical() {
         );
         let secs = t0.elapsed().as_secs_f64();
         println!(
-            "kill {epoch:2} ({policy:10}): {checked} blocks acknowledged and intact; resynced {:6} KiB \
+            "kill {epoch:2} ({policy:10}, cache {:9}): {checked} blocks acknowledged and intact; resynced {:6} KiB \
              in {secs:.2}s (capacity {} KiB; ~20 ms before the kill: record {} KiB, dirty {} KiB)",
+            cache.name(),
             st.resync_total_bytes >> 10,
             config.capacity >> 10,
             record_before >> 10,
@@ -146,7 +156,7 @@ fn sigkill_under_load_loses_nothing_and_resyncs_to_identical() {
         "{n} kills: resync per recovery mean {} KiB, max {} KiB, capacity {} KiB, device {} KiB",
         mean >> 10,
         max >> 10,
-        writer::config("lru").capacity >> 10,
+        writer::config("lru", Cache::None).capacity >> 10,
         DEVICE >> 10
     );
     assert!(

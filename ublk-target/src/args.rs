@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use crate::dev::Cache;
 use crate::engine::{EngineConfig, Paths};
 use crate::error::{Error, Result};
 use crate::geometry::check_region_size;
@@ -14,6 +15,10 @@ pub const DEFAULT_RUN_DIR: &str = "/run/tandem";
 
 fn default_max_lag() -> String {
     "10s".into()
+}
+
+fn default_cache() -> String {
+    "none".into()
 }
 
 /// One mirrored device.
@@ -58,6 +63,12 @@ pub struct DeviceArgs {
     #[arg(long, default_value = "10s")]
     #[serde(default = "default_max_lag")]
     pub max_lag: String,
+    /// Host page cache for the data devices: `none` (O_DIRECT) or `writeback`
+    /// (writes complete in host memory and are durable at the next flush or
+    /// FUA write, like a disk's volatile cache; uses host memory).
+    #[arg(long, default_value = "none")]
+    #[serde(default = "default_cache")]
+    pub cache: String,
     /// With a new record, trust that primary and secondary are already
     /// identical (e.g. both blank) and skip the initial full copy.
     #[arg(long)]
@@ -92,6 +103,13 @@ impl DeviceArgs {
             },
             assume_clean: self.assume_clean,
             passthrough: self.passthrough,
+            cache: Cache::parse(&self.cache).ok_or_else(|| {
+                Error::Config(format!(
+                    "--cache {:?}: choose one of {}",
+                    self.cache,
+                    Cache::NAMES.join(", ")
+                ))
+            })?,
         };
         config.validate()?;
         if self.queues == 0 || self.queues > 32 {
@@ -128,6 +146,7 @@ impl DeviceArgs {
         opt("mirror-threads", self.mirror_threads.to_string().into());
         opt("max-copy-size", self.max_copy_size.clone().into());
         opt("max-lag", self.max_lag.clone().into());
+        opt("cache", self.cache.clone().into());
         if let Some(rate) = &self.max_copy_rate {
             opt("max-copy-rate", rate.clone().into());
         }
@@ -223,6 +242,7 @@ mod tests {
             max_copy_rate: None,
             max_copy_size: "4MiB".into(),
             max_lag: "10s".into(),
+            cache: "none".into(),
             assume_clean: false,
             passthrough: false,
         }
@@ -241,6 +261,10 @@ mod tests {
             (Box::new(|a| a.mirror_threads = 0), "mirror threads 0"),
             (Box::new(|a| a.max_copy_rate = Some("0".into())), "rate 0"),
             (Box::new(|a| a.max_lag = "later".into()), "--max-lag"),
+            (
+                Box::new(|a| a.cache = "sometimes".into()),
+                "--cache \"sometimes\"",
+            ),
         ];
         for (edit, needle) in cases {
             let mut a = args();
@@ -261,6 +285,7 @@ mod tests {
         let mut a = args();
         a.max_copy_rate = Some("10MiB".into());
         a.max_lag = "250ms".into();
+        a.cache = "writeback".into();
         a.assume_clean = true;
         a.passthrough = true;
         let mut argv: Vec<std::ffi::OsString> = vec!["x".into()];
@@ -270,11 +295,13 @@ mod tests {
     }
 
     #[test]
-    fn state_files_written_before_max_lag_existed_still_load() {
+    fn state_files_written_before_max_lag_and_cache_existed_still_load() {
         let mut v = serde_json::to_value(args()).unwrap();
         v.as_object_mut().unwrap().remove("max_lag").unwrap();
+        v.as_object_mut().unwrap().remove("cache").unwrap();
         let a: DeviceArgs = serde_json::from_value(v).unwrap();
         assert_eq!(a.max_lag, "10s");
+        assert_eq!(a.cache, "none");
         assert_eq!(a, args());
     }
 

@@ -204,6 +204,7 @@ mod tests {
                 max_copy_rate: None,
                 max_copy_size: "4MiB".into(),
                 max_lag: "10s".into(),
+                cache: "none".into(),
                 assume_clean: true,
                 passthrough: false,
             },

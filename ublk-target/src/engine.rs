@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::dev::Dev;
+use crate::dev::{Cache, Dev};
 use crate::error::{Error, Result};
 use crate::geometry::{check_region_size, Geometry, DEFAULT_REGION_SIZE};
 use crate::mirror::{MirrorConfig, MirrorPool, MirrorStats};
@@ -40,6 +40,8 @@ pub struct EngineConfig {
     /// The record is rewritten with every region set, so the next mirrored
     /// start copies the whole device.
     pub passthrough: bool,
+    /// Whether the data devices are used through the host page cache.
+    pub cache: Cache,
 }
 
 impl Default for EngineConfig {
@@ -51,6 +53,7 @@ impl Default for EngineConfig {
             mirror: MirrorConfig::default(),
             assume_clean: false,
             passthrough: false,
+            cache: Cache::None,
         }
     }
 }
@@ -132,6 +135,9 @@ pub struct EngineStatus {
     pub device_size: u64,
     pub region_size: u64,
     pub policy: &'static str,
+    /// `none` when the primary is opened O_DIRECT, else `writeback` (asked
+    /// for, or the file system refused O_DIRECT).
+    pub cache: &'static str,
     pub capacity_bytes: u64,
     pub record_regions: u64,
     pub record_bytes: u64,
@@ -457,6 +463,11 @@ impl Engine {
             device_size: self.geometry.device_size(),
             region_size: self.geometry.region_size(),
             policy: self.record.policy(),
+            cache: if self.primary.direct() {
+                Cache::None.name()
+            } else {
+                Cache::Writeback.name()
+            },
             capacity_bytes: self.capacity,
             record_regions: rs.regions,
             record_bytes: rs.bytes,
@@ -560,12 +571,12 @@ impl Paths {
         let primary_path = canon("primary", &self.primary)?;
         let secondary_path = canon("secondary", &self.secondary)?;
         self.check_distinct()?;
-        let direct = OpenOptions {
-            direct: true,
+        let data = OpenOptions {
+            direct: config.cache == Cache::None,
             ..OpenOptions::default()
         };
-        let primary: Dev = Arc::new(FileDev::open(&primary_path, &direct)?);
-        let secondary: Dev = Arc::new(FileDev::open(&secondary_path, &direct)?);
+        let primary: Dev = Arc::new(FileDev::open(&primary_path, &data)?);
+        let secondary: Dev = Arc::new(FileDev::open(&secondary_path, &data)?);
         let geometry = Geometry::new(primary.size(), config.region_size)?;
         let record_is_new = match std::fs::metadata(&self.record) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,

@@ -6,7 +6,8 @@
 #   /dev/vdb  secondary (tandem's mirror target; md's second leg)
 #   /dev/vdc  ext4 holding tandem's record file (a new file for every setup)
 # Devices: tandem (tandemctl add --assume-clean), passthrough (tandemctl add
-# --passthrough), loop (losetup --direct-io=on over vda), md-bitmap (raid1, internal
+# --passthrough), tandem-writeback and passthrough-writeback (the same with
+# --cache writeback), loop (losetup --direct-io=on over vda), md-bitmap (raid1, internal
 # bitmap), md-write-behind (raid1, internal bitmap, vdb --write-mostly,
 # --write-behind). Rounds interleave: round r runs every device (order rotated by r),
 # each device every workload.
@@ -87,6 +88,14 @@ teardown_tandem() {
 
 setup_passthrough() { tandem_add bench-pt --passthrough; }
 settle_passthrough() { :; }
+
+# The same two, with the host page cache in the path (--cache writeback).
+setup_tandem_writeback() { tandem_add bench-tandem --assume-clean --cache writeback; }
+settle_tandem_writeback() { settle_tandem; }
+teardown_tandem_writeback() { teardown_tandem; }
+setup_passthrough_writeback() { tandem_add bench-pt --passthrough --cache writeback; }
+settle_passthrough_writeback() { :; }
+teardown_passthrough_writeback() { teardown_passthrough; }
 # After each tandem run (not timed): how far behind the secondary is and how long
 # the mirror takes to catch up once the load stops, as BENCH-CATCHUP ROUND DEVICE
 # WORKLOAD SECONDS DIRTY-BYTES HOST-BUSY-PERCENT DEFERRING, the last two from a
@@ -96,14 +105,13 @@ json_num() { sed -n "s/.*\"$1\": *\([0-9][0-9.]*\).*/\1/p" | head -n 1; }
 json_word() { sed -n "s/.*\"$1\": *\([a-z]*\).*/\1/p" | head -n 1; }
 # The snapshot is taken of passthrough too (same daemon), so both pay for it.
 before_run() {  # before_run DEVICE: a status snapshot halfway through the run
-    case "$1" in tandem) _n=bench-tandem ;; passthrough) _n=bench-pt ;; *) return 0 ;; esac
+    case "$1" in tandem*) _n=bench-tandem ;; passthrough*) _n=bench-pt ;; *) return 0 ;; esac
     rm -f "$W/mid.json"
     ( sleep $(( (ramp + runtime + 1) / 2 )); tandemctl status $_n --json >"$W/mid.json" 2>&1 ) &
     MID_PID=$!
 }
 after_run() {  # after_run ROUND DEVICE WORKLOAD
-    [ "$2" = passthrough ] && { wait "$MID_PID" 2>/dev/null; return 0; }
-    [ "$2" = tandem ] || return 0
+    case "$2" in passthrough*) wait "$MID_PID" 2>/dev/null; return 0 ;; tandem*) ;; *) return 0 ;; esac
     _t0="$(uptime_cs)"
     tandemctl status bench-tandem --json >"$W/after.json" 2>&1
     _dirty="$(json_num dirty_bytes <"$W/after.json")"

@@ -9,12 +9,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
+use tandem::dev::Cache;
 use tandem::engine::{Engine, EngineConfig, Paths};
 use tandem::mirror::MirrorConfig;
 use tandem_tests::{block_data, Ack, BLOCK};
 
 /// Engine settings shared with the test that checks the writer's work.
-pub fn config(policy: &str) -> EngineConfig {
+pub fn config(policy: &str, cache: Cache) -> EngineConfig {
     EngineConfig {
         region_size: 64 << 10,
         capacity: 4 << 20,
@@ -25,6 +26,7 @@ pub fn config(policy: &str) -> EngineConfig {
         },
         assume_clean: true,
         passthrough: false,
+        cache,
     }
 }
 
@@ -32,8 +34,8 @@ fn main() -> anyhow::Result<()> {
     env_logger::init();
     let args: Vec<String> = std::env::args().collect();
     anyhow::ensure!(
-        args.len() == 8,
-        "usage: crash-writer PRIMARY SECONDARY RECORD LOG_DIR THREADS EPOCH POLICY"
+        args.len() == 9,
+        "usage: crash-writer PRIMARY SECONDARY RECORD LOG_DIR THREADS EPOCH POLICY CACHE"
     );
     let paths = Paths {
         primary: PathBuf::from(&args[1]),
@@ -43,7 +45,9 @@ fn main() -> anyhow::Result<()> {
     let log_dir = PathBuf::from(&args[4]);
     let threads: u32 = args[5].parse()?;
     let epoch: u64 = args[6].parse()?;
-    let config = config(&args[7]);
+    let cache = Cache::parse(&args[8])
+        .ok_or_else(|| anyhow::anyhow!("cache {:?}: choose one of {:?}", args[8], Cache::NAMES))?;
+    let config = config(&args[7], cache);
     let engine = Arc::new(Engine::open(paths.open(&config)?, &config)?);
     let blocks = (engine.geometry().device_size() / BLOCK) as u32;
     println!("ready");

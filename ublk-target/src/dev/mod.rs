@@ -13,6 +13,41 @@ pub use mem::{Faults, MemDev};
 use std::io;
 use std::sync::Arc;
 
+/// How the data devices are opened: the host page cache in the path or not.
+///
+/// Either way the ublk device advertises a volatile write cache: a write is
+/// durable once a flush that follows it completes, or at once with FUA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cache {
+    /// O_DIRECT: writes go straight to the device (its own cache aside).
+    #[default]
+    None,
+    /// Through the host page cache: a write completes once copied there and
+    /// reaches the device at the next flush, FUA write or kernel writeback.
+    /// Faster small writes and reads of recent data, at the cost of host memory.
+    Writeback,
+}
+
+impl Cache {
+    /// The names `parse` accepts.
+    pub const NAMES: &'static [&'static str] = &["none", "writeback"];
+
+    pub fn parse(name: &str) -> Option<Cache> {
+        match name {
+            "none" => Some(Cache::None),
+            "writeback" => Some(Cache::Writeback),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cache::None => "none",
+            Cache::Writeback => "writeback",
+        }
+    }
+}
+
 /// A device the engine can mirror: sized, readable, writable, syncable.
 ///
 /// All calls are positional and may be made from many threads at once.
