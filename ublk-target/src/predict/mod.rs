@@ -33,6 +33,12 @@ pub trait Predictor: Send {
         let _ = (missed, view, now, out);
     }
 
+    /// The record holds at most `regions` clean regions (told once, before
+    /// any other call). By default ignored.
+    fn set_capacity(&mut self, regions: u64) {
+        let _ = regions;
+    }
+
     /// Region `r` entered the record, either missed by a write or `predicted`.
     fn admitted(&mut self, r: u64, predicted: bool, view: &dyn RegionView, now: Nanos);
 

@@ -44,8 +44,9 @@
 //! # Resync cost
 //!
 //! Unconfirmed predictions are at most [`PREDICTION_SHARE`]/256 of the written
-//! regions recorded, and expire after [`PREDICTION_TTL_NS`]; the oldest go
-//! first. A prediction made again while still recorded is renewed.
+//! regions recorded (up to [`ROOMY_PREDICTION_SHARE`]/256 while the record
+//! stays under a third of its capacity), and expire after
+//! [`PREDICTION_TTL_NS`]; the oldest go first. A prediction made again while still recorded is renewed.
 //!
 //! # Cost
 //!
@@ -81,6 +82,11 @@ pub const PREDICTION_TTL_NS: Nanos = 86_400_000_000_000;
 /// Unconfirmed predictions are at most this many 256ths of the written
 /// regions recorded: the resync they may add.
 pub const PREDICTION_SHARE: usize = 384;
+/// While the record is far from its capacity, unconfirmed predictions may be
+/// up to this many 256ths of the written regions, as long as written and
+/// predicted together stay under a third of the capacity: room the user has
+/// granted to the resync anyway, and that no written region needs.
+pub const ROOMY_PREDICTION_SHARE: usize = 2048;
 /// A miss counts as recent (for stream detection) for this long.
 const RECENT_NS: Nanos = 30_000_000_000;
 /// Recent misses remembered for stream detection.
@@ -98,6 +104,8 @@ pub const EXPLORE_EVERY: u64 = 16;
 #[derive(Debug)]
 pub struct Predictive {
     regions: u64,
+    /// Clean regions the record may hold (0: not told).
+    capacity: usize,
     lists: Lists,
     streams: Streams,
     trails: Trails,
@@ -124,6 +132,7 @@ impl Predictive {
     pub fn new(regions: u64, _region_size: u64) -> Self {
         Predictive {
             regions,
+            capacity: 0,
             lists: Lists::new(GRACE_NS),
             streams: Streams::new(),
             trails: Trails::new(),
@@ -235,6 +244,10 @@ impl Predictor for Predictive {
         "predictive"
     }
 
+    fn set_capacity(&mut self, regions: u64) {
+        self.capacity = usize::try_from(regions).unwrap_or(usize::MAX);
+    }
+
     fn predict(&mut self, missed: &[u64], view: &dyn RegionView, now: Nanos, out: &mut Vec<u64>) {
         self.issued.clear();
         let threshold = self.threshold.value();
@@ -328,6 +341,7 @@ impl Predictor for Predictive {
     /// record, or older than the TTL; confirms those found written.
     fn expired(&mut self, view: &dyn RegionView, now: Nanos, out: &mut Vec<u64>) {
         let written = self.lists.len(Class::Recent) + self.lists.len(Class::Frequent);
+        let allowed = prediction_allowance(written, self.capacity);
         let mut unconfirmed = self.lists.len(Class::Probation);
         while let Some(&(r, t)) = self.pending.front() {
             let live = self
@@ -339,7 +353,7 @@ impl Predictor for Predictive {
                 self.pending.pop_front();
                 continue;
             }
-            let over = unconfirmed > written * PREDICTION_SHARE / 256;
+            let over = unconfirmed > allowed;
             // Predictions of the update being committed are not durable yet
             // and cannot be evicted; they are the newest.
             if (!over && now.saturating_sub(t) < PREDICTION_TTL_NS) || !view.is_recorded(r) {
@@ -353,6 +367,15 @@ impl Predictor for Predictive {
             }
         }
     }
+}
+
+/// How many unconfirmed predictions may be recorded beside `written`
+/// written regions, in a record of `capacity` regions (0: not known yet).
+fn prediction_allowance(written: usize, capacity: usize) -> usize {
+    let base = written * PREDICTION_SHARE / 256;
+    let roomy =
+        (written * ROOMY_PREDICTION_SHARE / 256).min((capacity / 3).saturating_sub(written));
+    base.max(roomy)
 }
 
 #[cfg(test)]
@@ -515,6 +538,40 @@ mod tests {
             p.updates,
             lru.updates
         );
+    }
+
+    #[test]
+    fn predictions_may_take_more_room_while_the_record_is_far_from_full() {
+        let share = |w: usize| w * PREDICTION_SHARE / 256;
+        assert_eq!(prediction_allowance(100, 0), share(100), "capacity unknown");
+        assert_eq!(
+            prediction_allowance(100, 30_000),
+            100 * ROOMY_PREDICTION_SHARE / 256,
+            "far from full"
+        );
+        // Near a third of the capacity the roomy share shrinks to what is left
+        // below it, and never below the base share.
+        assert_eq!(prediction_allowance(900, 3_000), share(900));
+        assert_eq!(prediction_allowance(200, 3_000), 1_000 - 200);
+        assert_eq!(prediction_allowance(2_000, 3_000), share(2_000));
+
+        // Scattered misses, each with its neighbours predicted: with a large
+        // capacity more of them stay recorded than the base share allows.
+        let run = |capacity: usize| {
+            let mut h = Harness::new(1 << 20, capacity);
+            h.p.set_capacity(capacity as u64);
+            for i in 0..100u64 {
+                h.write(i * 1000, i * S);
+            }
+            h.p.lists.len(Class::Probation)
+        };
+        let (small, large) = (run(400), run(1 << 20));
+        assert!(small <= share(100) + 2 * MAX_NEIGHBOUR as usize, "{small}");
+        assert!(
+            large > share(100) * 2,
+            "{large} unconfirmed with room to spare"
+        );
+        assert!(large <= 100 * ROOMY_PREDICTION_SHARE / 256 + 2 * MAX_NEIGHBOUR as usize);
     }
 
     #[test]

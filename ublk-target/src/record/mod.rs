@@ -158,16 +158,18 @@ impl Record {
     pub fn new(
         geometry: Geometry,
         capacity_bytes: u64,
-        predictor: Box<dyn Predictor>,
+        mut predictor: Box<dyn Predictor>,
         store: Box<dyn RecordStore>,
         clock: Clock,
     ) -> Self {
         let regions = geometry.regions();
         let rpp = store.regions_per_page();
+        let capacity_regions = capacity_bytes / geometry.region_size();
+        predictor.set_capacity(capacity_regions);
         Record {
             geometry,
             states: RegionStates::new(regions),
-            capacity_regions: capacity_bytes / geometry.region_size(),
+            capacity_regions,
             rpp,
             inner: Mutex::new(Inner {
                 image: BitVec::repeat(false, regions as usize),
