@@ -1172,52 +1172,58 @@ mod tests {
         assert_eq!(got, now);
     }
 
-    #[test]
-    fn an_interrupted_open_with_one_valid_header_keeps_it() {
-        let g = three_pages();
-        let d = mem(RegionFile::file_size(&g));
-        let regions = used_file(&d);
-        for blank in 0..2 {
-            let mut base = d.durable_contents();
-            base[blank * SLOT_BYTES..][..SLOT_BYTES].fill(0);
-            // A tear splitting the new checksum from the new generation (14,
-            // 16) spoils the slot written: it must not be the valid one.
-            for torn in [0, 1, 12, 14, 16, 20, 2048, 4095, 4096] {
-                for keep in [false, true] {
-                    let d = device_with(&base);
-                    d.set_faults(Faults {
-                        fail_after: Some(0),
-                        torn_bytes: Some(torn),
-                        fail_reads: false,
-                    });
-                    assert!(RegionFile::open(d.clone(), &g, ID).is_err());
-                    d.crash(|_| keep);
-                    let (_, got) = load(&d, &g);
-                    assert_eq!(got, regions, "slot {blank} blank, {torn} torn");
-                }
-            }
-        }
+    /// Opens a copy of `base` that fails after `fail_after` writes and syncs,
+    /// the failing write torn after `torn` bytes; crashes it (keeping its
+    /// unsynced writes or not) and loads what is left.
+    fn open_interrupted(
+        base: &[u8],
+        g: &Geometry,
+        fail_after: u64,
+        torn: usize,
+        keep: bool,
+    ) -> BTreeSet<u64> {
+        let d = device_with(base);
+        d.set_faults(Faults {
+            fail_after: Some(fail_after),
+            torn_bytes: Some(torn),
+            fail_reads: false,
+        });
+        assert!(RegionFile::open(d.clone(), g, ID).is_err());
+        d.crash(|_| keep);
+        load(&d, g).1
     }
 
     #[test]
-    fn an_interrupted_open_keeps_the_header() {
+    fn an_interrupted_open_keeps_a_valid_header() {
         let g = three_pages();
         let d = mem(RegionFile::file_size(&g));
         let regions = used_file(&d);
-        let base = d.durable_contents();
-        for k in 0..2 {
-            for torn in [0, 1, 12, 14, 16, 2048, 4095, 4096] {
-                for keep in [false, true] {
-                    let d = device_with(&base);
-                    d.set_faults(Faults {
-                        fail_after: Some(k),
-                        torn_bytes: Some(torn),
-                        fail_reads: false,
-                    });
-                    assert!(RegionFile::open(d.clone(), &g, ID).is_err());
-                    d.crash(|_| keep);
-                    let (_, got) = load(&d, &g);
-                    assert_eq!(got, regions, "open failing after {k} ops, {torn} torn");
+        let both = d.durable_contents();
+        // Both header slots valid (the open may fail at either of its first
+        // two operations), or one of them blank.
+        let mut cases = vec![("both headers", both.clone(), 2)];
+        for blank in 0..2 {
+            let mut base = both.clone();
+            base[blank * SLOT_BYTES..][..SLOT_BYTES].fill(0);
+            cases.push((
+                if blank == 0 {
+                    "slot 0 blank"
+                } else {
+                    "slot 1 blank"
+                },
+                base,
+                1,
+            ));
+        }
+        for (what, base, ops) in cases {
+            for k in 0..ops {
+                // A tear splitting the new checksum from the new generation
+                // (14, 16) spoils the slot written: it must not be the valid one.
+                for torn in [0, 1, 12, 14, 16, 20, 2048, 4095, 4096] {
+                    for keep in [false, true] {
+                        let got = open_interrupted(&base, &g, k, torn, keep);
+                        assert_eq!(got, regions, "{what}, failing after {k} ops, {torn} torn");
+                    }
                 }
             }
         }
