@@ -240,6 +240,31 @@ impl FileDev {
         [Some(first), second]
     }
 
+    /// Zeroes a range: with `deallocate` (discard) a punched hole where
+    /// possible, else zeroes that stay allocated; for a regular file whose
+    /// file system refuses the fallocate mode, the next best way.
+    fn zero(&self, offset: u64, len: u64, deallocate: bool) -> io::Result<()> {
+        self.check(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        if self.kind == Kind::Block {
+            return self.zero_block_range(offset, len, deallocate);
+        }
+        let (works, mode) = if deallocate {
+            (&self.punch_hole, libc::FALLOC_FL_PUNCH_HOLE)
+        } else {
+            (&self.zero_range, libc::FALLOC_FL_ZERO_RANGE)
+        };
+        if self.try_fallocate(works, mode | libc::FALLOC_FL_KEEP_SIZE, offset, len)? {
+            Ok(())
+        } else if deallocate {
+            self.zero(offset, len, false)
+        } else {
+            self.write_zero_buffers(offset, len)
+        }
+    }
+
     /// Runs `fallocate` with `mode` unless `works` says it is unsupported;
     /// returns false (and clears `works`) when the file system refuses it.
     fn try_fallocate(
@@ -370,37 +395,11 @@ impl BlockDev for FileDev {
     /// can and guarantees zeroes), else BLKZEROOUT. Plain BLKDISCARD is not
     /// used: it does not promise that reads return zeroes.
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.check(offset, len)?;
-        if len == 0 {
-            return Ok(());
-        }
-        match self.kind {
-            Kind::Regular => {
-                let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-                if self.try_fallocate(&self.punch_hole, mode, offset, len)? {
-                    return Ok(());
-                }
-                self.write_zeroes(offset, len)
-            }
-            Kind::Block => self.zero_block_range(offset, len, true),
-        }
+        self.zero(offset, len, true)
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.check(offset, len)?;
-        if len == 0 {
-            return Ok(());
-        }
-        match self.kind {
-            Kind::Regular => {
-                let mode = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
-                if self.try_fallocate(&self.zero_range, mode, offset, len)? {
-                    return Ok(());
-                }
-                self.write_zero_buffers(offset, len)
-            }
-            Kind::Block => self.zero_block_range(offset, len, false),
-        }
+        self.zero(offset, len, false)
     }
 
     fn supports_discard(&self) -> bool {
