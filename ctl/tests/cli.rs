@@ -30,6 +30,22 @@ fn files(dir: &Path, primary: u64, secondary: u64) -> (String, String, String) {
     )
 }
 
+/// `tandemctl add NAME` over the given paths, in run directory `run`.
+fn add_args<'a>(name: &'a str, p: &'a str, s: &'a str, r: &'a str, run: &'a str) -> Vec<&'a str> {
+    vec![
+        "add",
+        name,
+        "--primary",
+        p,
+        "--secondary",
+        s,
+        "--record",
+        r,
+        "--run-dir",
+        run,
+    ]
+}
+
 #[test]
 fn bad_input_is_refused_naming_the_value_and_nothing_is_created() {
     let d = tempfile::tempdir().unwrap();
@@ -40,21 +56,15 @@ fn bad_input_is_refused_naming_the_value_and_nothing_is_created() {
         (vec!["--region-size", "3MiB"], vec!["3MiB"]),
         (vec!["--capacity", "lots"], vec!["lots"]),
         (vec!["--policy", "magic"], vec!["magic"]),
+        (
+            vec!["--cache", "sometimes"],
+            vec!["--cache", "sometimes", "writeback"],
+        ),
+        (vec!["--max-lag", "later"], vec!["--max-lag", "later"]),
         (vec![], vec!["smaller", "8388608", "4194304"]),
     ];
     for (extra, needles) in cases {
-        let mut args = vec![
-            "add",
-            "t1",
-            "--primary",
-            &p,
-            "--secondary",
-            &s,
-            "--record",
-            &r,
-            "--run-dir",
-            run,
-        ];
+        let mut args = add_args("t1", &p, &s, &r, run);
         args.extend(extra.iter());
         let o = tandemctl(&args);
         assert!(!o.status.success(), "{args:?} was accepted");
@@ -66,31 +76,9 @@ fn bad_input_is_refused_naming_the_value_and_nothing_is_created() {
             );
         }
     }
-    let o = tandemctl(&[
-        "add",
-        "t1",
-        "--primary",
-        &p,
-        "--secondary",
-        &p,
-        "--record",
-        &r,
-        "--run-dir",
-        run,
-    ]);
+    let o = tandemctl(&add_args("t1", &p, &p, &r, run));
     assert!(stderr(&o).contains("same file"), "{}", stderr(&o));
-    let o = tandemctl(&[
-        "add",
-        "t1",
-        "--primary",
-        "/nonexistent/p",
-        "--secondary",
-        &s,
-        "--record",
-        &r,
-        "--run-dir",
-        run,
-    ]);
+    let o = tandemctl(&add_args("t1", "/nonexistent/p", &s, &r, run));
     assert!(stderr(&o).contains("/nonexistent/p"), "{}", stderr(&o));
     assert!(!Path::new(&r).exists(), "a refused add created the record");
     assert!(!Path::new(run).join("t1.json").exists());
@@ -101,18 +89,7 @@ fn add_without_ublk_says_so_and_points_to_the_vm() {
     let d = tempfile::tempdir().unwrap();
     let run = d.path().join("run");
     let (p, s, r) = files(d.path(), 8 << 20, 8 << 20);
-    let o = tandemctl(&[
-        "add",
-        "t2",
-        "--primary",
-        &p,
-        "--secondary",
-        &s,
-        "--record",
-        &r,
-        "--run-dir",
-        run.to_str().unwrap(),
-    ]);
+    let o = tandemctl(&add_args("t2", &p, &s, &r, run.to_str().unwrap()));
     if Path::new("/dev/ublk-control").exists() {
         eprintln!(
             "NOTE: this kernel has ublk; the no-ublk message is checked in the VM suite instead"
