@@ -97,8 +97,10 @@ impl DeviceArgs {
                 threads: self.mirror_threads,
                 max_copy_bytes: parse_size(&self.max_copy_size)?,
                 max_rate: self.max_copy_rate.as_deref().map(parse_size).transpose()?,
-                max_lag: parse_duration(&self.max_lag)
-                    .map_err(|e| Error::Config(format!("--max-lag: {e}")))?,
+                max_lag: parse_duration(&self.max_lag).map_err(|e| match e {
+                    Error::Config(why) => Error::Config(format!("--max-lag: {why}")),
+                    other => other,
+                })?,
                 ..MirrorConfig::default()
             },
             assume_clean: self.assume_clean,
