@@ -46,7 +46,8 @@
 //! Unconfirmed predictions are at most [`PREDICTION_SHARE`]/256 of the written
 //! regions recorded (up to [`ROOMY_PREDICTION_SHARE`]/256 while the record
 //! stays under a third of its capacity), and expire after
-//! [`PREDICTION_TTL_NS`]; the oldest go first. A prediction made again while still recorded is renewed.
+//! [`PREDICTION_TTL_NS`]; the oldest go first. A prediction made again while
+//! still recorded is renewed.
 //!
 //! # Cost
 //!
