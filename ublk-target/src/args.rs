@@ -18,7 +18,7 @@ fn default_max_lag() -> String {
 }
 
 fn default_cache() -> String {
-    "none".into()
+    Cache::default().name().into()
 }
 
 /// One mirrored device.
@@ -60,13 +60,13 @@ pub struct DeviceArgs {
     /// While host I/O is heavy, how long the mirror may hold a region's copy
     /// back so host writes run at full speed (e.g. 10s, 500ms); 0 copies at
     /// once whatever the load. Light host I/O never holds copies back.
-    #[arg(long, default_value = "10s")]
+    #[arg(long, default_value_t = default_max_lag())]
     #[serde(default = "default_max_lag")]
     pub max_lag: String,
     /// Host page cache for the data devices: `none` (O_DIRECT) or `writeback`
     /// (writes complete in host memory and are durable at the next flush or
     /// FUA write, like a disk's volatile cache; uses host memory).
-    #[arg(long, default_value = "none")]
+    #[arg(long, default_value_t = default_cache())]
     #[serde(default = "default_cache")]
     pub cache: String,
     /// With a new record, trust that primary and secondary are already

@@ -53,7 +53,7 @@ impl Default for EngineConfig {
             mirror: MirrorConfig::default(),
             assume_clean: false,
             passthrough: false,
-            cache: Cache::None,
+            cache: Cache::default(),
         }
     }
 }

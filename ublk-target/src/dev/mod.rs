@@ -29,18 +29,15 @@ pub enum Cache {
 }
 
 impl Cache {
+    pub const ALL: [Cache; 2] = [Cache::None, Cache::Writeback];
     /// The names `parse` accepts.
-    pub const NAMES: &'static [&'static str] = &["none", "writeback"];
+    pub const NAMES: [&'static str; 2] = [Cache::None.name(), Cache::Writeback.name()];
 
     pub fn parse(name: &str) -> Option<Cache> {
-        match name {
-            "none" => Some(Cache::None),
-            "writeback" => Some(Cache::Writeback),
-            _ => None,
-        }
+        Cache::ALL.into_iter().find(|c| c.name() == name)
     }
 
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             Cache::None => "none",
             Cache::Writeback => "writeback",
