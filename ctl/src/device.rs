@@ -337,7 +337,7 @@ pub fn format_status(v: &Value) -> String {
     }
     s.push_str(&format!(
         "  record: {} regions, {} (capacity {}), policy {}, cache {}\n  dirty {}, lag {:.1}s{}, copied {}\n  \
-         writes {}, record updates {} ({:.2} per 1000 writes)\n  resync {} of {}\n",
+         writes {}, record updates {} ({:.2} per 1000 writes), queues spun {:.1}s\n  resync {} of {}\n",
         v["record_regions"],
         bytes("record_bytes"),
         bytes("capacity_bytes"),
@@ -357,6 +357,7 @@ pub fn format_status(v: &Value) -> String {
         v["writes"],
         v["record_updates"],
         v["updates_per_1000_writes"].as_f64().unwrap_or(0.0),
+        v["poll_seconds"].as_f64().unwrap_or(0.0),
         bytes("resync_done_bytes"),
         bytes("resync_total_bytes"),
     ));
@@ -478,6 +479,7 @@ mod tests {
             "bytes_copied": 0, "writes": 10, "record_updates": 1,
             "updates_per_1000_writes": 100.0, "resync_done_bytes": 0,
             "resync_total_bytes": 0, "host_busy": 0.87, "mirror_deferring": deferring,
+            "poll_seconds": 2.54,
         })
     }
 
@@ -492,6 +494,7 @@ mod tests {
             held.contains("policy predictive, cache writeback\n"),
             "{held}"
         );
+        assert!(held.contains("queues spun 2.5s\n"), "{held}");
         let eager = format_status(&live(false));
         assert!(!eager.contains("held back"), "{eager}");
         assert!(

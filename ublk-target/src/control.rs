@@ -205,6 +205,7 @@ mod tests {
                 max_copy_size: "4MiB".into(),
                 max_lag: "10s".into(),
                 cache: "none".into(),
+                poll: "50us".into(),
                 assume_clean: true,
                 passthrough: false,
             },

@@ -162,6 +162,9 @@ pub struct EngineStatus {
     pub last_error: Option<String>,
     pub start: StartKind,
     pub uptime_seconds: f64,
+    /// CPU time the front end's queue threads spent spinning for completions
+    /// (`--poll`), summed over queues.
+    pub poll_seconds: f64,
 }
 
 /// The mirroring engine of one device.
@@ -175,6 +178,8 @@ pub struct Engine {
     host_io: Arc<Gauge>,
     writes: Counter,
     bytes_written: Counter,
+    /// Nanoseconds the front end spent polling (see `note_poll`).
+    poll_ns: Counter,
     start: StartKind,
     started: Instant,
     capacity: u64,
@@ -331,6 +336,7 @@ impl Engine {
             host_io,
             writes: Counter::default(),
             bytes_written: Counter::default(),
+            poll_ns: Counter::default(),
             start,
             started: Instant::now(),
             capacity: config.capacity,
@@ -393,6 +399,13 @@ impl Engine {
     /// primary directly marks the read with this.
     pub fn host_io(&self) -> GaugeGuard<'_> {
         self.host_io.enter()
+    }
+
+    /// Counts time a front end spent spinning for completions (status
+    /// `poll_seconds`), so the CPU that polling costs is visible.
+    pub fn note_poll(&self, spun: Duration) {
+        self.poll_ns
+            .add(u64::try_from(spun.as_nanos()).unwrap_or(u64::MAX));
     }
 
     pub fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
@@ -497,6 +510,7 @@ impl Engine {
             last_error: ms.last_error,
             start: self.start.clone(),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
+            poll_seconds: self.poll_ns.get() as f64 / 1e9,
         }
     }
 

@@ -28,8 +28,8 @@ pub fn parse_size(text: &str) -> Result<u64> {
         .ok_or_else(|| bad("too large for 64 bits"))
 }
 
-/// Parses a duration: a number of seconds, optionally with a unit (`ms`, `s`,
-/// `min`), e.g. `10`, `2.5s`, `500ms`. The error names the value.
+/// Parses a duration: a number of seconds, optionally with a unit (`us`, `ms`,
+/// `s`, `min`), e.g. `10`, `2.5s`, `500ms`, `300us`. The error names the value.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration> {
     let t = text.trim();
     let split = t
@@ -37,14 +37,15 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration> {
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let bad = |why: &str| Error::Config(format!("invalid duration {text:?}: {why}"));
-    let n: f64 = num
-        .parse()
-        .map_err(|_| bad("expected a number of seconds, optionally followed by ms, s or min"))?;
+    let n: f64 = num.parse().map_err(|_| {
+        bad("expected a number of seconds, optionally followed by us, ms, s or min")
+    })?;
     let scale = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "s" => 1.0,
+        "us" | "µs" => 1e-6,
         "ms" => 1e-3,
         "min" => 60.0,
-        _ => return Err(bad("unknown unit; use ms, s or min")),
+        _ => return Err(bad("unknown unit; use us, ms, s or min")),
     };
     std::time::Duration::try_from_secs_f64(n * scale).map_err(|_| bad("out of range"))
 }
@@ -76,6 +77,8 @@ mod tests {
         assert_eq!(parse_duration("2.5s").unwrap(), Duration::from_millis(2500));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("1min").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("300us").unwrap(), Duration::from_micros(300));
+        assert_eq!(parse_duration("50µs").unwrap(), Duration::from_micros(50));
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
         for bad in ["", "soon", "-1", "1h", "1e999"] {
             let e = parse_duration(bad).unwrap_err().to_string();

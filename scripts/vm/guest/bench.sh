@@ -7,10 +7,11 @@
 #   /dev/vdc  ext4 holding tandem's record file (a new file for every setup)
 # Devices: tandem (tandemctl add --assume-clean), passthrough (tandemctl add
 # --passthrough), tandem-writeback and passthrough-writeback (the same with
-# --cache writeback), loop (losetup --direct-io=on over vda), md-bitmap (raid1, internal
-# bitmap), md-write-behind (raid1, internal bitmap, vdb --write-mostly,
-# --write-behind). Rounds interleave: round r runs every device (order rotated by r),
-# each device every workload.
+# --cache writeback), tandem-sleep and passthrough-sleep (the same with --poll 0),
+# loop (losetup --direct-io=on over vda), md-bitmap (raid1, internal bitmap),
+# md-write-behind (raid1, internal bitmap, vdb --write-mostly, --write-behind), disk
+# (the bare primary, /dev/vda). Rounds interleave: round r runs every device (order
+# rotated by r), each device every workload.
 #
 # Usage: bench.sh ROUNDS RUNTIME RAMP SIZE DEVICES WORKLOADS
 #   DEVICES and WORKLOADS are comma-separated names.
@@ -70,7 +71,18 @@ tandem_add() {  # tandem_add NAME EXTRA-ARGS...
     tandemctl status "$_n" >>"$W/setup.log" 2>&1
 }
 tandem_del() {
-    tandemctl del "$1" >"$W/teardown.log" 2>&1 || { cat "$W/teardown.log"; return 1; }
+    _pid="$(tandemctl status "$1" --json 2>/dev/null | sed -n 's/.*"pid": *\([0-9]*\).*/\1/p' | head -n 1)"
+    if ! tandemctl del "$1" >"$W/teardown.log" 2>&1; then
+        cat "$W/teardown.log"
+        # Why it did not stop: the daemon's log and where each thread waits.
+        tail -n 20 "/run/tandem/$1.log" 2>/dev/null | sed 's/^/bench: daemon log: /'
+        for t in /proc/${_pid:-0}/task/*; do
+            [ -d "$t" ] || continue
+            echo "bench: thread ${t##*/} $(cat "$t/comm" 2>/dev/null) wchan $(cat "$t/wchan" 2>/dev/null)"
+            sed 's/^/bench:   /' "$t/stack" 2>/dev/null
+        done
+        return 1
+    fi
     rm -f "$REC_DIR/$1.rec"
 }
 
@@ -89,6 +101,13 @@ teardown_tandem() {
 setup_passthrough() { tandem_add bench-pt --passthrough; }
 settle_passthrough() { :; }
 
+# The same two with queue threads that never spin (--poll 0).
+setup_tandem_sleep() { tandem_add bench-tandem --assume-clean --poll 0; }
+settle_tandem_sleep() { settle_tandem; }
+teardown_tandem_sleep() { teardown_tandem; }
+setup_passthrough_sleep() { tandem_add bench-pt --passthrough --poll 0; }
+settle_passthrough_sleep() { :; }
+teardown_passthrough_sleep() { teardown_passthrough; }
 # The same two, with the host page cache in the path (--cache writeback).
 setup_tandem_writeback() { tandem_add bench-tandem --assume-clean --cache writeback; }
 settle_tandem_writeback() { settle_tandem; }
@@ -101,19 +120,30 @@ teardown_passthrough_writeback() { teardown_passthrough; }
 # WORKLOAD SECONDS DIRTY-BYTES HOST-BUSY-PERCENT DEFERRING, the last two from a
 # status taken halfway through the run.
 uptime_cs() { read -r _u _ </proc/uptime; echo "${_u%.*}${_u#*.}"; }
-json_num() { sed -n "s/.*\"$1\": *\([0-9][0-9.]*\).*/\1/p" | head -n 1; }
+json_num() { sed -n "s/.*\"$1\": *\([0-9][0-9.eE+-]*\).*/\1/p" | head -n 1; }
 json_word() { sed -n "s/.*\"$1\": *\([a-z]*\).*/\1/p" | head -n 1; }
 # The snapshot is taken of passthrough too (same daemon), so both pay for it.
+# Both also report the CPU time their queue threads spent spinning (--poll)
+# during the run, as BENCH-POLL ROUND DEVICE WORKLOAD SECONDS.
+daemon_name() {  # daemon_name DEVICE: the tandemctl name, or nothing
+    case "$1" in tandem*) echo bench-tandem ;; passthrough*) echo bench-pt ;; esac
+}
 before_run() {  # before_run DEVICE: a status snapshot halfway through the run
-    case "$1" in tandem*) _n=bench-tandem ;; passthrough*) _n=bench-pt ;; *) return 0 ;; esac
+    _n="$(daemon_name "$1")"
+    [ -n "$_n" ] || return 0
+    _poll0="$(tandemctl status "$_n" --json 2>/dev/null | json_num poll_seconds)"
     rm -f "$W/mid.json"
     ( sleep $(( (ramp + runtime + 1) / 2 )); tandemctl status $_n --json >"$W/mid.json" 2>&1 ) &
     MID_PID=$!
 }
 after_run() {  # after_run ROUND DEVICE WORKLOAD
-    case "$2" in passthrough*) wait "$MID_PID" 2>/dev/null; return 0 ;; tandem*) ;; *) return 0 ;; esac
+    _n="$(daemon_name "$2")"
+    [ -n "$_n" ] || return 0
     _t0="$(uptime_cs)"
-    tandemctl status bench-tandem --json >"$W/after.json" 2>&1
+    tandemctl status "$_n" --json >"$W/after.json" 2>&1
+    _poll1="$(json_num poll_seconds <"$W/after.json")"
+    echo "BENCH-POLL $1 $2 $3 $(awk -v a="${_poll0:-0}" -v b="${_poll1:-0}" 'BEGIN { printf "%.3f", b - a }')"
+    case "$2" in passthrough*) wait "$MID_PID" 2>/dev/null; return 0 ;; esac
     _dirty="$(json_num dirty_bytes <"$W/after.json")"
     settle_tandem || return 1
     _t1="$(uptime_cs)"
@@ -136,6 +166,11 @@ setup_loop() {
 }
 settle_loop() { :; }
 teardown_loop() { /sbin/losetup -d "$DEV"; }
+
+# The bare primary disk: what every device here is built on.
+setup_disk() { DEV=$P; }
+settle_disk() { :; }
+teardown_disk() { :; }
 
 md_create() {  # md_create MDADM-ARGS...
     /usr/sbin/mdadm --create /dev/md0 --run --assume-clean --level=1 --raid-devices=2 \

@@ -1,11 +1,13 @@
 #!/bin/sh
 # Plain mirroring on the real ublk driver: over two sparse files, over two
 # virtio disks (record on a third), and over two files through the host page
-# cache (--cache writeback, with a kill -9 of the daemon after the writes).
+# cache (--cache writeback, with a kill -9 of the daemon after the writes);
+# stops right after dense I/O, while queue threads spin.
 # Writes with O_DIRECT and buffered + fsync, reads back, waits for the
 # secondary, and compares it with the primary.
 # vm-disks: 160M 160M 16M
 # vm-timeout: 300
+# vm-fio: yes
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/tandem-lib.sh"
 
@@ -74,7 +76,37 @@ writeback_case() {
     dd if=/tmp/w/p.img bs=1M count=8 2>/dev/null | cmp - /tmp/w/pat
 }
 
+# Queue threads spin for completions during dense I/O (--poll, on by default):
+# a stop after such I/O must still end promptly, every time. Then --poll 0
+# must never spin.
+stop_after_dense_io_case() {
+    need_bin tandemctl
+    need_bin fio
+    for i in 1 2 3 4 5 6 7 8 9 10; do
+        files_device s$i /tmp/s$i
+        fio --name=dense --filename="$dev" --ioengine=io_uring --direct=1 --rw=randwrite \
+            --bs=4k --iodepth=$((i % 2 ? 1 : 32)) --size=64M --time_based --runtime=2 \
+            --output=/tmp/s$i/fio.out
+        spun=$(status_num s$i poll_seconds)
+        echo "cycle $i: queue threads spun ${spun}s"
+        awk -v s="$spun" 'BEGIN { exit !(s > 0) }' || { echo "no spin during dense I/O"; return 1; }
+        t0=$(date +%s)
+        tandemctl del s$i --timeout 20
+        echo "cycle $i: stopped in $(( $(date +%s) - t0 ))s"
+        nothing_left s$i
+        rm -rf /tmp/s$i
+    done
+    files_device s0 /tmp/s0 --poll 0
+    dd if=/dev/zero of="$dev" bs=4k count=2000 oflag=direct 2>/dev/null
+    spun=$(status_num s0 poll_seconds)
+    echo "--poll 0: queue threads spun ${spun}s"
+    awk -v s="$spun" 'BEGIN { exit !(s == 0) }' || { echo "--poll 0 spun"; return 1; }
+    tandemctl del s0
+    nothing_left s0
+}
+
 run_case mirror-sparse-files files_case
 run_case mirror-virtio-disks virtio_case
 run_case mirror-writeback-cache writeback_case
+run_case mirror-stop-after-dense-io stop_after_dense_io_case
 finish

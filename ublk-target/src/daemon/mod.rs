@@ -8,6 +8,7 @@
 //! a `stop` request stop it cleanly: queues drain, the record is made durable,
 //! and the device is deleted.
 
+mod poll;
 mod queue;
 
 use std::fs::File;
@@ -210,7 +211,8 @@ fn serve_inner(opts: &Options, ready: &mut Ready) -> Result<()> {
     };
 
     let q_engine = engine.clone();
-    let q_fn = move |qid: u16, dev: &UblkDev| queue::run(qid, dev, q_engine.clone());
+    let poll = opts.args.poll_window()?;
+    let q_fn = move |qid: u16, dev: &UblkDev| queue::run(qid, dev, q_engine.clone(), poll);
 
     let stopping = Arc::new(AtomicBool::new(false));
     let recovering = opts.recover;
