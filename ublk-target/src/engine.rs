@@ -6,9 +6,11 @@
 //!
 //! One write: `begin_write` bumps each touched region's state word (one atomic
 //! operation each); regions not in the durable record are admitted through the
-//! record's group commit, and the call returns only once they are durable. The
-//! caller then writes the primary and calls `WriteGuard::complete`, which marks
-//! the regions dirty and queues the newly dirty ones for the mirror pool.
+//! record's group commit, and the call returns only once they are durable
+//! (`start_write` instead hands such a write back as `Pending`, to be admitted
+//! on the record committer thread while the caller goes on). The caller then
+//! writes the primary and calls `WriteGuard::complete`, which marks the
+//! regions dirty and queues the newly dirty ones for the mirror pool.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::geometry::{check_region_size, Geometry, DEFAULT_REGION_SIZE};
 use crate::mirror::{MirrorConfig, MirrorPool, MirrorStats};
 use crate::predict;
+use crate::record::committer::Committer;
 use crate::record::{Clock, LoadOutcome, Record, RegionFile, RegionView};
 use crate::stats::{Counter, Gauge, GaugeGuard};
 
@@ -173,6 +176,8 @@ pub struct Engine {
     primary: Dev,
     secondary: Dev,
     record: Arc<Record>,
+    /// Admits missed regions for front ends that must not block.
+    committer: Committer,
     mirror: MirrorPool,
     /// Host requests in being, which mirror copies yield to.
     host_io: Arc<Gauge>,
@@ -200,6 +205,109 @@ impl WriteGuard<'_> {
     /// Call it whether or not the primary write succeeded.
     pub fn complete(self) {
         // Drop does the work, so a panicking caller still releases the regions.
+    }
+
+    /// Ends a write that was never issued: its regions are released without
+    /// turning dirty.
+    fn abort(mut self) {
+        let regions = self.engine.geometry.regions_of(self.offset, self.len);
+        self.engine.record.abort_write(regions);
+        self.len = 0;
+    }
+}
+
+/// How `Engine::start_write` went.
+pub enum WriteStart<'a> {
+    /// Every region is in the durable record: issue the write.
+    Ready(WriteGuard<'a>),
+    /// Some regions must reach the durable record first.
+    Pending(PendingWrite<'a>),
+}
+
+/// A write waiting for regions to be admitted to the durable record. Its
+/// regions count as in flight until it is admitted or dropped.
+#[must_use = "a pending write must be admitted"]
+pub struct PendingWrite<'a> {
+    guard: Option<WriteGuard<'a>>,
+    misses: Vec<u64>,
+}
+
+impl<'a> PendingWrite<'a> {
+    /// Admits the missed regions on this thread (sharing the record's group
+    /// commit with concurrent callers).
+    pub fn admit(mut self) -> Result<WriteGuard<'a>> {
+        let guard = self.guard.take().expect("admitted once");
+        let outcome = guard.engine.record.admit(&self.misses);
+        settle(guard, outcome)
+    }
+
+    /// Hands the admission to the record committer thread, which calls `done`
+    /// (on its own thread) once the outcome is ready; then `finish` the
+    /// ticket. Admissions queued while one is written share the next update.
+    pub fn submit(mut self, done: Box<dyn FnOnce() + Send>) -> AdmitTicket<'a> {
+        let guard = self.guard.take().expect("submitted once");
+        let outcome = guard
+            .engine
+            .committer
+            .submit(std::mem::take(&mut self.misses), done);
+        AdmitTicket {
+            guard: Some(guard),
+            outcome,
+        }
+    }
+}
+
+impl Drop for PendingWrite<'_> {
+    fn drop(&mut self) {
+        if let Some(g) = self.guard.take() {
+            g.abort();
+        }
+    }
+}
+
+/// An admission in the hands of the record committer thread.
+#[must_use = "a ticket must be finished"]
+pub struct AdmitTicket<'a> {
+    guard: Option<WriteGuard<'a>>,
+    outcome: std::sync::mpsc::Receiver<crate::record::committer::Outcome>,
+}
+
+impl<'a> AdmitTicket<'a> {
+    /// The write's guard once its regions are durable in the record, or the
+    /// reason they are not (the write must then fail). Blocks until the
+    /// committer has answered, which it has once `done` was called.
+    pub fn finish(mut self) -> Result<WriteGuard<'a>> {
+        let guard = self.guard.take().expect("finished once");
+        settle(guard, self.wait())
+    }
+
+    fn wait(&self) -> Result<()> {
+        self.outcome
+            .recv()
+            .unwrap_or_else(|_| Err("the record committer thread is gone".into()))
+            .map_err(Error::RecordUpdate)
+    }
+}
+
+impl Drop for AdmitTicket<'_> {
+    fn drop(&mut self) {
+        // Never issued: wait for the committer, then release the regions.
+        if let Some(g) = self.guard.take() {
+            let _ = self.wait();
+            g.abort();
+        }
+    }
+}
+
+/// The guard of an admitted write, or the admission's error with the write's
+/// regions released.
+fn settle(guard: WriteGuard<'_>, outcome: Result<()>) -> Result<WriteGuard<'_>> {
+    match outcome {
+        Ok(()) => Ok(guard),
+        Err(e) => {
+            guard.abort();
+            Err(e)
+        }
     }
 }
 
@@ -331,6 +439,7 @@ impl Engine {
             geometry,
             primary,
             secondary,
+            committer: Committer::new(record.clone()),
             record,
             mirror,
             host_io,
@@ -364,32 +473,45 @@ impl Engine {
     /// it touches is in the durable record. The caller then issues the write to
     /// the primary and completes the guard.
     pub fn begin_write(&self, offset: u64, len: u64) -> Result<WriteGuard<'_>> {
+        match self.start_write(offset, len)? {
+            WriteStart::Ready(guard) => Ok(guard),
+            WriteStart::Pending(pending) => pending.admit(),
+        }
+    }
+
+    /// Like `begin_write`, but never blocks: a write that needs a record
+    /// update comes back `Pending`, for the caller to admit on this thread
+    /// (`PendingWrite::admit`) or on the record committer thread
+    /// (`PendingWrite::submit`) while it serves other requests.
+    pub fn start_write(&self, offset: u64, len: u64) -> Result<WriteStart<'_>> {
         self.geometry.check_range(offset, len)?;
         let host_io = self.host_io.enter();
         self.writes.add(1);
         self.bytes_written.add(len);
         if self.passthrough {
-            return Ok(WriteGuard {
+            return Ok(WriteStart::Ready(WriteGuard {
                 engine: self,
                 offset,
                 len: 0,
                 _host_io: host_io,
-            });
+            }));
         }
-        let regions = self.geometry.regions_of(offset, len);
         let mut misses = Vec::new();
-        self.record.begin_write(regions.clone(), &mut misses);
-        if !misses.is_empty() {
-            if let Err(e) = self.record.admit(&misses) {
-                self.record.abort_write(regions);
-                return Err(e);
-            }
-        }
-        Ok(WriteGuard {
+        self.record
+            .begin_write(self.geometry.regions_of(offset, len), &mut misses);
+        let guard = WriteGuard {
             engine: self,
             offset,
             len,
             _host_io: host_io,
+        };
+        Ok(if misses.is_empty() {
+            WriteStart::Ready(guard)
+        } else {
+            WriteStart::Pending(PendingWrite {
+                guard: Some(guard),
+                misses,
+            })
         })
     }
 
@@ -531,6 +653,7 @@ impl Engine {
     /// Clean stop: stops the mirror, drops clean regions from the record and
     /// makes it durable, so the next start resyncs only what is still dirty.
     pub fn shutdown(&self) -> Result<()> {
+        self.committer.stop();
         self.mirror.stop();
         self.primary
             .sync()
@@ -966,6 +1089,115 @@ mod tests {
         );
         assert!(rig.in_sync());
         assert_eq!(e.status().state, "live");
+    }
+
+    /// Starts a write that must wait for the record, and hands it to the
+    /// committer; `done` receives `tag` when its outcome is ready.
+    fn submit_pending<'e>(
+        e: &'e Engine,
+        offset: u64,
+        tag: u64,
+        done: &std::sync::mpsc::Sender<u64>,
+    ) -> AdmitTicket<'e> {
+        match e.start_write(offset, 4096).unwrap() {
+            WriteStart::Pending(p) => {
+                let done = done.clone();
+                p.submit(Box::new(move || done.send(tag).unwrap()))
+            }
+            WriteStart::Ready(_) => panic!("a write at {offset} did not need the record"),
+        }
+    }
+
+    #[test]
+    fn writes_that_miss_are_admitted_off_thread_and_share_updates() {
+        let rig = rig();
+        let e = rig.open(true);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let updates = e.status().record_updates;
+        // Catch the committer in the middle of the first update...
+        rig.record.hold_syncs(true);
+        let first = submit_pending(&e, 2 * REGION, 2, &tx);
+        let t0 = Instant::now();
+        while rig.record.syncs_held() == 0 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the committer never synced"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // ...while the caller goes on. Region 2 is not durable yet, so another
+        // write to it waits too; more misses queue behind the update.
+        assert!(
+            matches!(
+                e.start_write(2 * REGION + 8192, 4096),
+                Ok(WriteStart::Pending(_))
+            ),
+            "region 2 is not durable yet"
+        );
+        let rest: Vec<AdmitTicket<'_>> = (3..9)
+            .map(|r| submit_pending(&e, r * REGION, r, &tx))
+            .collect();
+        assert!(
+            rx.try_recv().is_err(),
+            "nothing is durable while the sync is held"
+        );
+        rig.record.hold_syncs(false);
+        let mut woken: Vec<u64> = (0..7)
+            .map(|_| rx.recv_timeout(Duration::from_secs(10)).expect("woken"))
+            .collect();
+        woken.sort_unstable();
+        assert_eq!(woken, (2..9).collect::<Vec<_>>(), "each woken once");
+        for (i, ticket) in std::iter::once(first).chain(rest).enumerate() {
+            let offset = (i as u64 + 2) * REGION;
+            let guard = ticket.finish().unwrap();
+            rig.primary
+                .write_at(&pattern(i as u64, 4096), offset, false)
+                .unwrap();
+            guard.complete();
+        }
+        let states = e.record().states();
+        for r in 2..9 {
+            assert!(states.is_recorded(r) && states.is_dirty(r), "region {r}");
+            assert_eq!(states.inflight(r), 0, "region {r}");
+        }
+        // The six misses queued during the first update shared the next one.
+        assert_eq!(e.status().record_updates, updates + 2);
+        pump_all(&e);
+        assert!(rig.in_sync());
+    }
+
+    #[test]
+    fn a_failed_or_abandoned_off_thread_admission_releases_its_regions() {
+        let rig = rig();
+        let e = rig.open(true);
+        let (tx, rx) = std::sync::mpsc::channel();
+        rig.record.set_faults(Faults {
+            fail_after: Some(0),
+            ..Faults::default()
+        });
+        let failed = submit_pending(&e, 5 * REGION, 5, &tx);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(5));
+        let err = failed.finish().err().expect("the update failed");
+        assert!(matches!(err, Error::RecordUpdate(_)), "{err}");
+        assert_eq!(err.errno(), -libc::EIO);
+        // Dropped before it was finished (a queue going down): released too.
+        drop(submit_pending(&e, 6 * REGION, 6, &tx));
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(6));
+        // A pending write dropped before it was submitted.
+        drop(e.start_write(7 * REGION, 4096).unwrap());
+        let states = e.record().states();
+        for r in 5..8 {
+            assert_eq!(states.inflight(r), 0, "region {r} released");
+            assert!(!states.is_dirty(r), "region {r} never written");
+        }
+        // After a stop, admissions fail at once instead of waiting.
+        rig.record.set_faults(Faults::default());
+        e.shutdown().unwrap();
+        let late = submit_pending(&e, 9 * REGION, 9, &tx);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(9));
+        let err = late.finish().err().expect("refused after the stop");
+        assert!(err.to_string().contains("stopping"), "{err}");
+        assert_eq!(states.inflight(9), 0);
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub mod record;
 pub mod stats;
 pub mod units;
 
-pub use engine::{Devices, Engine, EngineConfig, EngineStatus};
+pub use engine::{
+    AdmitTicket, Devices, Engine, EngineConfig, EngineStatus, PendingWrite, WriteStart,
+};
 pub use error::{Error, Result};
 pub use geometry::Geometry;

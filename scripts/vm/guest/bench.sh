@@ -8,6 +8,7 @@
 # Devices: tandem (tandemctl add --assume-clean), passthrough (tandemctl add
 # --passthrough), tandem-writeback and passthrough-writeback (the same with
 # --cache writeback), tandem-sleep and passthrough-sleep (the same with --poll 0),
+# tandem-churn (--capacity 16MiB --max-lag 0: writes keep missing the record),
 # loop (losetup --direct-io=on over vda), md-bitmap (raid1, internal bitmap),
 # md-write-behind (raid1, internal bitmap, vdb --write-mostly, --write-behind), disk
 # (the bare primary, /dev/vda). Rounds interleave: round r runs every device (order
@@ -101,6 +102,11 @@ teardown_tandem() {
 setup_passthrough() { tandem_add bench-pt --passthrough; }
 settle_passthrough() { :; }
 
+# A record too small for the working set, copies at once: regions turn clean,
+# are evicted and miss again, so writes keep needing record updates.
+setup_tandem_churn() { tandem_add bench-tandem --assume-clean --capacity 16MiB --max-lag 0; }
+settle_tandem_churn() { settle_tandem; }
+teardown_tandem_churn() { teardown_tandem; }
 # The same two with queue threads that never spin (--poll 0).
 setup_tandem_sleep() { tandem_add bench-tandem --assume-clean --poll 0; }
 settle_tandem_sleep() { settle_tandem; }

@@ -14,7 +14,10 @@ use libublk::uring_async::{
     ublk_reap_io_events_with_update_queue, ublk_submit_sqe_async, ublk_wake_task,
 };
 use libublk::{sys, BufDesc, UblkError, UblkUringData};
-use tandem::Engine;
+use std::os::fd::{AsFd, AsRawFd};
+
+use tandem::engine::WriteGuard;
+use tandem::{Engine, PendingWrite, WriteStart};
 
 use super::poll::{self, PollPolicy};
 
@@ -184,7 +187,13 @@ async fn serve(q: &UblkQueue<'_>, tag: u16, buf: &mut [u8], engine: &Engine) -> 
             if len > buf.len() {
                 return -libc::EINVAL;
             }
-            let guard = match engine.begin_write(offset, len as u64) {
+            let started = engine.start_write(offset, len as u64);
+            let guard = match started {
+                Ok(WriteStart::Ready(g)) => Ok(g),
+                Ok(WriteStart::Pending(p)) => admit(p).await,
+                Err(e) => Err(e),
+            };
+            let guard = match guard {
                 Ok(g) => g,
                 Err(e) => {
                     log::error!("write at {offset}: {e}");
@@ -211,6 +220,35 @@ async fn serve(q: &UblkQueue<'_>, tag: u16, buf: &mut [u8], engine: &Engine) -> 
         sys::UBLK_IO_OP_WRITE_ZEROES => result(engine.write_zeroes(offset, len as u64)),
         _ => -libc::EOPNOTSUPP,
     }
+}
+
+/// Admits a write's missed regions on the record committer thread while the
+/// queue serves other requests: the committer signals an eventfd, which this
+/// task waits for with a poll on the queue's ring. Falls back to admitting
+/// on this thread if no eventfd can be made.
+async fn admit(pending: PendingWrite<'_>) -> tandem::Result<WriteGuard<'_>> {
+    let bell = match nix::sys::eventfd::EventFd::from_flags(
+        nix::sys::eventfd::EfdFlags::EFD_CLOEXEC | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+    ) {
+        Ok(fd) => Arc::new(fd),
+        Err(e) => {
+            log::warn!("no eventfd ({e}): admitting on the queue thread");
+            return pending.admit();
+        }
+    };
+    let ring = bell.clone();
+    let ticket = pending.submit(Box::new(move || {
+        if let Err(e) = ring.write(1) {
+            log::error!("wake a queue task after a record update: {e}");
+        }
+    }));
+    let fd = types::Fd(bell.as_fd().as_raw_fd());
+    let res = submit(opcode::PollAdd::new(fd, libc::POLLIN as u32).build()).await;
+    if res < 0 {
+        // The ring could not wait for it: the answer is still coming.
+        log::debug!("poll for a record update: errno {}", -res);
+    }
+    ticket.finish()
 }
 
 /// A transfer result: the full length, or an errno (a short transfer is EIO).

@@ -6,7 +6,7 @@
 //! every call from some point on, and tearing a write part-way.
 
 use std::io;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 use super::BlockDev;
 
@@ -41,6 +41,9 @@ pub struct MemDev {
     name: String,
     size: u64,
     state: Mutex<State>,
+    /// Syncs wait while this is set (`hold_syncs`); the count is how many wait.
+    held: Mutex<(bool, usize)>,
+    released: Condvar,
 }
 
 fn eio() -> io::Error {
@@ -61,6 +64,8 @@ impl MemDev {
                 writes: 0,
                 syncs: 0,
             }),
+            held: Mutex::new((false, 0)),
+            released: Condvar::new(),
         }
     }
 
@@ -77,6 +82,29 @@ impl MemDev {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// While `hold` is set, syncs wait for it to be cleared (to catch a
+    /// caller in the middle of an update).
+    pub fn hold_syncs(&self, hold: bool) {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).0 = hold;
+        self.released.notify_all();
+    }
+
+    /// How many syncs are waiting for `hold_syncs(false)`.
+    pub fn syncs_held(&self) -> usize {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).1
+    }
+
+    fn wait_while_held(&self) {
+        let mut h = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if h.0 {
+            h.1 += 1;
+            while h.0 {
+                h = self.released.wait(h).unwrap_or_else(|e| e.into_inner());
+            }
+            h.1 -= 1;
+        }
     }
 
     /// Sets the faults to inject from now on, and clears a failure already hit.
@@ -199,6 +227,7 @@ impl BlockDev for MemDev {
     }
 
     fn sync(&self) -> io::Result<()> {
+        self.wait_while_held();
         let mut s = self.state();
         if Self::admit_op(&mut s)?.is_some() {
             return Err(eio());

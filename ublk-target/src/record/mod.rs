@@ -10,6 +10,7 @@
 //! Evicting a clean region is an in-memory compare-and-swap; its removal reaches
 //! the store with a later update (or a lazy `flush`).
 
+pub mod committer;
 mod file;
 mod state;
 
