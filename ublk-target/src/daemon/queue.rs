@@ -3,6 +3,7 @@
 //! the primary are submitted on the queue's own io_uring; every request is
 //! completed, with a negative errno on failure.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,12 +41,16 @@ pub fn run(qid: u16, dev: &UblkDev, engine: Arc<Engine>, poll: Duration) {
         }
     };
     let exe = Rc::new(smol::LocalExecutor::new());
+    // Requests this queue is serving (fetched from the kernel, not yet
+    // committed back): how deep the queue runs, for the spin policy.
+    let in_flight = Rc::new(Cell::new(0usize));
     let mut tasks = Vec::new();
     for tag in q.tags() {
         let q = q.clone();
         let engine = engine.clone();
+        let in_flight = in_flight.clone();
         tasks.push(exe.spawn(async move {
-            match io_task(&q, tag, &engine).await {
+            match io_task(&q, tag, &engine, &in_flight).await {
                 Err(UblkError::QueueIsDown) | Ok(()) => {}
                 Err(e) => log::error!("queue {qid} tag {tag}: {e}"),
             }
@@ -56,7 +61,8 @@ pub fn run(qid: u16, dev: &UblkDev, engine: Arc<Engine>, poll: Duration) {
     smol::block_on(exe.run(async move {
         let run_ops = || while exe2.try_tick() {};
         let done = || tasks.iter().all(|t| t.is_finished());
-        let wait = || async { poll::wait_events(&q, &mut policy.borrow_mut(), &engine) };
+        let wait =
+            || async { poll::wait_events(&q, &mut policy.borrow_mut(), in_flight.get(), &engine) };
         let reap = |timed_out| {
             ublk_reap_io_events_with_update_queue(&q, timed_out, None, |cqe| {
                 ublk_wake_task(cqe.user_data(), cqe)
@@ -102,12 +108,19 @@ fn init_ring(dev: &UblkDev) -> Result<(), UblkError> {
     })
 }
 
-async fn io_task(q: &UblkQueue<'_>, tag: u16, engine: &Engine) -> Result<(), UblkError> {
+async fn io_task(
+    q: &UblkQueue<'_>,
+    tag: u16,
+    engine: &Engine,
+    in_flight: &Cell<usize>,
+) -> Result<(), UblkError> {
     let mut buf = IoBuf::<u8>::new(q.dev.dev_info.max_io_buf_bytes as usize);
     q.submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf))
         .await?;
     loop {
+        in_flight.set(in_flight.get() + 1);
         let res = serve(q, tag, buf.as_mut_slice(), engine).await;
+        in_flight.set(in_flight.get() - 1);
         q.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), res)
             .await?;
     }
