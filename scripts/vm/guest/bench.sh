@@ -134,7 +134,46 @@ json_word() { sed -n "s/.*\"$1\": *\([a-z]*\).*/\1/p" | head -n 1; }
 daemon_name() {  # daemon_name DEVICE: the tandemctl name, or nothing
     case "$1" in tandem*) echo bench-tandem ;; passthrough*) echo bench-pt ;; esac
 }
+# Where the CPU goes: every device reports the guest's busy and total CPU ticks
+# over the run, and tandem's devices the ticks of each daemon thread (user +
+# system, by thread name), as BENCH-CPU ROUND DEVICE WORKLOAD NAME=TICKS...
+# (guest-busy and guest-total for the whole guest).
+guest_ticks() {  # "BUSY TOTAL" from /proc/stat (idle and iowait are not busy)
+    awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t; exit }' /proc/stat
+}
+thread_ticks() {  # thread_ticks PID: NAME=TICKS ... on one line, summed by name
+    for _t in /proc/"$1"/task/*/stat; do
+        # After "PID (NAME) ", utime and stime are the 12th and 13th fields.
+        sed -n 's/^[0-9]* (\([^)]*\)) \(.*\)$/\1 \2/p' "$_t" 2>/dev/null
+    done | awk '{ t[$1] += $13 + $14 } END { for (n in t) printf "%s=%d ", n, t[n]; print "" }'
+}
+cpu_before() {  # cpu_before DEVICE
+    set -- $(guest_ticks)
+    _busy0=$1 _total0=$2 _pid="" _threads0=""
+    _dn="$(daemon_name "$DEVNAME")"
+    [ -n "$_dn" ] || return 0
+    _pid="$(tandemctl status "$_dn" --json 2>/dev/null | json_num pid)"
+    [ -n "$_pid" ] && _threads0="$(thread_ticks "$_pid")"
+}
+cpu_after() {  # cpu_after ROUND DEVICE WORKLOAD
+    set -- "$@" $(guest_ticks)
+    _line="BENCH-CPU $1 $2 $3 guest-busy=$(( $4 - _busy0 )) guest-total=$(( $5 - _total0 ))"
+    if [ -n "$_pid" ]; then
+        # Each thread name's ticks now, less its ticks before the run.
+        _line="$_line $(echo "$_threads0 / $(thread_ticks "$_pid")" | awk '{
+            after = 0
+            for (i = 1; i <= NF; i++) {
+                if ($i == "/") { after = 1; continue }
+                split($i, kv, "=")
+                if (after) printf "%s=%d ", kv[1], kv[2] - t0[kv[1]]; else t0[kv[1]] = kv[2]
+            }
+        }')"
+    fi
+    echo "$_line"
+}
 before_run() {  # before_run DEVICE: a status snapshot halfway through the run
+    DEVNAME="$1"
+    cpu_before
     _n="$(daemon_name "$1")"
     [ -n "$_n" ] || return 0
     _poll0="$(tandemctl status "$_n" --json 2>/dev/null | json_num poll_seconds)"
@@ -143,6 +182,7 @@ before_run() {  # before_run DEVICE: a status snapshot halfway through the run
     MID_PID=$!
 }
 after_run() {  # after_run ROUND DEVICE WORKLOAD
+    cpu_after "$1" "$2" "$3"
     _n="$(daemon_name "$2")"
     [ -n "$_n" ] || return 0
     _t0="$(uptime_cs)"
