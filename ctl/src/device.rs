@@ -169,13 +169,9 @@ pub fn recover(name: &str, run_dir: &Path) -> Result<Started> {
 }
 
 fn spawn_daemon(name: &str, args: &DeviceArgs, run_dir: &Path, recover: bool) -> Result<Started> {
-    std::fs::create_dir_all(run_dir)
-        .with_context(|| format!("create run directory {}", run_dir.display()))?;
+    control::make_run_dir(run_dir)?;
     let log_path = run_dir.join(format!("{name}.log"));
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
+    let log = control::open_private(&log_path, true)
         .with_context(|| format!("open log {}", log_path.display()))?;
     let (read_end, write_end): (OwnedFd, OwnedFd) = nix::unistd::pipe().context("pipe")?;
     let mut argv: Vec<OsString> = vec!["serve".into(), name.into()];
@@ -317,6 +313,27 @@ pub fn status(name: &str, run_dir: &Path) -> Result<Value> {
         .read_state()?
         .ok_or_else(|| anyhow!("no device named {name:?} in {}", run_dir.display()))?;
     status_of(&st, run_dir)
+}
+
+/// One field of a status, as plain text for scripts: a string without its
+/// quotes, `null` as an empty string, anything else as JSON. An unknown field
+/// is an error that names it and lists the known ones.
+pub fn status_field(v: &Value, field: &str) -> Result<String> {
+    match v.get(field) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Null) => Ok(String::new()),
+        Some(other) => Ok(other.to_string()),
+        None => {
+            let known: Vec<&str> = v
+                .as_object()
+                .map(|o| o.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            bail!(
+                "the status has no field {field:?}; it has: {}",
+                known.join(", ")
+            )
+        }
+    }
 }
 
 /// Human-readable status.
@@ -481,6 +498,16 @@ mod tests {
             "resync_total_bytes": 0, "host_busy": 0.87, "mirror_deferring": deferring,
             "poll_seconds": 2.54,
         })
+    }
+
+    #[test]
+    fn one_status_field_as_plain_text() {
+        let v = serde_json::json!({"state": "live", "dirty_bytes": 4096, "last_error": null});
+        assert_eq!(status_field(&v, "state").unwrap(), "live");
+        assert_eq!(status_field(&v, "dirty_bytes").unwrap(), "4096");
+        assert_eq!(status_field(&v, "last_error").unwrap(), "");
+        let e = status_field(&v, "stat").unwrap_err().to_string();
+        assert!(e.contains("\"stat\"") && e.contains("dirty_bytes"), "{e}");
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub enum Cli {
     /// Show a device's state, record and mirror figures.
     Status {
         name: String,
+        /// Print only this field of the JSON status, as plain text (a string
+        /// without quotes, `null` as an empty line), for scripts.
+        #[arg(long, value_name = "FIELD")]
+        field: Option<String>,
         #[command(flatten)]
         common: Common,
     },
@@ -129,6 +133,57 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Cli {
+    /// Whether the command asked for JSON output (its errors are JSON too).
+    pub fn json(&self) -> bool {
+        match self {
+            Cli::Add { common, .. }
+            | Cli::List { common }
+            | Cli::Status { common, .. }
+            | Cli::WaitSynced { common, .. }
+            | Cli::Del { common, .. }
+            | Cli::Recover { common, .. } => common.json,
+            Cli::Simulate(a) => a.json,
+        }
+    }
+}
+
+/// An error as JSON: `error` (the message), `kind` (stable: `config`, `io`,
+/// `corruption`, `out_of_range`, `record`, `stopped`, `usage`, `trace`, or
+/// `other`) and, where one is known, `errno` (positive).
+pub fn error_json(e: &anyhow::Error) -> serde_json::Value {
+    let mut kind = "other";
+    let mut errno = None;
+    for cause in e.chain() {
+        if let Some(t) = cause.downcast_ref::<tandem::Error>() {
+            kind = t.kind();
+            errno = Some(-t.errno());
+            break;
+        }
+        if let Some(c) = cause.downcast_ref::<Error>() {
+            kind = match c {
+                Error::Io { .. } => "io",
+                Error::Trace { .. } => "trace",
+                Error::Usage(_) => "usage",
+                Error::Tandem(t) => t.kind(),
+            };
+            if let Error::Tandem(t) = c {
+                errno = Some(-t.errno());
+            }
+            if let Error::Io { source, .. } = c {
+                errno = source.raw_os_error();
+            }
+            break;
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            kind = "io";
+            errno = io.raw_os_error();
+            break;
+        }
+    }
+    serde_json::json!({ "error": format!("{e:#}"), "kind": kind, "errno": errno })
+}
+
 /// Parses a size in bytes for clap: `tandem::units::parse_size`, the parser
 /// the daemon's arguments use too (`4096`, `64KiB`, `1M`, `1GiB`, ...).
 pub fn parse_size(text: &str) -> Result<u64, String> {
@@ -170,6 +225,36 @@ mod tests {
             assert!(e.contains(&format!("{bad:?}")), "{e}");
         }
         assert!(parse_size("16777216TiB").unwrap_err().contains("too large"));
+    }
+
+    #[test]
+    fn errors_as_json_keep_their_kind_and_errno() {
+        let e = anyhow::Error::from(tandem::Error::io(
+            "open record /x",
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        ))
+        .context("add vm1");
+        let v = error_json(&e);
+        assert_eq!(v["kind"], "io");
+        assert_eq!(v["errno"], libc::ENOSPC);
+        let msg = v["error"].as_str().unwrap();
+        assert!(
+            msg.contains("add vm1") && msg.contains("open record /x"),
+            "{msg}"
+        );
+        let v = error_json(&anyhow::Error::from(tandem::Error::Config(
+            "--queues 0".into(),
+        )));
+        assert_eq!(v["kind"], "config");
+        assert_eq!(v["errno"], libc::EINVAL);
+        let v = error_json(&anyhow::anyhow!("no device named \"x\""));
+        assert_eq!(v["kind"], "other");
+        assert!(v["errno"].is_null());
+        // Every command knows whether it was asked for JSON.
+        let cli = Cli::try_parse_from(["tandemctl", "status", "vm1", "--json"]).unwrap();
+        assert!(cli.json());
+        let cli = Cli::try_parse_from(["tandemctl", "list"]).unwrap();
+        assert!(!cli.json());
     }
 
     #[test]

@@ -11,8 +11,16 @@ use tandemctl::{device, simulate, Cli};
 
 fn main() -> ExitCode {
     env_logger::init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let json = cli.json();
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if json => {
+            // Scripts that asked for JSON get their errors as JSON, on stdout
+            // like the results, and the exit code says it failed.
+            println!("{}", tandemctl::error_json(&e));
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("tandemctl: {e:#}");
             ExitCode::FAILURE
@@ -30,8 +38,14 @@ fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli {
-        Cli::Add { name, args, common } => {
-            let started = device::add(&name, &args, &common.run_dir)?;
+        Cli::Add {
+            name,
+            mut args,
+            common,
+        } => {
+            args.make_absolute()?;
+            let run_dir = tandem::args::absolute(&common.run_dir)?;
+            let started = device::add(&name, &args, &run_dir)?;
             if common.json {
                 print_json(&started)?;
             } else {
@@ -71,9 +85,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Cli::Status { name, common } => {
+        Cli::Status {
+            name,
+            field,
+            common,
+        } => {
             let v = device::status(&name, &common.run_dir)?;
-            if common.json {
+            if let Some(f) = field {
+                println!("{}", device::status_field(&v, &f)?);
+            } else if common.json {
                 print_json(&v)?;
             } else {
                 print!("{}", device::format_status(&v));

@@ -67,3 +67,25 @@ build_static_bins() {
         cargo build --release --target "$RUST_TARGET" -p tandem -p tandemctl) \
         || die "cargo build of the static test binaries failed"
 }
+
+# build_unit_tests: builds the tandem library's unit tests statically for the VM and
+# prints the test binary's path (last line), for the cases only a real kernel can
+# run (loop devices, O_DIRECT through bounce buffers on a block device).
+build_unit_tests() {
+    command -v cargo >/dev/null || die "cargo not found: cannot build the unit tests"
+    local out
+    out="$(cd "$REPO" && RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static" \
+        cargo test --release --target "$RUST_TARGET" -p tandem --lib --no-run \
+        --message-format=json-render-diagnostics)" \
+        || die "cargo build of the unit tests failed"
+    printf '%s\n' "$out" | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["executable"])
+' | tail -n 1
+}

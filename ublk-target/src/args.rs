@@ -28,6 +28,11 @@ fn default_cache() -> String {
     Cache::default().name().into()
 }
 
+/// `path` made absolute against the working directory (links kept).
+pub fn absolute(path: &std::path::Path) -> Result<PathBuf> {
+    std::path::absolute(path).map_err(|e| Error::Config(format!("path {}: {e}", path.display())))
+}
+
 /// One mirrored device.
 #[derive(Debug, Clone, clap::Args, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct DeviceArgs {
@@ -94,6 +99,17 @@ pub struct DeviceArgs {
 }
 
 impl DeviceArgs {
+    /// Makes the three paths absolute (against the working directory, without
+    /// resolving links, so `/dev/disk/by-id/...` names stay as given): the
+    /// daemon works from `/`, and a restart from another directory must find
+    /// the same files.
+    pub fn make_absolute(&mut self) -> Result<()> {
+        for p in [&mut self.primary, &mut self.secondary, &mut self.record] {
+            *p = absolute(p)?;
+        }
+        Ok(())
+    }
+
     /// Validates every value, naming the bad one, and builds the engine config.
     pub fn engine_config(&self) -> Result<EngineConfig> {
         let region_size = parse_size(&self.region_size)?;

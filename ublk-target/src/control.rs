@@ -41,6 +41,41 @@ pub enum Request {
     Stop,
 }
 
+/// Creates the run directory, readable by its owner alone (mode 0700): its
+/// state files, logs and sockets say what every device is. An existing
+/// directory is tightened to 0700 too, unless it is a shared sticky one such
+/// as /tmp, which is left alone.
+pub fn make_run_dir(run_dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let io = |e| Error::io(format!("create run directory {}", run_dir.display()), e);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(run_dir)
+        .map_err(io)?;
+    let mode = std::fs::metadata(run_dir).map_err(io)?.permissions().mode();
+    if mode & 0o1000 == 0 && mode & 0o077 != 0 {
+        std::fs::set_permissions(run_dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Opens (creating or appending to) a file only its owner may read: the
+/// run directory's state files and logs.
+pub fn open_private(path: &Path, append: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .mode(0o600)
+        .open(path)?;
+    // A file made before by an older version may be wider: narrow it.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(f)
+}
+
 /// The files of device `name` in `run_dir`.
 #[derive(Debug, Clone)]
 pub struct RunFiles {
@@ -73,7 +108,8 @@ impl RunFiles {
     pub fn write_state(&self, state: &DeviceState) -> Result<()> {
         let tmp = self.state.with_extension("json.tmp");
         let body = serde_json::to_vec_pretty(state).expect("state serializes");
-        std::fs::write(&tmp, body)
+        open_private(&tmp, false)
+            .and_then(|mut f| f.write_all(&body))
             .and_then(|()| std::fs::rename(&tmp, &self.state))
             .map_err(|e| Error::io(format!("write {}", self.state.display()), e))
     }

@@ -23,7 +23,7 @@ pub enum Error {
     OutOfRange { offset: u64, len: u64, size: u64 },
     /// The record update could not be made durable, so the write was not issued.
     #[error("record update failed: {0}")]
-    RecordUpdate(String),
+    RecordUpdate(Failure),
     /// The engine is shutting down.
     #[error("engine is stopped")]
     Stopped,
@@ -38,14 +38,66 @@ impl Error {
         }
     }
 
+    /// A stable name of the error's kind, for machine-readable output.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Io { .. } => "io",
+            Error::Config(_) => "config",
+            Error::Corruption { .. } => "corruption",
+            Error::OutOfRange { .. } => "out_of_range",
+            Error::RecordUpdate(_) => "record",
+            Error::Stopped => "stopped",
+        }
+    }
+
     /// The negative errno a ublk completion should carry for this error.
     pub fn errno(&self) -> i32 {
         match self {
             Error::Io { source, .. } => -(source.raw_os_error().unwrap_or(libc::EIO)),
             Error::Config(_) => -libc::EINVAL,
             Error::OutOfRange { .. } => -libc::EINVAL,
-            Error::Corruption { .. } | Error::RecordUpdate(_) => -libc::EIO,
+            Error::Corruption { .. } => -libc::EIO,
+            Error::RecordUpdate(f) => f.errno,
             Error::Stopped => -libc::ENODEV,
+        }
+    }
+}
+
+/// A failure shared by several callers (one failed record update fails every
+/// write that waited for it), or handed across a thread: the message and the
+/// errno of the error it came from, so ENOSPC stays ENOSPC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub message: String,
+    /// Negative, as a ublk completion carries it.
+    pub errno: i32,
+}
+
+impl Failure {
+    /// A failure with no errno of its own: EIO.
+    pub fn eio(message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            errno: -libc::EIO,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<&Error> for Failure {
+    fn from(e: &Error) -> Self {
+        match e {
+            // Already shared: keep it as it is, without a second prefix.
+            Error::RecordUpdate(f) => f.clone(),
+            e => Failure {
+                message: e.to_string(),
+                errno: e.errno(),
+            },
         }
     }
 }

@@ -19,10 +19,11 @@ pub mod mirror;
 pub mod predict;
 pub mod record;
 pub mod stats;
+pub mod status;
 pub mod units;
 
 pub use engine::{
     AdmitTicket, Devices, Engine, EngineConfig, EngineStatus, PendingWrite, WriteStart,
 };
-pub use error::{Error, Result};
+pub use error::{Error, Failure, Result};
 pub use geometry::Geometry;

@@ -51,17 +51,23 @@ fn main() {
     let r = match cli.cmd {
         Cmd::Serve {
             name,
-            args,
+            mut args,
             run_dir,
             recover,
             ready_fd,
-        } => daemon::serve(daemon::Options {
-            name,
-            args: *args,
-            run_dir,
-            recover,
-            ready_fd,
-        }),
+        } => args
+            .make_absolute()
+            .and_then(|()| tandem::args::absolute(&run_dir))
+            .map_err(anyhow::Error::from)
+            .and_then(|run_dir| {
+                daemon::serve(daemon::Options {
+                    name,
+                    args: *args,
+                    run_dir,
+                    recover,
+                    ready_fd,
+                })
+            }),
         Cmd::Check => daemon::check_ublk().map(|()| println!("ublk is available")),
         Cmd::DelDev { id } => daemon::delete_device(id),
     };

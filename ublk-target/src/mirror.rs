@@ -15,11 +15,11 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::dev::Dev;
+use crate::dev::{Dev, PathCheck};
 use crate::error::{Error, Result};
 use crate::record::{ChunkMask, ClaimRefused, CopyClaim, Record, RegionView};
 use crate::stats::Gauge;
@@ -72,6 +72,8 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(20);
 /// First retry delay after a secondary failure; doubles up to `MAX_BACKOFF`.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often a failing secondary whose path still names it is reopened.
+const REOPEN_EVERY: Duration = Duration::from_secs(2);
 /// Delay before retrying a region that had writes in flight.
 const BUSY_RETRY: Duration = Duration::from_millis(1);
 /// Extents one worker copies before one sync of the secondary.
@@ -185,7 +187,14 @@ impl Pacer {
 struct Shared {
     record: Arc<Record>,
     primary: Dev,
-    secondary: Dev,
+    /// Replaced when the secondary's path names a new device (see
+    /// `watch_secondary`).
+    secondary: RwLock<Dev>,
+    /// The secondary's path names nothing, or something else than the open
+    /// device: copies fail until a device is back there.
+    secondary_gone: AtomicBool,
+    /// When the secondary was last reopened while failing.
+    last_reopen: Mutex<Instant>,
     config: MirrorConfig,
     queue: Mutex<Queue>,
     wake: Condvar,
@@ -296,7 +305,9 @@ impl MirrorPool {
         let shared = Arc::new(Shared {
             record,
             primary,
-            secondary,
+            secondary: RwLock::new(secondary),
+            secondary_gone: AtomicBool::new(false),
+            last_reopen: Mutex::new(Instant::now()),
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -362,20 +373,7 @@ impl MirrorPool {
 
     /// Queues regions found in the record at start-up and counts them as resync.
     pub fn enqueue_resync(&self, regions: &[u64]) {
-        let size = self.shared.record.geometry();
-        let bytes: u64 = regions
-            .iter()
-            .map(|&r| {
-                let b = size.region_bytes(r);
-                b.end - b.start
-            })
-            .sum();
-        lock(&self.shared.resync).extend(regions.iter().copied());
-        self.shared
-            .counters
-            .resync_total
-            .fetch_add(bytes, Ordering::Relaxed);
-        self.shared.enqueue(regions);
+        self.shared.enqueue_resync(regions);
     }
 
     pub fn stats(&self) -> MirrorStats {
@@ -463,6 +461,116 @@ impl Shared {
 
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::Acquire)
+    }
+
+    fn secondary(&self) -> Dev {
+        self.secondary
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Follows the secondary's path (from the housekeeping thread): a device
+    /// that was removed puts the pool in degraded mode even if writes to the
+    /// open handle still succeed (a deleted file); a device that is back, or
+    /// a new one, is opened and copied to in full, since what it holds is
+    /// unknown. While copies fail with the path unchanged, the device is
+    /// reopened every `REOPEN_EVERY` (a handle to a device that went away
+    /// fails for ever, even once one with the same number is back).
+    fn watch_secondary(&self) {
+        let secondary = self.secondary();
+        let gone = self.secondary_gone.load(Ordering::Acquire);
+        let full = match secondary.check_path() {
+            PathCheck::Same if !gone => {
+                let failing = self.degraded.load(Ordering::Acquire);
+                let mut last = lock(&self.last_reopen);
+                if !failing || last.elapsed() < REOPEN_EVERY {
+                    return;
+                }
+                *last = Instant::now();
+                false
+            }
+            // Back under the same number, after it was gone.
+            PathCheck::Same => true,
+            PathCheck::Replaced => {
+                self.lose_secondary(format!(
+                    "secondary {} was replaced by another device",
+                    secondary.describe()
+                ));
+                true
+            }
+            PathCheck::Gone(why) => {
+                self.lose_secondary(format!("secondary {why}"));
+                return;
+            }
+        };
+        if let Err(e) = self.switch_secondary(&secondary, full) {
+            log::debug!("secondary not usable yet: {e}");
+            if full {
+                *lock(&self.last_error) = Some(e.to_string());
+            }
+        }
+    }
+
+    /// Marks the secondary as gone: degraded, copies fail.
+    fn lose_secondary(&self, why: String) {
+        if !self.secondary_gone.swap(true, Ordering::AcqRel) {
+            log::warn!("{why}; degraded until it is back");
+        }
+        self.degraded.store(true, Ordering::Release);
+        *lock(&self.last_error) = Some(why);
+    }
+
+    /// Opens the device at the secondary's path and copies to it from now
+    /// on; with `full`, every region is first recorded and marked dirty.
+    fn switch_secondary(&self, old: &Dev, full: bool) -> Result<()> {
+        let new = old.reopen()?;
+        let size = self.primary.size();
+        if new.size() < size {
+            return Err(Error::Config(format!(
+                "secondary {} is back with {} bytes, smaller than the primary's {size}",
+                new.describe(),
+                new.size()
+            )));
+        }
+        let dirtied = if full {
+            self.record.record_all()?
+        } else {
+            Vec::new()
+        };
+        *self.secondary.write().unwrap_or_else(|e| e.into_inner()) = new;
+        self.secondary_gone.store(false, Ordering::Release);
+        if full {
+            log::warn!(
+                "secondary {} is back as a new device: copying all {size} bytes",
+                old.describe()
+            );
+            self.enqueue_resync(&dirtied);
+        } else {
+            log::info!("secondary {} reopened", old.describe());
+        }
+        // Try at once instead of at the end of the backoff.
+        *lock(&self.backoff_until) = None;
+        let _q = lock(&self.queue);
+        self.wake.notify_all();
+        Ok(())
+    }
+
+    /// Queues regions that must be copied in full and counts them as resync.
+    fn enqueue_resync(&self, regions: &[u64]) {
+        let g = self.record.geometry();
+        let bytes: u64 = regions
+            .iter()
+            .map(|&r| {
+                let b = g.region_bytes(r);
+                b.end - b.start
+            })
+            .sum();
+        lock(&self.resync).extend(regions.iter().copied());
+        self.counters
+            .resync_total
+            .fetch_add(bytes, Ordering::Relaxed);
+        self.enqueue(regions);
     }
 
     /// Waits for work (unless `!blocking`): returns claimed extents, each a
@@ -609,6 +717,17 @@ impl Shared {
     /// Only the chunks written since each region's last copy are moved.
     fn copy_batch(&self, batch: Batch, buf: &mut CopyBuf) {
         let states = self.record.states();
+        let secondary = self.secondary();
+        if self.secondary_gone.load(Ordering::Acquire) {
+            // Writes to the old handle may still succeed (a deleted file), but
+            // they reach nothing that will be read: nothing is copied.
+            let gone = Error::io(
+                format!("secondary {} is gone", secondary.describe()),
+                std::io::Error::from_raw_os_error(libc::ENODEV),
+            );
+            self.finish(batch, Err(gone));
+            return;
+        }
         let mut copied = 0u64;
         let mut result = Ok(());
         let mut taken: Vec<(u64, ChunkMask)> = Vec::new();
@@ -622,16 +741,16 @@ impl Shared {
                 return;
             }
             for (start, end) in self.dirty_extents(run, &mut taken) {
-                result = self.copy(start, end, buf).map(|n| copied += n);
+                result = self.copy(&secondary, start, end, buf).map(|n| copied += n);
                 if result.is_err() {
                     break 'runs;
                 }
             }
         }
         let result = result.and_then(|()| {
-            self.secondary
+            secondary
                 .sync()
-                .map_err(|e| Error::io(format!("sync secondary {}", self.secondary.describe()), e))
+                .map_err(|e| Error::io(format!("sync secondary {}", secondary.describe()), e))
         });
         if result.is_err() {
             for &(r, mask) in &taken {
@@ -674,7 +793,7 @@ impl Shared {
     }
 
     /// Copies bytes `start..end` from primary to secondary (not yet durable).
-    fn copy(&self, start: u64, end: u64, buf: &mut CopyBuf) -> Result<u64> {
+    fn copy(&self, secondary: &Dev, start: u64, end: u64, buf: &mut CopyBuf) -> Result<u64> {
         let len = (end - start) as usize;
         let buf = buf.get(len);
         if let Some(t) = &self.throttle {
@@ -693,14 +812,12 @@ impl Shared {
                 e,
             )
         })?;
-        self.secondary
-            .write_at(&buf[..len], start, false)
-            .map_err(|e| {
-                Error::io(
-                    format!("write secondary {} at {start}", self.secondary.describe()),
-                    e,
-                )
-            })?;
+        secondary.write_at(&buf[..len], start, false).map_err(|e| {
+            Error::io(
+                format!("write secondary {} at {start}", secondary.describe()),
+                e,
+            )
+        })?;
         Ok(len as u64)
     }
 
@@ -751,7 +868,7 @@ impl Shared {
                 if self.degraded.swap(false, Ordering::AcqRel) {
                     log::info!(
                         "secondary {} is back; leaving degraded mode",
-                        self.secondary.describe()
+                        self.secondary().describe()
                     );
                 }
                 *lock(&self.backoff) = MIN_BACKOFF;
@@ -832,6 +949,7 @@ impl Shared {
                 continue;
             }
             last_trim = Instant::now();
+            self.watch_secondary();
             self.record.trim();
             let due = last_flush.elapsed() >= self.config.flush_interval;
             if (due && self.record.has_unflushed()) || self.record.pending_forget() >= threshold {
@@ -1095,6 +1213,129 @@ mod tests {
         assert_eq!(rig.secondary.durable_contents(), rig.primary.contents());
     }
 
+    /// A secondary whose path the test controls: what `check_path` says, and
+    /// the device `reopen` finds there.
+    struct Pathed {
+        dev: Arc<MemDev>,
+        path: Arc<Mutex<(PathCheck, Option<Arc<MemDev>>)>>,
+    }
+
+    impl BlockDev for Pathed {
+        fn size(&self) -> u64 {
+            self.dev.size()
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+            self.dev.read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> std::io::Result<()> {
+            self.dev.write_at(buf, offset, fua)
+        }
+        fn sync(&self) -> std::io::Result<()> {
+            self.dev.sync()
+        }
+        fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
+            self.dev.discard(offset, len)
+        }
+        fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
+            self.dev.write_zeroes(offset, len)
+        }
+        fn supports_discard(&self) -> bool {
+            true
+        }
+        fn describe(&self) -> String {
+            "pathed-secondary".into()
+        }
+        fn check_path(&self) -> PathCheck {
+            lock(&self.path).0.clone()
+        }
+        fn reopen(&self) -> Result<Dev> {
+            let mut p = lock(&self.path);
+            let dev =
+                p.1.take()
+                    .ok_or_else(|| Error::Config("nothing there".into()))?;
+            p.0 = PathCheck::Same;
+            Ok(Arc::new(Pathed {
+                dev,
+                path: self.path.clone(),
+            }))
+        }
+    }
+
+    #[test]
+    fn a_secondary_that_vanishes_degrades_and_a_new_one_is_copied_whole() {
+        let size = 8 * REGION;
+        let record = record(size);
+        let primary = Arc::new(MemDev::new("primary-dev", size));
+        let first = Arc::new(MemDev::new("first", size));
+        let path = Arc::new(Mutex::new((PathCheck::Same, None)));
+        let pool = MirrorPool::manual(
+            record.clone(),
+            primary.clone(),
+            Arc::new(Pathed {
+                dev: first.clone(),
+                path: path.clone(),
+            }),
+            config(8),
+            Arc::new(Gauge::default()),
+        )
+        .unwrap();
+        let rig = Rig {
+            record,
+            primary,
+            secondary: first.clone(),
+            pool,
+            host_io: Arc::new(Gauge::default()),
+        };
+        for r in [1, 2] {
+            rig.write_region(r, r);
+        }
+        rig.pump_all();
+        assert!(rig.dirty().is_empty());
+        // The path names nothing: writes to the old handle would still
+        // succeed (a deleted file), but nothing is marked clean any more.
+        lock(&path).0 = PathCheck::Gone("pathed-secondary is gone".into());
+        rig.shared().watch_secondary();
+        assert!(rig.pool.stats().degraded);
+        rig.write_region(3, 3);
+        assert!(rig.pool.pump(), "a copy was tried");
+        assert_eq!(rig.dirty(), vec![3], "no copy while the secondary is gone");
+        assert_ne!(first.contents(), rig.primary.contents(), "nothing written");
+        assert!(rig
+            .pool
+            .stats()
+            .last_error
+            .is_some_and(|e| e.contains("gone")));
+        // A copy claimed before the new device arrives cannot mark its region
+        // clean: what it wrote went to the old device.
+        let stale = rig.record.states().claim_copy(3).unwrap();
+        // A smaller device there is refused.
+        *lock(&path) = (
+            PathCheck::Replaced,
+            Some(Arc::new(MemDev::new("small", size - REGION))),
+        );
+        rig.shared().watch_secondary();
+        assert!(rig.pool.stats().degraded, "a smaller secondary is refused");
+        assert!(rig
+            .pool
+            .stats()
+            .last_error
+            .is_some_and(|e| e.contains("smaller")));
+        // A new (blank) device: every region is recorded, dirty, copied.
+        let second = Arc::new(MemDev::new("second", size));
+        *lock(&path) = (PathCheck::Replaced, Some(second.clone()));
+        rig.shared().watch_secondary();
+        assert_eq!(rig.dirty().len(), 8, "all of it is copied again");
+        assert!(!rig.record.states().finish_copy(3, stale, true));
+        assert_eq!(rig.record.recorded_regions().len(), 8);
+        assert_eq!(rig.pool.stats().resync_total_bytes, size);
+        rig.pump_all();
+        let s = rig.pool.stats();
+        assert!(rig.dirty().is_empty());
+        assert!(!s.degraded);
+        assert_eq!(s.resync_done_bytes, size);
+        assert_eq!(second.durable_contents(), rig.primary.contents());
+    }
+
     #[test]
     fn a_failed_secondary_sync_keeps_regions_dirty() {
         let rig = rig(4 * REGION, config(4), false);
@@ -1133,7 +1374,12 @@ mod tests {
         assert_eq!(Rig::runs(&batch), vec![vec![1]]);
         let n = rig
             .shared()
-            .copy(REGION, 2 * REGION, &mut CopyBuf::default())
+            .copy(
+                &rig.shared().secondary(),
+                REGION,
+                2 * REGION,
+                &mut CopyBuf::default(),
+            )
             .unwrap();
         rig.secondary.sync().unwrap();
         // ...a host write lands after the copy read the primary...
@@ -1333,7 +1579,12 @@ mod tests {
         assert_eq!(Rig::runs(&batch)[0], vec![0]);
         let n = rig
             .shared()
-            .copy(0, REGION, &mut CopyBuf::default())
+            .copy(
+                &rig.shared().secondary(),
+                0,
+                REGION,
+                &mut CopyBuf::default(),
+            )
             .unwrap();
         rig.secondary.sync().unwrap();
         rig.write(0, &pattern(7, 4096));

@@ -25,6 +25,7 @@ use libublk::{sys, UblkFlags};
 use nix::sys::signal::{SigSet, Signal};
 use tandem::args::{check_name, DeviceArgs};
 use tandem::control::{self, pid_alive, DeviceState, Request, RunFiles};
+use tandem::status::{State, STATUS_VERSION};
 use tandem::Engine;
 
 /// Largest request the device accepts.
@@ -74,23 +75,14 @@ pub fn check_ublk() -> Result<()> {
     control::check_ublk().map_err(Into::into)
 }
 
-/// Gives the daemon its own mount namespace, so it never holds a mount of the
-/// device it serves (which could deadlock its exit).
-fn private_mounts() {
-    use nix::mount::{mount, MsFlags};
-    use nix::sched::{unshare, CloneFlags};
-    let r = unshare(CloneFlags::CLONE_NEWNS).and_then(|()| {
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None::<&str>,
-        )
-    });
-    if let Err(e) = r {
-        log::warn!("could not enter a private mount namespace: {e}");
-    }
+/// Makes sure the daemon holds nothing on any filesystem that might live on a
+/// ublk device: its working directory moves to `/`. (The daemon shares the
+/// host's mount namespace on purpose: a private copy of the mount table would
+/// keep every filesystem mounted when it started alive after the host
+/// unmounts it, its own device's included, and the kernel's delete of such a
+/// device waits for that last opener for ever.)
+fn hold_no_mounts() -> Result<()> {
+    std::env::set_current_dir("/").context("change the working directory to /")
 }
 
 fn serve_inner(opts: &Options, ready: &mut Ready) -> Result<()> {
@@ -98,8 +90,7 @@ fn serve_inner(opts: &Options, ready: &mut Ready) -> Result<()> {
     let config = opts.args.engine_config()?;
     opts.args.check_paths()?;
     check_ublk()?;
-    std::fs::create_dir_all(&opts.run_dir)
-        .with_context(|| format!("create run directory {}", opts.run_dir.display()))?;
+    control::make_run_dir(&opts.run_dir)?;
     let files = RunFiles::new(&opts.run_dir, &opts.name);
     let previous = files.read_state()?;
     let recover_id = match (&previous, opts.recover) {
@@ -134,7 +125,7 @@ fn serve_inner(opts: &Options, ready: &mut Ready) -> Result<()> {
         signals.add(s);
     }
     signals.thread_block().context("block signals")?;
-    private_mounts();
+    hold_no_mounts()?;
 
     let engine = Arc::new(Engine::open(opts.args.paths().open(&config)?, &config)?);
     let start = engine.status();
@@ -344,8 +335,8 @@ fn start_control(
 pub fn status_json(state: &DeviceState, engine: &Engine, recovering: bool) -> serde_json::Value {
     let st = engine.status();
     let mut v = serde_json::to_value(&st).expect("status serializes");
-    let shown = if st.state == "resyncing" && recovering {
-        "recovering"
+    let shown = if st.state == State::Resyncing && recovering {
+        State::Recovering
     } else {
         st.state
     };
@@ -366,7 +357,8 @@ pub fn status_json(state: &DeviceState, engine: &Engine, recovering: bool) -> se
         "record".into(),
         state.args.record.display().to_string().into(),
     );
-    obj.insert("state".into(), shown.into());
+    obj.insert("version".into(), STATUS_VERSION.into());
+    obj.insert("state".into(), shown.name().into());
     obj.insert("record_regions".into(), st.record_regions.into());
     v
 }

@@ -181,11 +181,7 @@ async fn serve(q: &UblkQueue<'_>, tag: u16, buf: &mut [u8], engine: &Engine) -> 
                 // Past the engine: host I/O, which mirror copies yield to (the
                 // engine's own calls and write guards mark themselves).
                 let _io = engine.host_io();
-                let sqe =
-                    opcode::Read::new(types::Fixed(PRIMARY_FIXED_FD), buf.as_mut_ptr(), len as u32)
-                        .offset(offset)
-                        .build();
-                full(submit(sqe).await, len)
+                transfer(false, buf.as_mut_ptr(), len, offset, 0).await
             } else {
                 match engine.read(&mut buf[..len], offset) {
                     Ok(()) => len as i32,
@@ -214,12 +210,8 @@ async fn serve(q: &UblkQueue<'_>, tag: u16, buf: &mut [u8], engine: &Engine) -> 
                 }
             };
             let res = if engine.primary().raw_fd().is_some() && direct_ok(engine, offset, len) {
-                let sqe =
-                    opcode::Write::new(types::Fixed(PRIMARY_FIXED_FD), buf.as_ptr(), len as u32)
-                        .offset(offset)
-                        .rw_flags(if fua { libc::RWF_DSYNC } else { 0 })
-                        .build();
-                full(submit(sqe).await, len)
+                let flags = if fua { libc::RWF_DSYNC } else { 0 };
+                transfer(true, buf.as_mut_ptr(), len, offset, flags).await
             } else {
                 match engine.primary().write_at(&buf[..len], offset, fua) {
                     Ok(()) => len as i32,
@@ -237,8 +229,10 @@ async fn serve(q: &UblkQueue<'_>, tag: u16, buf: &mut [u8], engine: &Engine) -> 
 
 /// Admits a write's missed regions on the record committer thread while the
 /// queue serves other requests: the committer signals an eventfd, which this
-/// task waits for with a poll on the queue's ring. Falls back to admitting
-/// on this thread if no eventfd can be made.
+/// task waits for with a poll on the queue's ring. If the ring cannot poll
+/// the eventfd, the task checks for the answer on a short timer instead, so
+/// the queue thread never blocks. Falls back to admitting on this thread if
+/// no eventfd can be made.
 async fn admit(pending: PendingWrite<'_>) -> tandem::Result<WriteGuard<'_>> {
     let bell = match nix::sys::eventfd::EventFd::from_flags(
         nix::sys::eventfd::EfdFlags::EFD_CLOEXEC | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
@@ -250,7 +244,7 @@ async fn admit(pending: PendingWrite<'_>) -> tandem::Result<WriteGuard<'_>> {
         }
     };
     let ring = bell.clone();
-    let ticket = pending.submit(Box::new(move || {
+    let mut ticket = pending.submit(Box::new(move || {
         if let Err(e) = ring.write(1) {
             log::error!("wake a queue task after a record update: {e}");
         }
@@ -258,19 +252,56 @@ async fn admit(pending: PendingWrite<'_>) -> tandem::Result<WriteGuard<'_>> {
     let fd = types::Fd(bell.as_fd().as_raw_fd());
     let res = submit(opcode::PollAdd::new(fd, libc::POLLIN as u32).build()).await;
     if res < 0 {
-        // The ring could not wait for it: the answer is still coming.
-        log::debug!("poll for a record update: errno {}", -res);
+        log::warn!(
+            "poll for a record update failed (errno {}): checking on a timer",
+            -res
+        );
+        let tick = types::Timespec::new().nsec(ADMIT_CHECK_NS);
+        while !ticket.is_ready() {
+            submit(opcode::Timeout::new(&tick).build()).await;
+        }
     }
     ticket.finish()
 }
 
-/// A transfer result: the full length, or an errno (a short transfer is EIO).
-fn full(res: i32, len: usize) -> i32 {
-    if res < 0 || res as usize == len {
-        res
-    } else {
-        -libc::EIO
+/// How often a task whose eventfd poll failed checks for its admission.
+const ADMIT_CHECK_NS: u32 = 100_000;
+
+/// Tries a transfer again after EAGAIN this many times before failing it.
+const EAGAIN_RETRIES: u32 = 64;
+
+/// Reads or writes all of `len` bytes at `offset` on the primary through the
+/// queue's ring: a short transfer is resubmitted for the rest, EAGAIN is
+/// retried, and only an error (or a read past the end) fails the request.
+/// Returns `len` or a negative errno.
+async fn transfer(write: bool, buf: *mut u8, len: usize, offset: u64, flags: i32) -> i32 {
+    let mut done = 0usize;
+    let mut again = 0u32;
+    while done < len {
+        // SAFETY: `done < len`, so the pointer stays inside the request's
+        // buffer of `len` bytes, which outlives the submission (the caller
+        // awaits it).
+        let at = unsafe { buf.add(done) };
+        let n = (len - done) as u32;
+        let fd = types::Fixed(PRIMARY_FIXED_FD);
+        let pos = offset + done as u64;
+        let sqe = if write {
+            opcode::Write::new(fd, at, n)
+                .offset(pos)
+                .rw_flags(flags)
+                .build()
+        } else {
+            opcode::Read::new(fd, at, n).offset(pos).build()
+        };
+        match submit(sqe).await {
+            r if r == -libc::EAGAIN && again < EAGAIN_RETRIES => again += 1,
+            r if r < 0 => return r,
+            // Nothing moved: past the end of the primary.
+            0 => return -libc::EIO,
+            r => done += r as usize,
+        }
     }
+    len as i32
 }
 
 fn result(r: tandem::Result<()>) -> i32 {

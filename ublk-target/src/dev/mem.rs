@@ -19,6 +19,8 @@ pub struct Faults {
     pub torn_bytes: Option<usize>,
     /// Reads fail with EIO.
     pub fail_reads: bool,
+    /// The errno failing calls return instead of EIO (e.g. ENOSPC).
+    pub errno: Option<i32>,
 }
 
 #[derive(Debug)]
@@ -46,8 +48,9 @@ pub struct MemDev {
     released: Condvar,
 }
 
-fn eio() -> io::Error {
-    io::Error::from_raw_os_error(libc::EIO)
+/// The error a failing call returns under `faults`.
+fn fault(faults: &Faults) -> io::Error {
+    io::Error::from_raw_os_error(faults.errno.unwrap_or(libc::EIO))
 }
 
 impl MemDev {
@@ -156,7 +159,7 @@ impl MemDev {
     /// Checks the fault plan before a mutating call; `Err` once failed.
     fn admit_op(s: &mut State) -> Result<Option<usize>, io::Error> {
         if s.failed {
-            return Err(eio());
+            return Err(fault(&s.faults));
         }
         if let Some(n) = s.faults.fail_after.as_mut() {
             if *n == 0 {
@@ -185,7 +188,7 @@ impl BlockDev for MemDev {
         self.check(offset, buf.len())?;
         let s = self.state();
         if s.failed || s.faults.fail_reads {
-            return Err(eio());
+            return Err(fault(&s.faults));
         }
         let o = offset as usize;
         buf.copy_from_slice(&s.current[o..o + buf.len()]);
@@ -203,7 +206,7 @@ impl BlockDev for MemDev {
                 s.current[o..o + n].copy_from_slice(&buf[..n]);
                 s.unsynced.push((offset, buf[..n].to_vec()));
             }
-            return Err(eio());
+            return Err(fault(&s.faults));
         }
         s.writes += 1;
         s.current[o..o + buf.len()].copy_from_slice(buf);
@@ -230,7 +233,7 @@ impl BlockDev for MemDev {
         self.wait_while_held();
         let mut s = self.state();
         if Self::admit_op(&mut s)?.is_some() {
-            return Err(eio());
+            return Err(fault(&s.faults));
         }
         s.syncs += 1;
         s.durable = s.current.clone();
@@ -291,6 +294,7 @@ mod tests {
             fail_after: Some(1),
             torn_bytes: Some(2),
             fail_reads: false,
+            errno: None,
         });
         d.write_at(&[7; 4], 0, false).unwrap();
         assert!(d.write_at(&[9; 4], 4, false).is_err());

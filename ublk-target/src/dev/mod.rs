@@ -45,6 +45,17 @@ impl Cache {
     }
 }
 
+/// What the path a device was opened from names now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathCheck {
+    /// The device that is open (or the device has no path).
+    Same,
+    /// Another device or file: the one that was open was removed or replaced.
+    Replaced,
+    /// Nothing: the device or file was removed (the message says so).
+    Gone(String),
+}
+
 /// A device the engine can mirror: sized, readable, writable, syncable.
 ///
 /// All calls are positional and may be made from many threads at once.
@@ -81,6 +92,19 @@ pub trait BlockDev: Send + Sync {
     /// (the ublk queues). `None` for devices that are not files.
     fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
         None
+    }
+    /// Whether the path this device was opened from still names it: a disk
+    /// that was unplugged, a device-mapper device removed, a file deleted or
+    /// replaced. Devices without a path are always `Same`.
+    fn check_path(&self) -> PathCheck {
+        PathCheck::Same
+    }
+    /// Opens whatever the device's path names now, the same way.
+    fn reopen(&self) -> crate::Result<Dev> {
+        Err(crate::Error::Config(format!(
+            "{} cannot be reopened",
+            self.describe()
+        )))
     }
     /// With O_DIRECT in effect, the alignment requests on `raw_fd` must keep
     /// (address, offset and length); `None` when any request works.

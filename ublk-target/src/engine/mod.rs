@@ -23,6 +23,7 @@ use crate::predict;
 use crate::record::committer::Committer;
 use crate::record::{Clock, LoadOutcome, Record, RegionFile, RegionView};
 use crate::stats::{Counter, Gauge, GaugeGuard};
+use crate::status::State;
 
 mod write;
 pub use write::{AdmitTicket, PendingWrite, WriteGuard, WriteStart};
@@ -136,8 +137,7 @@ pub enum StartKind {
 /// The engine's state, for status requests.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct EngineStatus {
-    /// `live`, `resyncing` or `degraded`.
-    pub state: &'static str,
+    pub state: State,
     pub device_size: u64,
     pub region_size: u64,
     pub policy: &'static str,
@@ -165,7 +165,12 @@ pub struct EngineStatus {
     pub resync_total_bytes: u64,
     pub resync_done_bytes: u64,
     pub degraded: bool,
+    /// The mirror's last copy error while degraded.
     pub last_error: Option<String>,
+    /// Why the record cannot be updated (state `record-failed`).
+    pub record_error: Option<String>,
+    /// Its errno, positive (e.g. 28 for ENOSPC).
+    pub record_errno: Option<i32>,
     pub start: StartKind,
     pub uptime_seconds: f64,
     /// CPU time the front end's queue threads spent spinning for completions
@@ -454,14 +459,17 @@ impl Engine {
         let rs = self.record.stats();
         let ms = self.mirror_stats();
         let writes = self.writes.get();
+        let record_error = self.record.store_error();
         let state = if self.passthrough {
-            "passthrough"
+            State::Passthrough
+        } else if record_error.is_some() {
+            State::RecordFailed
         } else if ms.degraded {
-            "degraded"
+            State::Degraded
         } else if ms.resync_done_bytes < ms.resync_total_bytes {
-            "resyncing"
+            State::Resyncing
         } else {
-            "live"
+            State::Live
         };
         EngineStatus {
             state,
@@ -500,6 +508,8 @@ impl Engine {
             resync_done_bytes: ms.resync_done_bytes,
             degraded: ms.degraded,
             last_error: ms.last_error,
+            record_errno: record_error.as_ref().map(|f| -f.errno),
+            record_error: record_error.map(|f| f.message),
             start: self.start.clone(),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             poll_seconds: self.poll_ns.get() as f64 / 1e9,
@@ -924,6 +934,7 @@ mod tests {
             fail_after: Some(0),
             torn_bytes: Some(1000),
             fail_reads: false,
+            errno: None,
         });
         let err = e.write(&pattern(2, 8192), 3 * REGION, false).unwrap_err();
         assert!(matches!(err, Error::Io { .. }), "{err}");
@@ -947,7 +958,7 @@ mod tests {
         assert!(e.pump_mirror());
         let s = e.status();
         assert!(s.degraded);
-        assert_eq!(s.state, "degraded");
+        assert_eq!(s.state, State::Degraded);
         assert!(s.last_error.unwrap().contains("read primary"));
         assert_eq!(dirty(&e), vec![0, 3]);
         rig.primary.set_faults(Faults::default());
@@ -958,7 +969,7 @@ mod tests {
             &pattern(2, 1000)[..]
         );
         assert!(rig.in_sync());
-        assert_eq!(e.status().state, "live");
+        assert_eq!(e.status().state, State::Live);
     }
 
     /// Starts a write that must wait for the record, and hands it to the
@@ -1043,13 +1054,17 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         rig.record.set_faults(Faults {
             fail_after: Some(0),
+            errno: Some(libc::ENOSPC),
             ..Faults::default()
         });
-        let failed = submit_pending(&e, 5 * REGION, 5, &tx);
+        let mut failed = submit_pending(&e, 5 * REGION, 5, &tx);
         assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(5));
+        // A caller that polls instead of waiting sees the answer too.
+        assert!(failed.is_ready());
         let err = failed.finish().err().expect("the update failed");
         assert!(matches!(err, Error::RecordUpdate(_)), "{err}");
-        assert_eq!(err.errno(), -libc::EIO);
+        // The errno crosses the committer thread as it was.
+        assert_eq!(err.errno(), -libc::ENOSPC);
         // Dropped before it was finished (a queue going down): released too.
         drop(submit_pending(&e, 6 * REGION, 6, &tx));
         assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(6));
@@ -1079,8 +1094,10 @@ mod tests {
         let updates = e.status().record_updates;
         rig.record.set_faults(Faults {
             fail_after: Some(0),
+            errno: Some(libc::ENOSPC),
             ..Faults::default()
         });
+        assert_eq!(e.status().state, State::Live);
         // A recorded region: no metadata, the write succeeds.
         e.write(&pattern(2, 4096), 4096, false).unwrap();
         let after_hit = rig.primary.contents();
@@ -1088,11 +1105,16 @@ mod tests {
         // An unrecorded region: the host is told, the primary untouched.
         let err = e.write(&pattern(3, 4096), 7 * REGION, false).unwrap_err();
         assert!(matches!(err, Error::RecordUpdate(_)), "{err}");
-        assert_eq!(err.errno(), -libc::EIO);
+        // The store's errno reaches the host as it was.
+        assert_eq!(err.errno(), -libc::ENOSPC);
         assert!(err.to_string().contains("record"), "{err}");
+        let s = e.status();
+        assert_eq!(s.state, State::RecordFailed);
+        assert_eq!(s.record_errno, Some(libc::ENOSPC));
+        assert!(s.record_error.is_some_and(|m| m.contains("No space")));
         // A write spanning a recorded and an unrecorded region fails whole.
         let err = e.write(&pattern(4, 8192), REGION - 4096, true).unwrap_err();
-        assert_eq!(err.errno(), -libc::EIO);
+        assert_eq!(err.errno(), -libc::ENOSPC);
         assert!(e.discard(9 * REGION, 4096).is_err());
         assert!(e.write_zeroes(10 * REGION, 4096).is_err());
         assert_eq!(rig.primary.contents(), after_hit, "nothing issued");
@@ -1108,6 +1130,8 @@ mod tests {
         // The record heals: the same write now goes through, durably recorded.
         rig.record.set_faults(Faults::default());
         e.write(&pattern(3, 4096), 7 * REGION, false).unwrap();
+        assert_eq!(e.status().state, State::Live);
+        assert_eq!(e.status().record_error, None);
         assert!(rig.durable_record().contains(&7));
         assert!(states.is_recorded(7));
         pump_all(&e);
@@ -1141,11 +1165,11 @@ mod tests {
         assert_eq!(recorded, vec![1, 4, 9, 12]);
         assert_eq!(s.resync_total_bytes, recorded.len() as u64 * REGION);
         assert_eq!(s.resync_done_bytes, 0);
-        assert_eq!(s.state, "resyncing");
+        assert_eq!(s.state, State::Resyncing);
         assert_eq!(s.dirty_bytes, 4 * REGION);
         pump_all(&e);
         let s = e.status();
-        assert_eq!(s.state, "live");
+        assert_eq!(s.state, State::Live);
         assert_eq!(s.resync_done_bytes, s.resync_total_bytes);
         assert_eq!(s.dirty_bytes, 0);
         assert!(rig.in_sync());
@@ -1160,7 +1184,7 @@ mod tests {
         assert!(!reason.is_empty());
         assert_eq!(s.resync_total_bytes, rig.primary.size());
         assert_eq!(s.dirty_bytes, SIZE);
-        assert_eq!(s.state, "resyncing", "never clean");
+        assert_eq!(s.state, State::Resyncing, "never clean");
         assert_eq!(
             rig.durable_record(),
             (0..REGIONS).collect::<Vec<_>>(),
@@ -1168,7 +1192,7 @@ mod tests {
         );
         pump_all(&e);
         let s = e.status();
-        assert_eq!(s.state, "live");
+        assert_eq!(s.state, State::Live);
         assert_eq!(s.resync_done_bytes, SIZE);
         assert!(rig.in_sync());
         // The recreated record is valid: a clean stop leaves nothing to resync.
@@ -1248,7 +1272,7 @@ mod tests {
         let s = e.status();
         assert_eq!(s.start, StartKind::Created);
         assert_eq!(s.resync_total_bytes, size);
-        assert_eq!(s.state, "resyncing");
+        assert_eq!(s.state, State::Resyncing);
         assert_eq!(
             durable_regions(&rig.record, size, rig.identity),
             (0..=REGIONS).collect::<Vec<_>>(),
@@ -1258,7 +1282,7 @@ mod tests {
         let s = e.status();
         assert_eq!(s.resync_done_bytes, size);
         assert_eq!(s.bytes_copied, size);
-        assert_eq!(s.state, "live");
+        assert_eq!(s.state, State::Live);
         assert_eq!(
             &rig.secondary.durable_contents()[..size as usize],
             &data[..]
@@ -1275,7 +1299,7 @@ mod tests {
         let s = e.status();
         assert_eq!(s.start, StartKind::Created);
         assert_eq!(s.resync_total_bytes, 0);
-        assert_eq!(s.state, "live");
+        assert_eq!(s.state, State::Live);
         assert!(!e.pump_mirror());
         assert!(rig.durable_record().is_empty());
     }
@@ -1297,7 +1321,7 @@ mod tests {
         let s = e.status();
         assert_eq!(s.start, StartKind::Recovered);
         assert_eq!(s.resync_total_bytes, 0);
-        assert_eq!(s.state, "live");
+        assert_eq!(s.state, State::Live);
         assert!(!e.pump_mirror());
     }
 
@@ -1316,7 +1340,7 @@ mod tests {
         for _ in 0..3 {
             assert!(e.pump_mirror());
         }
-        assert_eq!(e.status().state, "degraded");
+        assert_eq!(e.status().state, State::Degraded);
         e.shutdown().unwrap();
         assert_eq!(rig.durable_record(), vec![2, 7], "clean region 3 forgotten");
         drop(e);
@@ -1360,7 +1384,7 @@ mod tests {
         assert_eq!(s.region_size, REGION);
         assert_eq!(s.capacity_bytes, 4 * REGION);
         assert_eq!(s.policy, "lru");
-        assert_eq!(s.state, "live");
+        assert_eq!(s.state, State::Live);
         assert_eq!(s.start, StartKind::Created);
         assert_eq!(s.bytes_copied, 0);
         pump_all(&e);
@@ -1541,7 +1565,7 @@ mod tests {
         );
         let s = e.status();
         assert_eq!(s.dirty_bytes, 0);
-        assert_eq!(s.state, "live");
+        assert_eq!(s.state, State::Live);
         assert_eq!(s.writes, 200);
         assert!(rig.in_sync());
         e.shutdown().unwrap();
@@ -1590,14 +1614,14 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         let s = e.status();
-        assert_eq!(s.state, "degraded");
+        assert_eq!(s.state, State::Degraded);
         assert_eq!(s.dirty_bytes, REGION);
         rig.secondary.set_faults(Faults::default());
         assert!(
             e.wait_synced(Duration::from_secs(10)),
             "recovers after backoff"
         );
-        assert_eq!(e.status().state, "live");
+        assert_eq!(e.status().state, State::Live);
         assert!(rig.in_sync());
     }
 
@@ -1624,7 +1648,7 @@ mod tests {
         let mut rig = rig();
         rig.config.passthrough = true;
         let e = rig.open(true);
-        assert_eq!(e.status().state, "passthrough");
+        assert_eq!(e.status().state, State::Passthrough);
         let data = pattern(7, 3 * REGION as usize);
         e.write(&data, REGION, false).unwrap();
         assert_eq!(

@@ -3,7 +3,7 @@
 //! ticket of one handed to the record committer thread.
 
 use super::Engine;
-use crate::error::{Error, Result};
+use crate::error::{Error, Failure, Result};
 use crate::record::committer::Outcome;
 use crate::stats::GaugeGuard;
 
@@ -71,6 +71,7 @@ impl<'a> PendingWrite<'a> {
         AdmitTicket {
             guard: Some(guard),
             outcome,
+            seen: None,
         }
     }
 }
@@ -88,9 +89,26 @@ impl Drop for PendingWrite<'_> {
 pub struct AdmitTicket<'a> {
     guard: Option<WriteGuard<'a>>,
     outcome: std::sync::mpsc::Receiver<Outcome>,
+    /// The outcome, once `is_ready` has seen it.
+    seen: Option<Outcome>,
 }
 
 impl<'a> AdmitTicket<'a> {
+    /// Whether the committer has answered (`finish` will not block). For a
+    /// caller that cannot wait for the `done` callback and polls instead.
+    pub fn is_ready(&mut self) -> bool {
+        if self.seen.is_none() {
+            self.seen = match self.outcome.try_recv() {
+                Ok(o) => Some(o),
+                Err(std::sync::mpsc::TryRecvError::Empty) => None,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    Some(Err(Failure::eio("the record committer thread is gone")))
+                }
+            };
+        }
+        self.seen.is_some()
+    }
+
     /// The write's guard once its regions are durable in the record, or the
     /// reason they are not (the write must then fail). Blocks until the
     /// committer has answered, which it has once `done` was called.
@@ -99,11 +117,15 @@ impl<'a> AdmitTicket<'a> {
         settle(guard, self.wait())
     }
 
-    fn wait(&self) -> Result<()> {
-        self.outcome
-            .recv()
-            .unwrap_or_else(|_| Err("the record committer thread is gone".into()))
-            .map_err(Error::RecordUpdate)
+    fn wait(&mut self) -> Result<()> {
+        match self.seen.take() {
+            Some(o) => o,
+            None => self
+                .outcome
+                .recv()
+                .unwrap_or_else(|_| Err(Failure::eio("the record committer thread is gone"))),
+        }
+        .map_err(Error::RecordUpdate)
     }
 }
 

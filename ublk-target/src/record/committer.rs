@@ -9,9 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use super::Record;
+use crate::error::Failure;
 
-/// What an admission came to: `Err` carries the reason the update failed.
-pub type Outcome = std::result::Result<(), String>;
+/// What an admission came to: `Err` carries why the update failed, with its
+/// errno.
+pub type Outcome = std::result::Result<(), Failure>;
 
 /// Called on the committer thread once the admission's outcome is ready.
 pub type Done = Box<dyn FnOnce() + Send>;
@@ -67,15 +69,18 @@ impl Committer {
             drop(inner);
             let _ = job
                 .reply
-                .send(Err("the record committer thread is gone".into()));
+                .send(Err(Failure::eio("the record committer thread is gone")));
             (job.done)();
         }
         outcome
     }
 
-    fn ensure_started(&self, inner: &mut Inner) -> std::result::Result<(), String> {
+    fn ensure_started(&self, inner: &mut Inner) -> std::result::Result<(), Failure> {
         if inner.stopped {
-            return Err("the device is stopping".into());
+            return Err(Failure {
+                message: "the device is stopping".into(),
+                errno: -libc::ENODEV,
+            });
         }
         if inner.tx.is_some() {
             return Ok(());
@@ -85,7 +90,10 @@ impl Committer {
         let thread = std::thread::Builder::new()
             .name("tandem-record".into())
             .spawn(move || run(&record, &rx))
-            .map_err(|e| format!("start the record committer thread: {e}"))?;
+            .map_err(|e| Failure {
+                message: format!("start the record committer thread: {e}"),
+                errno: -e.raw_os_error().unwrap_or(libc::EAGAIN),
+            })?;
         inner.tx = Some(tx);
         inner.thread = Some(thread);
         Ok(())
@@ -118,7 +126,7 @@ fn run(record: &Record, rx: &Receiver<Job>) {
         let mut jobs = vec![first];
         jobs.extend(rx.try_iter());
         let missed: Vec<u64> = jobs.iter().flat_map(|j| j.missed.iter().copied()).collect();
-        let outcome = record.admit(&missed).map_err(|e| e.to_string());
+        let outcome = record.admit(&missed).map_err(|e| Failure::from(&e));
         for job in jobs {
             let _ = job.reply.send(outcome.clone());
             (job.done)();

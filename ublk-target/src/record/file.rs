@@ -1043,6 +1043,7 @@ mod tests {
                         fail_after: Some(k),
                         torn_bytes: Some(torn),
                         fail_reads: false,
+                        errno: None,
                     });
                     let result = f.write_pages(&image(&g, &after), &pages);
                     assert_eq!(result.is_ok(), k == update_ops, "{what}");
@@ -1056,6 +1057,7 @@ mod tests {
                         fail_after: Some(k),
                         torn_bytes: Some(torn),
                         fail_reads: false,
+                        errno: None,
                     });
                     let result = f.write_pages(&image(&g, &after), &pages);
                     d.set_faults(Faults::default());
@@ -1069,6 +1071,7 @@ mod tests {
                         fail_after: Some(k),
                         torn_bytes: Some(torn),
                         fail_reads: false,
+                        errno: None,
                     });
                     let _ = f.write_pages(&image(&g, &after), &pages);
                     d.set_faults(Faults::default());
@@ -1084,12 +1087,14 @@ mod tests {
                         fail_after: Some(k),
                         torn_bytes: Some(torn),
                         fail_reads: false,
+                        errno: None,
                     });
                     let first = f.write_pages(&image(&g, &after), &pages);
                     d.set_faults(Faults {
                         fail_after: Some(0),
                         torn_bytes: Some(1),
                         fail_reads: false,
+                        errno: None,
                     });
                     assert!(f.write_pages(&image(&g, &after), &pages).is_err());
                     d.crash(keep);
@@ -1150,6 +1155,7 @@ mod tests {
                 fail_after,
                 torn_bytes: Some(4096),
                 fail_reads: false,
+                errno: None,
             });
             let ok = f.write_pages(&image(&g, &next), &pages).is_ok();
             d.set_faults(Faults::default());
@@ -1187,6 +1193,7 @@ mod tests {
             fail_after: Some(fail_after),
             torn_bytes: Some(torn),
             fail_reads: false,
+            errno: None,
         });
         assert!(RegionFile::open(d.clone(), g, ID).is_err());
         d.crash(|_| keep);
@@ -1257,6 +1264,7 @@ mod tests {
                             fail_after: Some(k),
                             torn_bytes: Some(torn),
                             fail_reads: false,
+                            errno: None,
                         });
                         let what = format!("all_set {all_set}, fail after {k}, {torn} torn");
                         assert!(RegionFile::create(d.clone(), &g, ID, all_set).is_err());

@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use bitvec::vec::BitVec;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Failure, Result};
 use crate::geometry::Geometry;
 use crate::predict::{Nanos, Predictor};
 
@@ -119,6 +119,8 @@ struct Inner {
     predicted: HashMap<u64, u32>,
     scratch: Vec<u64>,
     stats: RecordStats,
+    /// Why the last write to the store failed, until one succeeds again.
+    store_error: Option<Failure>,
 }
 
 #[derive(Default)]
@@ -130,7 +132,7 @@ struct Pending {
     done_batch: u64,
     committing: bool,
     /// Recently failed batches and why.
-    failures: VecDeque<(u64, String)>,
+    failures: VecDeque<(u64, Failure)>,
 }
 
 const FAILURES_KEPT: usize = 256;
@@ -183,6 +185,7 @@ impl Record {
                 predicted: HashMap::new(),
                 scratch: Vec::new(),
                 stats: RecordStats::default(),
+                store_error: None,
             }),
             pending: Mutex::new(Pending {
                 open_batch: 1,
@@ -318,7 +321,7 @@ impl Record {
                 p.committing = false;
                 p.done_batch = batch;
                 if let Err(e) = result {
-                    p.failures.push_back((batch, e.to_string()));
+                    p.failures.push_back((batch, Failure::from(&e)));
                     if p.failures.len() > FAILURES_KEPT {
                         p.failures.pop_front();
                     }
@@ -417,7 +420,11 @@ impl Record {
             return Ok(());
         }
         let pages: Vec<u64> = inner.changed.iter().copied().collect();
-        inner.store.write_pages(&inner.file_image, &pages)?;
+        if let Err(e) = inner.store.write_pages(&inner.file_image, &pages) {
+            inner.store_error = Some(Failure::from(&e));
+            return Err(e);
+        }
+        inner.store_error = None;
         inner.changed.clear();
         inner.stats.updates += 1;
         inner.stats.pages_written += pages.len() as u64;
@@ -504,6 +511,12 @@ impl Record {
         self.write_changed(inner)
     }
 
+    /// Why the record's last write to its store failed, while no later one
+    /// has succeeded: writes that miss the record are refused meanwhile.
+    pub fn store_error(&self) -> Option<Failure> {
+        self.lock_inner().store_error.clone()
+    }
+
     /// Evicted regions whose removal has not reached the store yet.
     pub fn pending_forget(&self) -> usize {
         self.lock_inner().forgetting.len()
@@ -539,6 +552,29 @@ impl Record {
             inner.predictor.admitted(r, false, &self.states, now);
         }
         dirtied
+    }
+
+    /// Puts every region in the durable record, then marks each dirty: the
+    /// secondary was replaced and may hold anything, so all of it is copied
+    /// again. Nothing turns dirty unless the record update is durable.
+    /// Returns every region, to queue for copying.
+    pub fn record_all(&self) -> Result<Vec<u64>> {
+        let now = self.clock.now();
+        let mut inner = self.lock_inner();
+        let inner = &mut *inner;
+        for r in 0..self.geometry.regions() {
+            if !inner.image[r as usize] {
+                self.set_image(inner, r, true);
+                inner.predicted.remove(&r);
+                inner.predictor.admitted(r, false, &self.states, now);
+            }
+        }
+        self.write_changed(inner)?;
+        let all: Vec<u64> = (0..self.geometry.regions()).collect();
+        for &r in &all {
+            self.states.invalidate(r);
+        }
+        Ok(all)
     }
 
     /// The regions the store holds or is being written with (includes evicted

@@ -151,6 +151,25 @@ impl RegionStates {
         became
     }
 
+    /// Marks `r` recorded and dirty in every chunk, and bumps its sequence so
+    /// that a copy claimed before cannot mark it clean: the secondary was
+    /// replaced, and whatever a copy in flight wrote went to the old one.
+    /// Returns whether the region turned dirty.
+    pub fn invalidate(&self, r: u64) -> bool {
+        self.chunks[r as usize].store(ALL_CHUNKS, Ordering::Release);
+        let old = self
+            .word(r)
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                Some(w.wrapping_add(SEQ_ONE) | RECORDED | DIRTY)
+            })
+            .expect("the update always succeeds");
+        let became = old & DIRTY == 0;
+        if became {
+            self.dirty.fetch_add(1, Ordering::Relaxed);
+        }
+        became
+    }
+
     /// Removes a clean, idle region from the record. Fails (returns false) when
     /// the region is dirty, being copied, has a write in flight, or is not
     /// recorded. Never blocks and does no I/O.
