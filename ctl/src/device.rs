@@ -289,6 +289,7 @@ pub fn list(run_dir: &Path) -> Result<Vec<Listed>> {
 fn status_of(st: &DeviceState, run_dir: &Path) -> Result<Value> {
     if !pid_alive(st.pid) {
         return Ok(serde_json::json!({
+            "version": tandem::status::STATUS_VERSION,
             "name": st.name,
             "device": st.device_path(),
             "dev_id": st.dev_id,
@@ -296,7 +297,7 @@ fn status_of(st: &DeviceState, run_dir: &Path) -> Result<Value> {
             "primary": st.args.primary.display().to_string(),
             "secondary": st.args.secondary.display().to_string(),
             "record": st.args.record.display().to_string(),
-            "state": "down",
+            "state": tandem::status::State::Down.name(),
             "message": format!(
                 "the daemon is gone; host I/O waits until `tandemctl recover {}`",
                 st.name

@@ -37,7 +37,7 @@ kill_case() {
         kill -9 "$pid"
         echo "round $round: killed daemon $pid during the load"
         sleep 1
-        [ "$(tandemctl status k1 --json | sed -n 's/.*"state": *"\([a-z]*\)".*/\1/p')" = down ]
+        [ "$(tandemctl status k1 --field state)" = down ]
         if [ $round = 1 ]; then
             tandemctl recover k1
         else

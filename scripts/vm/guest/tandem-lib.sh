@@ -2,14 +2,10 @@
 # vm-standalone: no
 # shellcheck shell=sh
 
-# json_num FIELD: reads a number field from `tandemctl status --json` on stdin.
-json_num() {
-    sed -n "s/^ *\"$1\": *\([0-9.]*\).*/\1/p" | head -n 1
-}
-
-# status_num NAME FIELD
+# status_num NAME FIELD: one field of the device's status (tandemctl reads
+# its own JSON; nothing here parses it).
 status_num() {
-    tandemctl status "$1" --json | json_num "$2"
+    tandemctl status "$1" --field "$2"
 }
 
 # daemon_pid NAME
