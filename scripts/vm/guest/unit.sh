@@ -13,7 +13,7 @@ unit_case() {
     /usr/sbin/mkfs.ext4 -q -F /dev/ram3
     mount -t ext4 /dev/ram3 /mnt/unit
     TMPDIR=/mnt/unit TANDEM_REQUIRE_LOOP=1 TANDEM_REQUIRE_DIRECT=1 \
-        /usr/local/bin/tandem-unit-tests --test-threads 1 dev::file 2>&1 | tee /tmp/unit.out
+        /usr/local/bin/tandem-unit-tests --test-threads 1 --nocapture dev::file 2>&1 | tee /tmp/unit.out
     grep -q 'test result: ok' /tmp/unit.out
     if grep -q '^SKIP' /tmp/unit.out; then echo "a test skipped" >&2; return 1; fi
     grep -q 'O_DIRECT in effect' /tmp/unit.out
