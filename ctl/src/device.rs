@@ -16,7 +16,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use serde_json::Value;
 use tandem::args::{check_name, DeviceArgs};
-use tandem::control::{self, pid_alive, DeviceState, Request, RunFiles};
+use tandem::control::{self, pid_alive, DeviceState, DeviceStatus, Request, RunFiles};
+use tandem::status::State;
 use tandem::units::format_size;
 
 /// The fd number the daemon sees its ready pipe on.
@@ -277,8 +278,8 @@ pub fn list(run_dir: &Path) -> Result<Vec<Listed>> {
                 name: st.name.clone(),
                 device: st.device_path(),
                 pid: st.pid,
-                state: status["state"].as_str().unwrap_or("unknown").to_string(),
-                dirty_bytes: status["dirty_bytes"].as_u64(),
+                state: status.state.to_string(),
+                dirty_bytes: status.engine.as_ref().map(|e| e.dirty_bytes),
                 primary: st.args.primary.display().to_string(),
                 secondary: st.args.secondary.display().to_string(),
             })
@@ -286,29 +287,33 @@ pub fn list(run_dir: &Path) -> Result<Vec<Listed>> {
         .collect()
 }
 
-fn status_of(st: &DeviceState, run_dir: &Path) -> Result<Value> {
+fn status_of(st: &DeviceState, run_dir: &Path) -> Result<DeviceStatus> {
     if !pid_alive(st.pid) {
-        return Ok(serde_json::json!({
-            "version": tandem::status::STATUS_VERSION,
-            "name": st.name,
-            "device": st.device_path(),
-            "dev_id": st.dev_id,
-            "pid": st.pid,
-            "primary": st.args.primary.display().to_string(),
-            "secondary": st.args.secondary.display().to_string(),
-            "record": st.args.record.display().to_string(),
-            "state": tandem::status::State::Down.name(),
-            "message": format!(
-                "the daemon is gone; host I/O waits until `tandemctl recover {}`",
-                st.name
-            ),
-        }));
+        let message = format!(
+            "the daemon is gone; host I/O waits until `tandemctl recover {}`",
+            st.name
+        );
+        return Ok(DeviceStatus::of(st, State::Down, Some(message)));
     }
-    control::request(&RunFiles::new(run_dir, &st.name).socket, &Request::Status).map_err(Into::into)
+    let socket = RunFiles::new(run_dir, &st.name).socket;
+    let v = control::request(&socket, &Request::Status)?;
+    if let Some(e) = v.get("error").and_then(Value::as_str) {
+        bail!(
+            "the daemon of {:?} refused the status request: {e}",
+            st.name
+        );
+    }
+    let version = v.get("version").cloned().unwrap_or(Value::Null);
+    serde_json::from_value(v).with_context(|| {
+        format!(
+            "the daemon of {:?} answered a status (version {version}) this tandemctl cannot read",
+            st.name
+        )
+    })
 }
 
-/// The status of `name` (the daemon's JSON, or a `down` record without one).
-pub fn status(name: &str, run_dir: &Path) -> Result<Value> {
+/// The status of `name` (the daemon's, or a `down` one without figures).
+pub fn status(name: &str, run_dir: &Path) -> Result<DeviceStatus> {
     check_name(name)?;
     let st = RunFiles::new(run_dir, name)
         .read_state()?
@@ -319,7 +324,8 @@ pub fn status(name: &str, run_dir: &Path) -> Result<Value> {
 /// One field of a status, as plain text for scripts: a string without its
 /// quotes, `null` as an empty string, anything else as JSON. An unknown field
 /// is an error that names it and lists the known ones.
-pub fn status_field(v: &Value, field: &str) -> Result<String> {
+pub fn status_field(status: &DeviceStatus, field: &str) -> Result<String> {
+    let v = serde_json::to_value(status).context("encode the status")?;
     match v.get(field) {
         Some(Value::String(s)) => Ok(s.clone()),
         Some(Value::Null) => Ok(String::new()),
@@ -338,56 +344,55 @@ pub fn status_field(v: &Value, field: &str) -> Result<String> {
 }
 
 /// Human-readable status.
-pub fn format_status(v: &Value) -> String {
-    let bytes = |k: &str| v[k].as_u64().map(format_size).unwrap_or_else(|| "-".into());
+pub fn format_status(v: &DeviceStatus) -> String {
     let mut s = format!(
         "{} ({}): {}\n  primary   {}\n  secondary {}\n  record    {}\n",
-        v["name"].as_str().unwrap_or("?"),
-        v["device"].as_str().unwrap_or("?"),
-        v["state"].as_str().unwrap_or("?"),
-        v["primary"].as_str().unwrap_or("?"),
-        v["secondary"].as_str().unwrap_or("?"),
-        v["record"].as_str().unwrap_or("?"),
+        v.name, v.device, v.state, v.primary, v.secondary, v.record
     );
-    if let Some(m) = v["message"].as_str() {
+    if let Some(m) = &v.message {
         s.push_str(&format!("  {m}\n"));
-        return s;
     }
+    let Some(e) = &v.engine else {
+        return s;
+    };
     s.push_str(&format!(
         "  record: {} regions, {} (capacity {}), policy {}, cache {}\n  dirty {}, lag {:.1}s{}, copied {}\n  \
          writes {}, record updates {} ({:.2} per 1000 writes), queues spun {:.1}s\n  resync {} of {}\n",
-        v["record_regions"],
-        bytes("record_bytes"),
-        bytes("capacity_bytes"),
-        v["policy"].as_str().unwrap_or("?"),
-        v["cache"].as_str().unwrap_or("?"),
-        bytes("dirty_bytes"),
-        v["lag_seconds"].as_f64().unwrap_or(0.0),
-        if v["mirror_deferring"].as_bool() == Some(true) {
+        e.record_regions,
+        format_size(e.record_bytes),
+        format_size(e.capacity_bytes),
+        e.policy,
+        e.cache,
+        format_size(e.dirty_bytes),
+        e.lag_seconds,
+        if e.mirror_deferring {
             format!(
                 " (copies held back: host I/O busy {:.0}%)",
-                v["host_busy"].as_f64().unwrap_or(0.0) * 100.0
+                e.host_busy * 100.0
             )
         } else {
             String::new()
         },
-        bytes("bytes_copied"),
-        v["writes"],
-        v["record_updates"],
-        v["updates_per_1000_writes"].as_f64().unwrap_or(0.0),
-        v["poll_seconds"].as_f64().unwrap_or(0.0),
-        bytes("resync_done_bytes"),
-        bytes("resync_total_bytes"),
+        format_size(e.bytes_copied),
+        e.writes,
+        e.record_updates,
+        e.updates_per_1000_writes,
+        e.poll_seconds,
+        format_size(e.resync_done_bytes),
+        format_size(e.resync_total_bytes),
     ));
-    if let Some(e) = v["last_error"].as_str() {
-        s.push_str(&format!("  last mirror error: {e}\n"));
+    if let Some(err) = &e.last_error {
+        s.push_str(&format!("  last mirror error: {err}\n"));
+    }
+    if let Some(err) = &e.record_error {
+        s.push_str(&format!("  record error: {err}\n"));
     }
     s
 }
 
 /// Blocks until nothing is dirty; shows a progress bar on a terminal and
 /// plain lines otherwise.
-pub fn wait_synced(name: &str, run_dir: &Path, timeout: Option<Duration>) -> Result<Value> {
+pub fn wait_synced(name: &str, run_dir: &Path, timeout: Option<Duration>) -> Result<DeviceStatus> {
     let deadline = timeout.map(|t| Instant::now() + t);
     let tty = std::io::stderr().is_terminal();
     let bar = tty.then(|| {
@@ -405,13 +410,11 @@ pub fn wait_synced(name: &str, run_dir: &Path, timeout: Option<Duration>) -> Res
     let mut last_line = Instant::now() - Duration::from_secs(10);
     loop {
         let v = status(name, run_dir)?;
-        let state = v["state"].as_str().unwrap_or("unknown").to_string();
-        if state == "down" {
+        let state = v.state;
+        let Some(e) = v.engine.as_ref().filter(|_| state != State::Down) else {
             bail!("{name}: the daemon is gone; run `tandemctl recover {name}`");
-        }
-        let dirty = v["dirty_bytes"].as_u64().unwrap_or(0);
-        let total = v["resync_total_bytes"].as_u64().unwrap_or(0);
-        let done = v["resync_done_bytes"].as_u64().unwrap_or(0);
+        };
+        let (dirty, total, done) = (e.dirty_bytes, e.resync_total_bytes, e.resync_done_bytes);
         peak = peak.max(dirty);
         if dirty == 0 && done >= total {
             if let Some(b) = &bar {
@@ -488,25 +491,82 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn live(deferring: bool) -> Value {
-        json!({
-            "name": "vm1", "device": "/dev/ublkb0", "state": "live",
-            "primary": "/p", "secondary": "/s", "record": "/r",
-            "record_regions": 3, "record_bytes": 3 << 20, "capacity_bytes": 1u64 << 30,
-            "policy": "predictive", "cache": "writeback", "dirty_bytes": 2 << 20, "lag_seconds": 1.25,
-            "bytes_copied": 0, "writes": 10, "record_updates": 1,
-            "updates_per_1000_writes": 100.0, "resync_done_bytes": 0,
-            "resync_total_bytes": 0, "host_busy": 0.87, "mirror_deferring": deferring,
-            "poll_seconds": 2.54,
+    /// A daemon's answer as JSON (with a field from a newer daemon), read
+    /// back the way tandemctl reads it.
+    fn live(deferring: bool) -> DeviceStatus {
+        let engine = tandem::engine::EngineStatus {
+            policy: "predictive".into(),
+            cache: tandem::dev::Cache::Writeback,
+            record_regions: 3,
+            record_bytes: 3 << 20,
+            capacity_bytes: 1 << 30,
+            dirty_bytes: 2 << 20,
+            lag_seconds: 1.25,
+            writes: 10,
+            record_updates: 1,
+            updates_per_1000_writes: 100.0,
+            host_busy: 0.87,
+            mirror_deferring: deferring,
+            poll_seconds: 2.54,
+            ..Default::default()
+        };
+        let mut v = serde_json::to_value(DeviceStatus {
+            version: 1,
+            name: "vm1".into(),
+            device: "/dev/ublkb0".into(),
+            dev_id: 0,
+            pid: 7,
+            primary: "/p".into(),
+            secondary: "/s".into(),
+            record: "/r".into(),
+            state: State::Live,
+            message: None,
+            engine: Some(engine),
         })
+        .unwrap();
+        v["a_field_from_a_newer_daemon"] = json!({"peer": "b"});
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn the_status_reads_back_with_its_figures_and_ignores_what_it_does_not_know() {
+        let v = live(false);
+        assert_eq!(v.state, State::Live);
+        let e = v.engine.as_ref().expect("figures");
+        assert_eq!(e.dirty_bytes, 2 << 20);
+        assert_eq!(e.cache, tandem::dev::Cache::Writeback);
+        // What the daemon serializes reads back as the same status.
+        let again: DeviceStatus =
+            serde_json::from_value(serde_json::to_value(&v).unwrap()).unwrap();
+        assert_eq!(again, v);
+        assert_eq!(serde_json::to_value(&v).unwrap()["state"], "live");
+    }
+
+    #[test]
+    fn a_status_without_figures_reads_as_none() {
+        let v: DeviceStatus = serde_json::from_value(json!({
+            "version": 1, "name": "vm1", "device": "/dev/ublkb0", "dev_id": 0, "pid": 7,
+            "state": "down", "primary": "/p", "secondary": "/s", "record": "/r",
+            "message": "the daemon is gone",
+        }))
+        .unwrap();
+        assert_eq!(v.state, State::Down);
+        assert!(v.engine.is_none());
+        let text = format_status(&v);
+        assert!(
+            text.contains("vm1 (/dev/ublkb0): down") && text.contains("gone"),
+            "{text}"
+        );
+        assert!(!text.contains("record:"), "{text}");
     }
 
     #[test]
     fn one_status_field_as_plain_text() {
-        let v = serde_json::json!({"state": "live", "dirty_bytes": 4096, "last_error": null});
+        let v = live(false);
         assert_eq!(status_field(&v, "state").unwrap(), "live");
-        assert_eq!(status_field(&v, "dirty_bytes").unwrap(), "4096");
+        assert_eq!(status_field(&v, "dirty_bytes").unwrap(), "2097152");
         assert_eq!(status_field(&v, "last_error").unwrap(), "");
+        assert_eq!(status_field(&v, "version").unwrap(), "1");
         let e = status_field(&v, "stat").unwrap_err().to_string();
         assert!(e.contains("\"stat\"") && e.contains("dirty_bytes"), "{e}");
     }

@@ -15,18 +15,18 @@
 //!   them; with no update in flight they are committed at once, otherwise they
 //!   join the next update, which starts when the one in flight ends. The write
 //!   completes when its update does.
-//! - **Housekeeping.** As the mirror pool does (`mirror.rs`, `housekeep`),
-//!   every quarter of its `flush_interval` the record is trimmed, and its
-//!   removals are flushed lazily (no write waits for that) once per
-//!   `flush_interval`, or at once when they pass an eighth of the capacity.
-//!   During a gap in the trace the replay keeps this up for
-//!   [`HOUSEKEEPING_HORIZON_NS`] after the last activity, then skips to the
-//!   next write: every idle timeout we model (md's 5 s clear) is shorter.
+//! - **Destaging.** The daemon's own [`Destager`] steps on its period with
+//!   trace time: it evicts clean regions over the capacity, and destages the
+//!   removals (no write waits for that) once per interval, or at once when
+//!   they pass an eighth of the capacity. During a gap in the trace the replay
+//!   keeps this up for [`HOUSEKEEPING_HORIZON_NS`] after the last activity,
+//!   then skips to the next write: every idle timeout we model (md's 5 s
+//!   clear) is shorter.
 //!
 //! `record_updates` counts the synchronous updates (commits that wrote pages,
-//! which writes wait for); lazy flushes are counted apart, and both are in
+//! which writes wait for); destages are counted apart, and both are in
 //! `pages_written`. A write that misses only regions evicted since the last
-//! flush (still in the durable record) waits for its commit but causes no
+//! destage (still in the durable record) waits for its commit but causes no
 //! update.
 //!
 //! Simplification: a region becomes recorded when its update is committed, not
@@ -41,9 +41,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde::Serialize;
-use tandem::mirror::MirrorConfig;
-use tandem::predict::{self, Nanos};
-use tandem::record::{Clock, NullStore, Record};
+use tandem::predict;
+use tandem::record::destage::{Destager, DESTAGE_INTERVAL};
+use tandem::record::{NullStore, Record};
+use tandem::region::Clock;
+use tandem::region::Nanos;
 use tandem::Geometry;
 
 use crate::{Error, Result, SimulateArgs};
@@ -245,7 +247,7 @@ pub struct PolicyResult {
     /// Synchronous record updates: commits that wrote pages.
     pub record_updates: u64,
     pub updates_per_1000_writes: f64,
-    /// Lazy writes of removals (housekeeping flushes).
+    /// Destages: writes of removals, which no write waits for.
     pub lazy_flushes: u64,
     /// Pages written by both.
     pub pages_written: u64,
@@ -346,14 +348,11 @@ struct Replay<'a> {
     waiting: Vec<Range<u64>>,
     /// Writes whose misses are staged for the next update.
     staged: Vec<Range<u64>>,
-    /// Housekeeping: its period, the next tick, when it goes idle, the last
-    /// flush, and how many removals force a flush.
+    /// The destager, its period, its next step, and when it goes idle.
+    destager: Destager,
     tick: Nanos,
-    flush_interval: Nanos,
     next_tick: Nanos,
     idle_from: Nanos,
-    last_flush: Nanos,
-    forget_threshold: usize,
     scratch: Vec<u64>,
     // Figures.
     delayed_writes: u64,
@@ -368,7 +367,7 @@ struct Replay<'a> {
 
 impl<'a> Replay<'a> {
     fn new(record: &'a Record, now: Arc<AtomicU64>, latency: Nanos, trace: &Trace) -> Self {
-        let flush_interval = MirrorConfig::default().flush_interval.as_nanos() as Nanos;
+        let destager = Destager::new(record, DESTAGE_INTERVAL);
         let first = trace.writes.first().map_or(0, |w| w.ts_ns);
         let last = trace.writes.last().map_or(0, |w| w.ts_ns);
         Replay {
@@ -378,12 +377,10 @@ impl<'a> Replay<'a> {
             in_flight_until: None,
             waiting: Vec::new(),
             staged: Vec::new(),
-            tick: (flush_interval / 4).max(1),
-            flush_interval,
+            tick: destager.period(),
+            destager,
             next_tick: 0,
             idle_from: 0,
-            last_flush: 0,
-            forget_threshold: (record.capacity_regions() / 8).clamp(1, usize::MAX as u64) as usize,
             scratch: Vec::new(),
             delayed_writes: 0,
             sync_updates: 0,
@@ -410,7 +407,7 @@ impl<'a> Replay<'a> {
         self.record.begin_write(regions.clone(), &mut misses);
         if misses.is_empty() {
             self.complete(std::iter::once(regions));
-            self.record.trim();
+            self.record.evict();
         } else {
             self.delayed_writes += 1;
             self.record.stage(&misses);
@@ -461,7 +458,7 @@ impl<'a> Replay<'a> {
         self.set_time(end);
         let done = std::mem::take(&mut self.waiting);
         self.complete(done.iter().cloned());
-        self.record.trim();
+        self.record.evict();
         self.in_flight_until = None;
         if !self.staged.is_empty() {
             self.commit()?;
@@ -481,7 +478,7 @@ impl<'a> Replay<'a> {
             debug_assert!(
                 regions
                     .clone()
-                    .all(|r| tandem::record::RegionView::is_recorded(states, r)),
+                    .all(|r| tandem::region::RegionView::is_recorded(states, r)),
                 "write-ahead: a completing write's regions are recorded"
             );
             dirtied.clear();
@@ -495,17 +492,10 @@ impl<'a> Replay<'a> {
         }
     }
 
-    /// The periodic trim and lazy flush, at `k`.
+    /// The destager's step at `k`.
     fn housekeep(&mut self, k: Nanos) -> Result<()> {
         self.set_time(k);
-        self.record.trim();
-        let due = k - self.last_flush >= self.flush_interval;
-        if (due && self.record.has_unflushed())
-            || self.record.pending_forget() >= self.forget_threshold
-        {
-            self.last_flush = k;
-            self.record.flush()?;
-        }
+        self.destager.step(self.record)?;
         self.next_tick = k + self.tick;
         self.observe(k);
         Ok(())

@@ -28,7 +28,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use tandem::dev::MemDev;
 use tandem::engine::{pair_identity, Devices, Engine, EngineConfig};
 use tandem::predict::by_name;
-use tandem::record::{Clock, NullStore, Record, RegionFile};
+use tandem::record::{NullStore, Record, RegionFile};
+use tandem::region::Clock;
 use tandem::Geometry;
 
 const REGION: u64 = 1 << 20;
@@ -243,11 +244,11 @@ fn miss(c: &mut Criterion) {
                 let n = writes.fetch_add(1, Ordering::Relaxed);
                 if n % 256 == 255 {
                     // The destager's lazy forgetting (NullStore: no I/O).
-                    rec.flush().unwrap();
+                    rec.destage().unwrap();
                 }
             })
         });
-        rec.trim();
+        rec.evict();
         let s = rec.stats();
         let w = writes.load(Ordering::Relaxed);
         eprintln!(

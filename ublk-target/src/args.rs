@@ -3,29 +3,49 @@
 
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use crate::dev::Cache;
-use crate::engine::{EngineConfig, Paths};
+use crate::engine::{EngineConfig, Paths, DEFAULT_CAPACITY};
 use crate::error::{Error, Result};
-use crate::geometry::check_region_size;
-use crate::mirror::MirrorConfig;
-use crate::units::{parse_duration, parse_size};
+use crate::geometry::{check_region_size, DEFAULT_REGION_SIZE};
+use crate::mirror::{MirrorConfig, DEFAULT_MAX_COPY_BYTES, DEFAULT_MAX_LAG, DEFAULT_THREADS};
+use crate::units::{Size, TimeSpan};
 
 /// The longest `--poll` accepted: past it, sleeping costs less than spinning.
-const MAX_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+const MAX_POLL: Duration = Duration::from_millis(10);
 
 /// Default directory for control sockets and state files.
 pub const DEFAULT_RUN_DIR: &str = "/run/tandem";
 
-fn default_max_lag() -> String {
-    "10s".into()
+// Each default, written once: clap and serde (state and config files) both
+// take it from here.
+fn default_region_size() -> Size {
+    Size(DEFAULT_REGION_SIZE)
 }
-
-fn default_poll() -> String {
-    "300us".into()
+fn default_capacity() -> Size {
+    Size(DEFAULT_CAPACITY)
 }
-
-fn default_cache() -> String {
-    Cache::default().name().into()
+fn default_policy() -> String {
+    "predictive".into()
+}
+fn default_queues() -> u16 {
+    1
+}
+fn default_depth() -> u16 {
+    128
+}
+fn default_mirror_threads() -> usize {
+    DEFAULT_THREADS
+}
+fn default_max_copy_size() -> Size {
+    Size(DEFAULT_MAX_COPY_BYTES)
+}
+fn default_max_lag() -> TimeSpan {
+    TimeSpan(DEFAULT_MAX_LAG)
+}
+fn default_poll() -> TimeSpan {
+    TimeSpan(Duration::from_micros(300))
 }
 
 /// `path` made absolute against the working directory (links kept).
@@ -33,68 +53,83 @@ pub fn absolute(path: &std::path::Path) -> Result<PathBuf> {
     std::path::absolute(path).map_err(|e| Error::Config(format!("path {}: {e}", path.display())))
 }
 
-/// One mirrored device.
-#[derive(Debug, Clone, clap::Args, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+/// One mirrored device: the arguments of `tandemctl add`, and the keys of
+/// its state file (and of a config file), with the same typed values. Sizes
+/// and durations are [`Size`] and [`TimeSpan`]; a key that is missing takes
+/// its default, and an unknown key is an error that names it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[serde(deny_unknown_fields)]
 pub struct DeviceArgs {
     /// The device or file the host reads and writes.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub primary: PathBuf,
     /// Where writes are mirrored; at least as large as the primary.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub secondary: PathBuf,
     /// The write-intent record: a small file (created if missing) or block device.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub record: PathBuf,
     /// Region size: a power of two from 64KiB to 64MiB.
-    #[arg(long, default_value = "1MiB")]
-    pub region_size: String,
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = default_region_size()))]
+    #[serde(default = "default_region_size")]
+    pub region_size: Size,
     /// Bytes of clean regions the record may hold.
-    #[arg(long, default_value = "1GiB")]
-    pub capacity: String,
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = default_capacity()))]
+    #[serde(default = "default_capacity")]
+    pub capacity: Size,
     /// Record policy: predictive, lru or md-bitmap.
-    #[arg(long, default_value = "predictive")]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = default_policy()))]
+    #[serde(default = "default_policy")]
     pub policy: String,
     /// Hardware queues of the ublk device.
-    #[arg(long, default_value_t = 1)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = default_queues()))]
+    #[serde(default = "default_queues")]
     pub queues: u16,
     /// Depth of each queue.
-    #[arg(long, default_value_t = 128)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = default_depth()))]
+    #[serde(default = "default_depth")]
     pub depth: u16,
     /// Threads copying dirty regions to the secondary.
-    #[arg(long, default_value_t = 2)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = default_mirror_threads()))]
+    #[serde(default = "default_mirror_threads")]
     pub mirror_threads: usize,
     /// Copy bandwidth cap, bytes per second (e.g. 100MiB); none by default.
-    #[arg(long)]
-    pub max_copy_rate: Option<String>,
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default)]
+    pub max_copy_rate: Option<Size>,
     /// Largest extent one copy moves.
-    #[arg(long, default_value = "4MiB")]
-    pub max_copy_size: String,
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = default_max_copy_size()))]
+    #[serde(default = "default_max_copy_size")]
+    pub max_copy_size: Size,
     /// While host I/O is heavy, how long the mirror may hold a region's copy
     /// back so host writes run at full speed (e.g. 10s, 500ms); 0 copies at
     /// once whatever the load. Light host I/O never holds copies back.
-    #[arg(long, default_value_t = default_max_lag())]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = default_max_lag()))]
     #[serde(default = "default_max_lag")]
-    pub max_lag: String,
+    pub max_lag: TimeSpan,
     /// Host page cache for the data devices: `none` (O_DIRECT) or `writeback`
     /// (writes complete in host memory and are durable at the next flush or
     /// FUA write, like a disk's volatile cache; uses host memory).
-    #[arg(long, default_value_t = default_cache())]
-    #[serde(default = "default_cache")]
-    pub cache: String,
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Cache::default()))]
+    #[serde(default)]
+    pub cache: Cache,
     /// How long a queue thread may spin for the next completion before it
     /// sleeps (e.g. 300us, 50us); 0 never spins. It spins only while
     /// completions have been arriving within this time, so idle or light I/O
     /// costs no CPU; dense I/O trades up to one CPU per queue for latency.
-    #[arg(long, default_value_t = default_poll())]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = default_poll()))]
     #[serde(default = "default_poll")]
-    pub poll: String,
+    pub poll: TimeSpan,
     /// With a new record, trust that primary and secondary are already
     /// identical (e.g. both blank) and skip the initial full copy.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default)]
     pub assume_clean: bool,
     /// Benchmark baseline: serve the primary with mirror and record off. The
     /// next mirrored start of this device copies it whole.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default)]
     pub passthrough: bool,
 }
 
@@ -110,41 +145,23 @@ impl DeviceArgs {
         Ok(())
     }
 
-    /// Validates every value, naming the bad one, and builds the engine config.
+    /// The one validator: checks every value, naming the bad one, and
+    /// returns the engine configuration they make (valid by construction).
     pub fn engine_config(&self) -> Result<EngineConfig> {
-        let region_size = parse_size(&self.region_size)?;
+        let region_size = self.region_size.bytes();
         check_region_size(region_size).map_err(|_| {
             Error::Config(format!(
                 "--region-size {}: must be a power of two from 64KiB to 64MiB",
                 self.region_size
             ))
         })?;
-        let config = EngineConfig {
-            region_size,
-            capacity: parse_size(&self.capacity)?,
-            policy: self.policy.clone(),
-            mirror: MirrorConfig {
-                threads: self.mirror_threads,
-                max_copy_bytes: parse_size(&self.max_copy_size)?,
-                max_rate: self.max_copy_rate.as_deref().map(parse_size).transpose()?,
-                max_lag: parse_duration(&self.max_lag).map_err(|e| match e {
-                    Error::Config(why) => Error::Config(format!("--max-lag: {why}")),
-                    other => other,
-                })?,
-                ..MirrorConfig::default()
-            },
-            assume_clean: self.assume_clean,
-            passthrough: self.passthrough,
-            cache: Cache::parse(&self.cache).ok_or_else(|| {
-                Error::Config(format!(
-                    "--cache {:?}: choose one of {}",
-                    self.cache,
-                    Cache::NAMES.join(", ")
-                ))
-            })?,
-        };
-        config.validate()?;
-        self.poll_window()?;
+        if self.poll.duration() > MAX_POLL {
+            return Err(Error::Config(format!(
+                "--poll {}: at most {}ms",
+                self.poll,
+                MAX_POLL.as_millis()
+            )));
+        }
         if self.queues == 0 || self.queues > 32 {
             return Err(Error::Config(format!(
                 "--queues {} is outside 1..=32",
@@ -157,23 +174,28 @@ impl DeviceArgs {
                 self.depth
             )));
         }
+        let config = EngineConfig {
+            region_size,
+            capacity: self.capacity.bytes(),
+            policy: self.policy.clone(),
+            mirror: MirrorConfig {
+                threads: self.mirror_threads,
+                max_copy_bytes: self.max_copy_size.bytes(),
+                max_rate: self.max_copy_rate.map(Size::bytes),
+                max_lag: self.max_lag.duration(),
+                ..MirrorConfig::default()
+            },
+            assume_clean: self.assume_clean,
+            passthrough: self.passthrough,
+            cache: self.cache,
+        };
+        config.validate()?;
         Ok(config)
     }
 
     /// The longest a queue thread spins for a completion (`--poll`).
-    pub fn poll_window(&self) -> Result<std::time::Duration> {
-        let d = parse_duration(&self.poll).map_err(|e| match e {
-            Error::Config(why) => Error::Config(format!("--poll: {why}")),
-            other => other,
-        })?;
-        if d > MAX_POLL {
-            return Err(Error::Config(format!(
-                "--poll {}: at most {}ms",
-                self.poll,
-                MAX_POLL.as_millis()
-            )));
-        }
-        Ok(d)
+    pub fn poll_window(&self) -> Duration {
+        self.poll.duration()
     }
 
     /// The command-line arguments that parse back into these (for starting
@@ -187,18 +209,18 @@ impl DeviceArgs {
         opt("primary", self.primary.clone().into());
         opt("secondary", self.secondary.clone().into());
         opt("record", self.record.clone().into());
-        opt("region-size", self.region_size.clone().into());
-        opt("capacity", self.capacity.clone().into());
+        opt("region-size", self.region_size.to_string().into());
+        opt("capacity", self.capacity.to_string().into());
         opt("policy", self.policy.clone().into());
         opt("queues", self.queues.to_string().into());
         opt("depth", self.depth.to_string().into());
         opt("mirror-threads", self.mirror_threads.to_string().into());
-        opt("max-copy-size", self.max_copy_size.clone().into());
-        opt("max-lag", self.max_lag.clone().into());
-        opt("cache", self.cache.clone().into());
-        opt("poll", self.poll.clone().into());
+        opt("max-copy-size", self.max_copy_size.to_string().into());
+        opt("max-lag", self.max_lag.to_string().into());
+        opt("cache", self.cache.to_string().into());
+        opt("poll", self.poll.to_string().into());
         if let Some(rate) = &self.max_copy_rate {
-            opt("max-copy-rate", rate.clone().into());
+            opt("max-copy-rate", rate.to_string().into());
         }
         if self.assume_clean {
             v.push("--assume-clean".into());
@@ -283,17 +305,17 @@ mod tests {
             primary: "p".into(),
             secondary: "s".into(),
             record: "r".into(),
-            region_size: "1MiB".into(),
-            capacity: "1GiB".into(),
+            region_size: "1MiB".parse().unwrap(),
+            capacity: "1GiB".parse().unwrap(),
             policy: "predictive".into(),
             queues: 1,
             depth: 128,
             mirror_threads: 2,
             max_copy_rate: None,
-            max_copy_size: "4MiB".into(),
-            max_lag: "10s".into(),
-            cache: "none".into(),
-            poll: "300us".into(),
+            max_copy_size: "4MiB".parse().unwrap(),
+            max_lag: "10s".parse().unwrap(),
+            cache: Cache::None,
+            poll: "300us".parse().unwrap(),
             assume_clean: false,
             passthrough: false,
         }
@@ -303,21 +325,15 @@ mod tests {
     fn bad_values_are_named() {
         type Edit = Box<dyn Fn(&mut DeviceArgs)>;
         let cases: Vec<(Edit, &str)> = vec![
-            (Box::new(|a| a.region_size = "3MiB".into()), "3MiB"),
-            (Box::new(|a| a.region_size = "32KiB".into()), "32KiB"),
-            (Box::new(|a| a.capacity = "lots".into()), "lots"),
+            (Box::new(|a| a.region_size = Size(3 << 20)), "3MiB"),
+            (Box::new(|a| a.region_size = Size(32 << 10)), "32KiB"),
+            (Box::new(|a| a.capacity = Size(4096)), "capacity 4096"),
             (Box::new(|a| a.policy = "magic".into()), "magic"),
             (Box::new(|a| a.queues = 0), "--queues 0"),
             (Box::new(|a| a.depth = 0), "--depth 0"),
             (Box::new(|a| a.mirror_threads = 0), "mirror threads 0"),
-            (Box::new(|a| a.max_copy_rate = Some("0".into())), "rate 0"),
-            (Box::new(|a| a.max_lag = "later".into()), "--max-lag"),
-            (
-                Box::new(|a| a.cache = "sometimes".into()),
-                "--cache \"sometimes\"",
-            ),
-            (Box::new(|a| a.poll = "eager".into()), "--poll"),
-            (Box::new(|a| a.poll = "1s".into()), "--poll 1s"),
+            (Box::new(|a| a.max_copy_rate = Some(Size(0))), "rate 0"),
+            (Box::new(|a| a.poll = "1s".parse().unwrap()), "--poll 1s"),
         ];
         for (edit, needle) in cases {
             let mut a = args();
@@ -328,18 +344,61 @@ mod tests {
         assert!(args().engine_config().is_ok());
     }
 
+    #[cfg(feature = "cli")]
+    #[derive(clap::Parser)]
+    struct P {
+        #[command(flatten)]
+        a: DeviceArgs,
+    }
+
+    #[cfg(feature = "cli")]
+    #[test]
+    fn values_that_do_not_parse_are_named_on_the_command_line() {
+        let base = ["x", "--primary", "p", "--secondary", "s", "--record", "r"];
+        for (flag, bad) in [
+            ("--capacity", "lots"),
+            ("--region-size", "1.5MiB"),
+            ("--max-lag", "later"),
+            ("--cache", "sometimes"),
+            ("--poll", "eager"),
+            ("--max-copy-rate", "fast"),
+        ] {
+            let mut argv: Vec<&str> = base.to_vec();
+            argv.extend([flag, bad]);
+            let e = <P as clap::Parser>::try_parse_from(argv)
+                .err()
+                .expect("refused")
+                .to_string();
+            assert!(e.contains(bad) && e.contains(flag), "{e}");
+        }
+    }
+
+    #[test]
+    fn values_that_do_not_parse_are_named_in_files() {
+        // A file (the state file here; a config file later) with a bad value
+        // or an unknown key is refused with the key and the value named.
+        let mut v = serde_json::to_value(args()).unwrap();
+        v["capacity"] = "lots".into();
+        let e = serde_json::from_value::<DeviceArgs>(v)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lots"), "{e}");
+        let mut v = serde_json::to_value(args()).unwrap();
+        v["capacty"] = "1GiB".into();
+        let e = serde_json::from_value::<DeviceArgs>(v)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("capacty"), "{e}");
+    }
+
+    #[cfg(feature = "cli")]
     #[test]
     fn cli_args_round_trip() {
-        #[derive(clap::Parser)]
-        struct P {
-            #[command(flatten)]
-            a: DeviceArgs,
-        }
         let mut a = args();
-        a.max_copy_rate = Some("10MiB".into());
-        a.max_lag = "250ms".into();
-        a.cache = "writeback".into();
-        a.poll = "0".into();
+        a.max_copy_rate = Some("10MiB".parse().unwrap());
+        a.max_lag = "250ms".parse().unwrap();
+        a.cache = Cache::Writeback;
+        a.poll = "0".parse().unwrap();
         a.assume_clean = true;
         a.passthrough = true;
         let mut argv: Vec<std::ffi::OsString> = vec!["x".into()];
@@ -355,9 +414,14 @@ mod tests {
             v.as_object_mut().unwrap().remove(key).unwrap();
         }
         let a: DeviceArgs = serde_json::from_value(v).unwrap();
-        assert_eq!(a.max_lag, "10s");
-        assert_eq!(a.cache, "none");
-        assert_eq!(a.poll, "300us");
+        assert_eq!(a.max_lag.to_string(), "10s");
+        assert_eq!(a.cache, Cache::None);
+        assert_eq!(a.poll.to_string(), "300us");
+        assert_eq!(a, args());
+        // Sizes written as strings by older versions read as the same values.
+        let mut v = serde_json::to_value(args()).unwrap();
+        v["capacity"] = "1024MiB".into();
+        let a: DeviceArgs = serde_json::from_value(v).unwrap();
         assert_eq!(a, args());
     }
 

@@ -14,7 +14,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::args::DeviceArgs;
+use crate::engine::EngineStatus;
 use crate::error::{Error, Result};
+use crate::status::{State, STATUS_VERSION};
 
 /// What the run directory records about one device.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -30,6 +32,47 @@ pub struct DeviceState {
 impl DeviceState {
     pub fn device_path(&self) -> String {
         format!("/dev/ublkb{}", self.dev_id)
+    }
+}
+
+/// What `status` answers: the device, its state, and the engine's figures
+/// (absent while the daemon is gone, with a `message` saying so). The
+/// daemon builds it, tandemctl reads it back with the same type; `version`
+/// is [`STATUS_VERSION`], and fields added later (peers, roles) must take
+/// a default so that older answers still read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    pub version: u32,
+    pub name: String,
+    pub device: String,
+    pub dev_id: u32,
+    pub pid: u32,
+    pub primary: String,
+    pub secondary: String,
+    pub record: String,
+    pub state: State,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(flatten)]
+    pub engine: Option<EngineStatus>,
+}
+
+impl DeviceStatus {
+    /// The status of a device as its state file describes it, without figures.
+    pub fn of(state: &DeviceState, shown: State, message: Option<String>) -> Self {
+        DeviceStatus {
+            version: STATUS_VERSION,
+            name: state.name.clone(),
+            device: state.device_path(),
+            dev_id: state.dev_id,
+            pid: state.pid,
+            primary: state.args.primary.display().to_string(),
+            secondary: state.args.secondary.display().to_string(),
+            record: state.args.record.display().to_string(),
+            state: shown,
+            message,
+            engine: None,
+        }
     }
 }
 
@@ -231,17 +274,17 @@ mod tests {
                 primary: "/p".into(),
                 secondary: "/s".into(),
                 record: "/r".into(),
-                region_size: "1MiB".into(),
-                capacity: "1GiB".into(),
+                region_size: "1MiB".parse().unwrap(),
+                capacity: "1GiB".parse().unwrap(),
                 policy: "lru".into(),
                 queues: 1,
                 depth: 64,
                 mirror_threads: 1,
                 max_copy_rate: None,
-                max_copy_size: "4MiB".into(),
-                max_lag: "10s".into(),
-                cache: "none".into(),
-                poll: "50us".into(),
+                max_copy_size: "4MiB".parse().unwrap(),
+                max_lag: "10s".parse().unwrap(),
+                cache: crate::dev::Cache::None,
+                poll: "50us".parse().unwrap(),
                 assume_clean: true,
                 passthrough: false,
             },

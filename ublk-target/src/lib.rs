@@ -18,6 +18,7 @@ pub mod geometry;
 pub mod mirror;
 pub mod predict;
 pub mod record;
+pub mod region;
 pub mod stats;
 pub mod status;
 pub mod units;

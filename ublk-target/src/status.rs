@@ -9,10 +9,11 @@ use serde::{Deserialize, Serialize};
 pub const STATUS_VERSION: u32 = 1;
 
 /// What a device is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum State {
     /// Mirroring, nothing to catch up on beyond the normal lag.
+    #[default]
     Live,
     /// Copying what the record lists (after a start or a new secondary).
     Resyncing,

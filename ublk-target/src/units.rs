@@ -1,6 +1,116 @@
-//! Byte sizes as people write them: `4096`, `64KiB`, `1MiB`, `1G`.
+//! Sizes and durations as people write them (`4096`, `64KiB`, `1MiB`, `1G`;
+//! `10s`, `500ms`, `300us`), and the typed values the configuration holds:
+//! [`Size`] and [`TimeSpan`] parse, display back the same way, and serialize
+//! as those strings, so a state file or a config file reads like the command
+//! line.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
+
+/// A size in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Size(pub u64);
+
+impl Size {
+    pub const fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl FromStr for Size {
+    type Err = Error;
+    fn from_str(text: &str) -> Result<Self> {
+        parse_size(text).map(Size)
+    }
+}
+
+impl fmt::Display for Size {
+    /// The largest binary unit that divides the size exactly: `1MiB`, `1536KiB`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(u32, &str); 4] = [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")];
+        for (shift, unit) in UNITS {
+            if self.0 != 0 && self.0.trailing_zeros() >= shift {
+                return write!(f, "{}{unit}", self.0 >> shift);
+            }
+        }
+        write!(f, "{}", self.0)
+    }
+}
+
+impl Serialize for Size {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    /// A string as on the command line, or a plain number of bytes.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(n) => Ok(Size(n)),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A length of time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TimeSpan(pub std::time::Duration);
+
+impl TimeSpan {
+    pub const fn duration(self) -> std::time::Duration {
+        self.0
+    }
+}
+
+impl FromStr for TimeSpan {
+    type Err = Error;
+    fn from_str(text: &str) -> Result<Self> {
+        parse_duration(text).map(TimeSpan)
+    }
+}
+
+impl fmt::Display for TimeSpan {
+    /// The largest unit that keeps it whole: `10s`, `500ms`, `300us`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ns = self.0.as_nanos();
+        if ns == 0 {
+            f.write_str("0")
+        } else if ns.is_multiple_of(1_000_000_000) {
+            write!(f, "{}s", ns / 1_000_000_000)
+        } else if ns.is_multiple_of(1_000_000) {
+            write!(f, "{}ms", ns / 1_000_000)
+        } else if ns.is_multiple_of(1_000) {
+            write!(f, "{}us", ns / 1_000)
+        } else {
+            write!(f, "{}s", self.0.as_secs_f64())
+        }
+    }
+}
+
+impl Serialize for TimeSpan {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for TimeSpan {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
 
 /// Parses a size with an optional binary unit (K, KiB, M, MiB, G, GiB, T, TiB;
 /// case-insensitive). The error names the value.
@@ -109,6 +219,35 @@ mod tests {
             let e = parse_size(bad).unwrap_err().to_string();
             assert!(e.contains(&format!("{bad:?}")), "{e}");
         }
+    }
+
+    #[test]
+    fn typed_values_display_as_they_parse() {
+        for text in [
+            "4095", "4KiB", "64KiB", "1MiB", "1536KiB", "1GiB", "2TiB", "0",
+        ] {
+            let v: Size = text.parse().unwrap();
+            assert_eq!(v.to_string(), text);
+            assert_eq!(v.to_string().parse::<Size>().unwrap(), v);
+        }
+        assert_eq!("1M".parse::<Size>().unwrap().to_string(), "1MiB");
+        for text in ["10s", "500ms", "300us", "0", "2500ms"] {
+            let v: TimeSpan = text.parse().unwrap();
+            assert_eq!(v.to_string(), text);
+        }
+        assert_eq!("2.5s".parse::<TimeSpan>().unwrap().to_string(), "2500ms");
+        // Serialized as the same strings; sizes also read from plain numbers.
+        let s = Size(1 << 20);
+        assert_eq!(serde_json::to_string(&s).unwrap(), "\"1MiB\"");
+        assert_eq!(serde_json::from_str::<Size>("\"1MiB\"").unwrap(), s);
+        assert_eq!(serde_json::from_str::<Size>("1048576").unwrap(), s);
+        let e = serde_json::from_str::<Size>("\"1 parsec\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("1 parsec"), "{e}");
+        let t = TimeSpan(std::time::Duration::from_millis(10));
+        assert_eq!(serde_json::to_string(&t).unwrap(), "\"10ms\"");
+        assert_eq!(serde_json::from_str::<TimeSpan>("\"10ms\"").unwrap(), t);
     }
 
     #[test]

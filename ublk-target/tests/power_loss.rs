@@ -239,9 +239,9 @@ fn run(policy: &str, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     engine.pump_mirror();
                 }
             }
-            Op::Trim => engine.record().trim(),
+            Op::Trim => engine.record().evict(),
             Op::LazyFlush => {
-                engine.record().flush().expect("lazy flush");
+                engine.record().destage().expect("lazy flush");
             }
             Op::FailSecondary => w.secondary.set_faults(Faults {
                 fail_after: Some(0),

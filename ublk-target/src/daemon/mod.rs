@@ -24,8 +24,8 @@ use libublk::io::UblkDev;
 use libublk::{sys, UblkFlags};
 use nix::sys::signal::{SigSet, Signal};
 use tandem::args::{check_name, DeviceArgs};
-use tandem::control::{self, pid_alive, DeviceState, Request, RunFiles};
-use tandem::status::{State, STATUS_VERSION};
+use tandem::control::{self, pid_alive, DeviceState, DeviceStatus, Request, RunFiles};
+use tandem::status::State;
 use tandem::Engine;
 
 /// Largest request the device accepts.
@@ -202,7 +202,7 @@ fn serve_inner(opts: &Options, ready: &mut Ready) -> Result<()> {
     };
 
     let q_engine = engine.clone();
-    let poll = opts.args.poll_window()?;
+    let poll = opts.args.poll_window();
     let q_fn = move |qid: u16, dev: &UblkDev| queue::run(qid, dev, q_engine.clone(), poll);
 
     let stopping = Arc::new(AtomicBool::new(false));
@@ -331,34 +331,18 @@ fn start_control(
     Ok(())
 }
 
-/// The status object `tandemctl status --json` prints.
+/// The status `tandemctl status` shows: the device's, with the engine's
+/// figures; a resync after a reattach shows as `recovering`.
 pub fn status_json(state: &DeviceState, engine: &Engine, recovering: bool) -> serde_json::Value {
     let st = engine.status();
-    let mut v = serde_json::to_value(&st).expect("status serializes");
     let shown = if st.state == State::Resyncing && recovering {
         State::Recovering
     } else {
         st.state
     };
-    let obj = v.as_object_mut().expect("status is an object");
-    obj.insert("name".into(), state.name.clone().into());
-    obj.insert("device".into(), state.device_path().into());
-    obj.insert("dev_id".into(), state.dev_id.into());
-    obj.insert("pid".into(), state.pid.into());
-    obj.insert(
-        "primary".into(),
-        state.args.primary.display().to_string().into(),
-    );
-    obj.insert(
-        "secondary".into(),
-        state.args.secondary.display().to_string().into(),
-    );
-    obj.insert(
-        "record".into(),
-        state.args.record.display().to_string().into(),
-    );
-    obj.insert("version".into(), STATUS_VERSION.into());
-    obj.insert("state".into(), shown.name().into());
-    obj.insert("record_regions".into(), st.record_regions.into());
-    v
+    let status = DeviceStatus {
+        engine: Some(st),
+        ..DeviceStatus::of(state, shown, None)
+    };
+    serde_json::to_value(&status).expect("status serializes")
 }

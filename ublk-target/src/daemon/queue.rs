@@ -196,13 +196,7 @@ async fn serve(q: &UblkQueue<'_>, tag: u16, buf: &mut [u8], engine: &Engine) -> 
             if len > buf.len() {
                 return -libc::EINVAL;
             }
-            let started = engine.start_write(offset, len as u64);
-            let guard = match started {
-                Ok(WriteStart::Ready(g)) => Ok(g),
-                Ok(WriteStart::Pending(p)) => admit(p).await,
-                Err(e) => Err(e),
-            };
-            let guard = match guard {
+            let guard = match admitted(engine, offset, len as u64).await {
                 Ok(g) => g,
                 Err(e) => {
                     log::error!("write at {offset}: {e}");
@@ -215,29 +209,115 @@ async fn serve(q: &UblkQueue<'_>, tag: u16, buf: &mut [u8], engine: &Engine) -> 
             } else {
                 match engine.primary().write_at(&buf[..len], offset, fua) {
                     Ok(()) => len as i32,
-                    Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+                    Err(e) => tandem::Error::io(format!("write primary at {offset}"), e).errno(),
                 }
             };
             guard.complete();
             res
         }
-        sys::UBLK_IO_OP_DISCARD => result(engine.discard(offset, len as u64)),
-        sys::UBLK_IO_OP_WRITE_ZEROES => result(engine.write_zeroes(offset, len as u64)),
+        sys::UBLK_IO_OP_DISCARD | sys::UBLK_IO_OP_WRITE_ZEROES => {
+            // Recorded like a write; the primary may take long over it (a
+            // discard of a whole disk), so it runs off the queue thread.
+            let len = len as u64;
+            let guard = match admitted(engine, offset, len).await {
+                Ok(g) => g,
+                Err(e) => {
+                    log::error!("discard or write-zeroes at {offset}: {e}");
+                    return e.errno();
+                }
+            };
+            let dev = engine.primary().clone();
+            let zeroes = op == sys::UBLK_IO_OP_WRITE_ZEROES;
+            let res = off_thread(move || {
+                let r = if zeroes {
+                    dev.write_zeroes(offset, len)
+                } else {
+                    dev.discard(offset, len)
+                };
+                result(r.map_err(|e| tandem::Error::io(format!("discard primary at {offset}"), e)))
+            })
+            .await;
+            guard.complete();
+            res
+        }
         _ => -libc::EOPNOTSUPP,
     }
 }
 
-/// Admits a write's missed regions on the record committer thread while the
-/// queue serves other requests: the committer signals an eventfd, which this
-/// task waits for with a poll on the queue's ring. If the ring cannot poll
-/// the eventfd, the task checks for the answer on a short timer instead, so
-/// the queue thread never blocks. Falls back to admitting on this thread if
-/// no eventfd can be made.
-async fn admit(pending: PendingWrite<'_>) -> tandem::Result<WriteGuard<'_>> {
-    let bell = match nix::sys::eventfd::EventFd::from_flags(
+/// A write (or discard) registered with the engine, its missed regions
+/// admitted without blocking the queue thread.
+async fn admitted(engine: &Engine, offset: u64, len: u64) -> tandem::Result<WriteGuard<'_>> {
+    match engine.start_write(offset, len)? {
+        WriteStart::Ready(g) => Ok(g),
+        WriteStart::Pending(p) => admit(p).await,
+    }
+}
+
+/// A non-blocking eventfd another thread rings when an answer is ready.
+fn bell() -> nix::Result<Arc<nix::sys::eventfd::EventFd>> {
+    nix::sys::eventfd::EventFd::from_flags(
         nix::sys::eventfd::EfdFlags::EFD_CLOEXEC | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
-    ) {
-        Ok(fd) => Arc::new(fd),
+    )
+    .map(Arc::new)
+}
+
+/// Waits for `bell` with a poll on the queue's ring, while the queue serves
+/// other requests. If the ring cannot poll it, checks `ready` on a short
+/// ring timer instead: the queue thread never blocks.
+async fn wait_bell(bell: &nix::sys::eventfd::EventFd, mut ready: impl FnMut() -> bool) {
+    let fd = types::Fd(bell.as_fd().as_raw_fd());
+    let res = submit(opcode::PollAdd::new(fd, libc::POLLIN as u32).build()).await;
+    if res < 0 {
+        log::warn!(
+            "poll on an eventfd failed (errno {}): checking on a timer",
+            -res
+        );
+        let tick = types::Timespec::new().nsec(BELL_CHECK_NS);
+        while !ready() {
+            submit(opcode::Timeout::new(&tick).build()).await;
+        }
+    }
+}
+
+/// Runs `work` (which returns a ublk result: bytes or a negative errno) on
+/// a thread of its own and waits for it without blocking the queue thread.
+async fn off_thread(work: impl FnOnce() -> i32 + Send + 'static) -> i32 {
+    let bell = match bell() {
+        Ok(b) => b,
+        Err(e) => {
+            log::warn!("no eventfd ({e}): running on the queue thread");
+            return work();
+        }
+    };
+    let answer = Arc::new(std::sync::atomic::AtomicI32::new(i32::MIN));
+    let (ring, out) = (bell.clone(), answer.clone());
+    let spawned = std::thread::Builder::new()
+        .name("tandem-offload".into())
+        .spawn(move || {
+            out.store(work(), std::sync::atomic::Ordering::Release);
+            if let Err(e) = ring.write(1) {
+                log::error!("wake a queue task after an offloaded request: {e}");
+            }
+        });
+    if let Err(e) = spawned {
+        return -e.raw_os_error().unwrap_or(libc::EAGAIN);
+    }
+    let done = || answer.load(std::sync::atomic::Ordering::Acquire) != i32::MIN;
+    wait_bell(&bell, done).await;
+    // The poll saw the bell, which rings after the answer is stored.
+    while !done() {
+        std::hint::spin_loop();
+    }
+    answer.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// Admits a write's missed regions on the record committer thread while the
+/// queue serves other requests: the committer rings an eventfd, which this
+/// task waits for on the queue's ring (`wait_bell`). Falls back to admitting
+/// on this thread if no eventfd can be made.
+async fn admit(pending: PendingWrite<'_>) -> tandem::Result<WriteGuard<'_>> {
+    let bell = match bell() {
+        Ok(b) => b,
         Err(e) => {
             log::warn!("no eventfd ({e}): admitting on the queue thread");
             return pending.admit();
@@ -249,23 +329,12 @@ async fn admit(pending: PendingWrite<'_>) -> tandem::Result<WriteGuard<'_>> {
             log::error!("wake a queue task after a record update: {e}");
         }
     }));
-    let fd = types::Fd(bell.as_fd().as_raw_fd());
-    let res = submit(opcode::PollAdd::new(fd, libc::POLLIN as u32).build()).await;
-    if res < 0 {
-        log::warn!(
-            "poll for a record update failed (errno {}): checking on a timer",
-            -res
-        );
-        let tick = types::Timespec::new().nsec(ADMIT_CHECK_NS);
-        while !ticket.is_ready() {
-            submit(opcode::Timeout::new(&tick).build()).await;
-        }
-    }
+    wait_bell(&bell, || ticket.is_ready()).await;
     ticket.finish()
 }
 
-/// How often a task whose eventfd poll failed checks for its admission.
-const ADMIT_CHECK_NS: u32 = 100_000;
+/// How often a task whose eventfd poll failed checks for its answer.
+const BELL_CHECK_NS: u32 = 100_000;
 
 /// Tries a transfer again after EAGAIN this many times before failing it.
 const EAGAIN_RETRIES: u32 = 64;

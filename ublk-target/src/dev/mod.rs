@@ -17,7 +17,8 @@ use std::sync::Arc;
 ///
 /// Either way the ublk device advertises a volatile write cache: a write is
 /// durable once a flush that follows it completes, or at once with FUA.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Cache {
     /// O_DIRECT: writes go straight to the device (its own cache aside).
     #[default]
@@ -42,6 +43,24 @@ impl Cache {
             Cache::None => "none",
             Cache::Writeback => "writeback",
         }
+    }
+}
+
+impl std::fmt::Display for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Cache {
+    type Err = crate::Error;
+    fn from_str(text: &str) -> crate::Result<Self> {
+        Cache::parse(text).ok_or_else(|| {
+            crate::Error::Config(format!(
+                "cache {text:?}: choose one of {}",
+                Cache::NAMES.join(", ")
+            ))
+        })
     }
 }
 

@@ -2,7 +2,7 @@
 //! With 4 MiB regions this is the policy of DRBD's activity log.
 
 use super::{Nanos, Predictor, Recency};
-use crate::record::RegionView;
+use crate::region::RegionView;
 
 #[derive(Debug, Default)]
 pub struct Lru {

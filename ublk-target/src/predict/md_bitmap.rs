@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use super::{Nanos, Predictor};
-use crate::record::RegionView;
+use crate::region::RegionView;
 
 /// md clears a bit after the chunk has been idle for about 5 s.
 pub const IDLE_CLEAR_NS: Nanos = 5_000_000_000;

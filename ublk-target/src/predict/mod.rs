@@ -16,10 +16,8 @@ pub use predictive::Predictive;
 pub use recency::Recency;
 
 use crate::error::{Error, Result};
-use crate::record::RegionView;
-
-/// Nanoseconds on the record's clock (monotonic time, or trace time when simulating).
-pub type Nanos = u64;
+pub use crate::region::Nanos;
+use crate::region::RegionView;
 
 /// A record policy.
 pub trait Predictor: Send {

@@ -68,7 +68,7 @@ mod trails;
 use std::collections::{HashMap, VecDeque};
 
 use super::{Nanos, Predictor};
-use crate::record::RegionView;
+use crate::region::RegionView;
 use accuracy::{Accuracy, Source, Tag, Threshold};
 use footprints::Footprints;
 use lists::{Class, Ghost, Lists};

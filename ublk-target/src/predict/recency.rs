@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::record::RegionView;
+use crate::region::RegionView;
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {

@@ -11,23 +11,23 @@
 //! the store with a later update (or a lazy `flush`).
 
 pub mod committer;
+pub mod destage;
 mod file;
 mod state;
 
 pub use file::{LoadOutcome, RegionFile, REGIONS_PER_PAGE};
-pub use state::{ChunkMask, ClaimRefused, CopyClaim, RegionStates, RegionView, ALL_CHUNKS};
+pub use state::{ChunkMask, ClaimRefused, CopyClaim, RegionStates, ALL_CHUNKS};
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Instant;
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 use bitvec::vec::BitVec;
 
 use crate::error::{Error, Failure, Result};
 use crate::geometry::Geometry;
-use crate::predict::{Nanos, Predictor};
+use crate::predict::Predictor;
+use crate::region::{Clock, Nanos, RegionView};
 
 /// The in-memory image of the record: one bit per region.
 pub type Image = BitVec<u64>;
@@ -55,28 +55,6 @@ impl RecordStore for NullStore {
     fn write_pages(&mut self, _image: &Image, pages: &[u64]) -> Result<()> {
         self.pages_written += pages.len() as u64;
         Ok(())
-    }
-}
-
-/// The record's time source.
-#[derive(Debug, Clone)]
-pub enum Clock {
-    /// Real time since the given start.
-    Monotonic(Instant),
-    /// Time set by the caller (trace time in the simulator).
-    Manual(Arc<AtomicU64>),
-}
-
-impl Clock {
-    pub fn monotonic() -> Self {
-        Clock::Monotonic(Instant::now())
-    }
-
-    pub fn now(&self) -> Nanos {
-        match self {
-            Clock::Monotonic(start) => start.elapsed().as_nanos() as Nanos,
-            Clock::Manual(t) => t.load(Ordering::Relaxed),
-        }
     }
 }
 
@@ -391,7 +369,7 @@ impl Record {
             }
             inner.predictor.admitted(r, predicted, &self.states, now);
         }
-        self.evict(inner, now);
+        self.evict_locked(inner, now);
         self.write_changed(inner)?;
         for &(r, _) in &admitted {
             self.states.set_recorded(r);
@@ -432,7 +410,7 @@ impl Record {
     }
 
     /// Evicts in memory: expired regions, then clean regions over capacity.
-    fn evict(&self, inner: &mut Inner, now: Nanos) {
+    fn evict_locked(&self, inner: &mut Inner, now: Nanos) {
         let mut victims = std::mem::take(&mut inner.scratch);
         victims.clear();
         inner.predictor.expired(&self.states, now, &mut victims);
@@ -473,11 +451,11 @@ impl Record {
     }
 
     /// Evicts what the capacity and the policy allow, in memory only; the
-    /// removals reach the store with a later update or `flush`.
-    pub fn trim(&self) {
+    /// removals reach the store with a later update or `destage`.
+    pub fn evict(&self) {
         let now = self.clock.now();
         let mut inner = self.lock_inner();
-        self.evict(&mut inner, now);
+        self.evict_locked(&mut inner, now);
     }
 
     /// Drops every clean, idle region from the record (in memory; `flush`
@@ -492,9 +470,9 @@ impl Record {
         }
     }
 
-    /// Writes pending removals (lazy forgetting), after the barrier. Never
-    /// needed for safety: a stale entry only costs resync.
-    pub fn flush(&self) -> Result<()> {
+    /// Destages: writes the pending removals to the store, after the
+    /// barrier. Never needed for safety: a stale entry only costs resync.
+    pub fn destage(&self) -> Result<()> {
         let mut inner = self.lock_inner();
         let inner = &mut *inner;
         if !inner.forgetting.is_empty() {
@@ -518,12 +496,12 @@ impl Record {
     }
 
     /// Evicted regions whose removal has not reached the store yet.
-    pub fn pending_forget(&self) -> usize {
+    pub fn pending_removals(&self) -> usize {
         self.lock_inner().forgetting.len()
     }
 
     /// Whether removals (or a failed update) are waiting to be written.
-    pub fn has_unflushed(&self) -> bool {
+    pub fn needs_destage(&self) -> bool {
         let inner = self.lock_inner();
         !inner.changed.is_empty() || !inner.forgetting.is_empty()
     }
@@ -629,6 +607,8 @@ impl Record {
 mod tests {
     use super::*;
     use crate::predict::{by_name, Lru};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
 
     fn record(cap_regions: u64, policy: &str) -> Record {
         let g = Geometry::new(64 << 20, 1 << 20).unwrap();
@@ -679,14 +659,14 @@ mod tests {
         for r in 0..10 {
             mirror(&rec, r);
         }
-        rec.trim();
+        rec.evict();
         assert_eq!(rec.stats().regions, 4);
         // The most recently used survive.
         assert_eq!(rec.recorded_regions(), vec![6, 7, 8, 9]);
         // Evictions were in memory; the file learns with the next update.
-        assert!(rec.has_unflushed());
-        rec.flush().unwrap();
-        assert!(!rec.has_unflushed());
+        assert!(rec.needs_destage());
+        rec.destage().unwrap();
+        assert!(!rec.needs_destage());
     }
 
     #[test]
@@ -700,10 +680,10 @@ mod tests {
         mirror(&rec, 1);
         mirror(&rec, 2);
         t.store(1_000_000_000, Ordering::Relaxed);
-        rec.trim();
+        rec.evict();
         assert_eq!(rec.stats().regions, 2, "unbounded, not yet idle");
         t.store(7_000_000_000, Ordering::Relaxed);
-        rec.trim();
+        rec.evict();
         assert_eq!(rec.stats().regions, 0);
     }
 

@@ -19,6 +19,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::region::RegionView;
+
 const INFLIGHT_MASK: u64 = (1 << 20) - 1;
 const INFLIGHT_ONE: u64 = 1;
 const RECORDED: u64 = 1 << 20;
@@ -26,18 +28,6 @@ const DIRTY: u64 = 1 << 21;
 const COPYING: u64 = 1 << 22;
 const SEQ_SHIFT: u32 = 32;
 const SEQ_ONE: u64 = 1 << SEQ_SHIFT;
-
-/// A read-only view of region state, for predictors.
-pub trait RegionView {
-    /// Number of regions.
-    fn regions(&self) -> u64;
-    /// The write sequence of region `r`: changes whenever a write starts.
-    fn seq(&self, r: u64) -> u32;
-    /// Whether `r` is in the durable record.
-    fn is_recorded(&self, r: u64) -> bool;
-    /// Whether `r` holds writes the secondary may lack.
-    fn is_dirty(&self, r: u64) -> bool;
-}
 
 /// A snapshot taken when a mirror worker claims a dirty region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,8 +25,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use super::accuracy::Tag;
-use crate::predict::Nanos;
-use crate::record::RegionView;
+use crate::region::Nanos;
+use crate::region::RegionView;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Class {

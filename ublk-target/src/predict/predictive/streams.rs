@@ -11,7 +11,7 @@
 use std::ops::Range;
 
 use super::table::BoundedMap;
-use crate::predict::Nanos;
+use crate::region::Nanos;
 
 /// Streams followed at once.
 const MAX_STREAMS: usize = 32;

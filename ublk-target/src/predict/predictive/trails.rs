@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 
 use super::table::BoundedMap;
-use crate::predict::Nanos;
+use crate::region::Nanos;
 
 /// Followers kept per region.
 pub(super) const TRAIL_LEN: usize = 16;

@@ -1,0 +1,81 @@
+//! How an engine runs: its configuration, with one default and one
+//! validation.
+
+use crate::dev::Cache;
+use crate::error::{Error, Result};
+use crate::geometry::{check_region_size, DEFAULT_REGION_SIZE};
+use crate::mirror::MirrorConfig;
+use crate::predict;
+
+/// Default capacity for clean regions in the record: 1 GiB.
+pub const DEFAULT_CAPACITY: u64 = 1 << 30;
+
+/// How an engine runs.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub region_size: u64,
+    /// Bytes of clean regions the record may hold.
+    pub capacity: u64,
+    /// Record policy name (`predictive`, `lru`, `md-bitmap`).
+    pub policy: String,
+    pub mirror: MirrorConfig,
+    /// With a new record file: trust that primary and secondary are already
+    /// identical (e.g. both blank) and skip the initial full copy.
+    pub assume_clean: bool,
+    /// Benchmark baseline: serve the primary with mirror and record checks off.
+    /// The record is rewritten with every region set, so the next mirrored
+    /// start copies the whole device.
+    pub passthrough: bool,
+    /// Whether the data devices are used through the host page cache.
+    pub cache: Cache,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            region_size: DEFAULT_REGION_SIZE,
+            capacity: DEFAULT_CAPACITY,
+            policy: "predictive".into(),
+            mirror: MirrorConfig::default(),
+            assume_clean: false,
+            passthrough: false,
+            cache: Cache::default(),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Refuses bad values, naming them.
+    pub fn validate(&self) -> Result<()> {
+        check_region_size(self.region_size)?;
+        if self.capacity < self.region_size {
+            return Err(Error::Config(format!(
+                "capacity {} is smaller than one region ({} bytes)",
+                self.capacity, self.region_size
+            )));
+        }
+        if !predict::POLICIES.contains(&self.policy.as_str()) {
+            return Err(Error::Config(format!(
+                "unknown policy {:?}; choose one of {}",
+                self.policy,
+                predict::POLICIES.join(", ")
+            )));
+        }
+        if self.mirror.threads == 0 || self.mirror.threads > 64 {
+            return Err(Error::Config(format!(
+                "mirror threads {} is outside 1..=64",
+                self.mirror.threads
+            )));
+        }
+        if self.mirror.max_copy_bytes < self.region_size {
+            return Err(Error::Config(format!(
+                "max copy size {} is smaller than the region size {}",
+                self.mirror.max_copy_bytes, self.region_size
+            )));
+        }
+        if self.mirror.max_rate == Some(0) {
+            return Err(Error::Config("max copy rate 0 would never copy".into()));
+        }
+        Ok(())
+    }
+}

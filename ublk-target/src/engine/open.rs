@@ -1,0 +1,259 @@
+//! Opening an engine: the devices, the record loaded, created or found
+//! corrupt (and then resynced whole), the mirror pool and the destager.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{Engine, EngineConfig, StartKind};
+use crate::dev::{Cache, Dev};
+use crate::error::{Error, Result};
+use crate::geometry::Geometry;
+use crate::mirror::MirrorPool;
+use crate::predict;
+use crate::record::committer::Committer;
+use crate::record::destage::{DestageThread, DESTAGE_INTERVAL};
+use crate::record::{LoadOutcome, Record, RegionFile};
+use crate::region::Clock;
+use crate::stats::{Counter, Gauge};
+
+/// The devices an engine runs over.
+pub struct Devices {
+    pub primary: Dev,
+    pub secondary: Dev,
+    /// Where the record lives (a small file or block device).
+    pub record: Dev,
+    /// The record device holds no record yet: create one.
+    pub record_is_new: bool,
+    /// Identifies the device pair; a record made for another pair is refused.
+    pub identity: u64,
+}
+
+/// A stable identity for a primary/secondary pair, from their names.
+pub fn pair_identity(primary: &str, secondary: &str) -> u64 {
+    let a = crc32c::crc32c(primary.as_bytes());
+    let b = crc32c::crc32c_append(a ^ 0x5441_4e44, secondary.as_bytes());
+    (u64::from(a) << 32) | u64::from(b)
+}
+
+/// Paths of a mirrored device's three parts.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub primary: std::path::PathBuf,
+    pub secondary: std::path::PathBuf,
+    pub record: std::path::PathBuf,
+}
+
+impl Paths {
+    /// Refuses a path given twice: primary and secondary must differ, and the
+    /// record must be neither of them.
+    pub fn check_distinct(&self) -> Result<()> {
+        let canon = |p: &std::path::Path| std::fs::canonicalize(p).ok();
+        let (p, s, r) = (
+            canon(&self.primary),
+            canon(&self.secondary),
+            canon(&self.record),
+        );
+        if p.is_some() && p == s {
+            return Err(Error::Config(format!(
+                "--primary and --secondary are the same file: {}",
+                self.primary.display()
+            )));
+        }
+        if r.is_some() && (r == p || r == s) {
+            return Err(Error::Config(format!(
+                "--record {} is also a data device",
+                self.record.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Opens the devices, checking what can be checked before anything is
+    /// created: both data devices exist, they are distinct, and no path is
+    /// given twice. A missing or empty record file is created.
+    pub fn open(&self, config: &EngineConfig) -> Result<Devices> {
+        use crate::dev::{FileDev, OpenOptions};
+        let canon = |what: &str, p: &std::path::Path| {
+            std::fs::canonicalize(p)
+                .map_err(|e| Error::Config(format!("{what} {}: {e}", p.display())))
+        };
+        let primary_path = canon("primary", &self.primary)?;
+        let secondary_path = canon("secondary", &self.secondary)?;
+        self.check_distinct()?;
+        let data = OpenOptions {
+            direct: config.cache == Cache::None,
+            ..OpenOptions::default()
+        };
+        let primary: Dev = Arc::new(FileDev::open(&primary_path, &data)?);
+        let secondary: Dev = Arc::new(FileDev::open(&secondary_path, &data)?);
+        let geometry = Geometry::new(primary.size(), config.region_size)?;
+        let record_is_new = match std::fs::metadata(&self.record) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(e) => return Err(Error::io(format!("record {}", self.record.display()), e)),
+            Ok(m) => m.is_file() && m.len() == 0,
+        };
+        let layout = RegionFile::file_size(&geometry);
+        if record_is_new && self.record.exists() {
+            // An existing empty file: give it the size the layout needs.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&self.record)
+                .and_then(|f| f.set_len(layout))
+                .map_err(|e| Error::io(format!("size record {}", self.record.display()), e))?;
+        }
+        let record: Dev = Arc::new(FileDev::open(
+            &self.record,
+            &OpenOptions {
+                direct: false,
+                create_size: record_is_new.then_some(layout),
+            },
+        )?);
+        Ok(Devices {
+            identity: pair_identity(
+                &primary_path.to_string_lossy(),
+                &secondary_path.to_string_lossy(),
+            ),
+            primary,
+            secondary,
+            record,
+            record_is_new,
+        })
+    }
+}
+
+impl Engine {
+    /// Opens the engine: loads or creates the record, marks what it lists as
+    /// dirty, and starts the mirror pool, which resyncs it while I/O is served.
+    pub fn open(devices: Devices, config: &EngineConfig) -> Result<Engine> {
+        Self::open_with(devices, config, false)
+    }
+
+    /// Like `open`, but without mirror or destage threads: the caller copies
+    /// with `pump_mirror` (and evicts or destages through `record()`). For
+    /// deterministic tests.
+    pub fn open_manual(devices: Devices, config: &EngineConfig) -> Result<Engine> {
+        Self::open_with(devices, config, true)
+    }
+
+    fn open_with(devices: Devices, config: &EngineConfig, manual: bool) -> Result<Engine> {
+        config.validate()?;
+        let Devices {
+            primary,
+            secondary,
+            record: record_dev,
+            record_is_new,
+            identity,
+        } = devices;
+        let size = primary.size();
+        if size == 0 {
+            return Err(Error::Config(format!(
+                "primary {} is empty (0 bytes)",
+                primary.describe()
+            )));
+        }
+        if secondary.size() < size {
+            return Err(Error::Config(format!(
+                "secondary {} has {} bytes, smaller than primary {} with {} bytes",
+                secondary.describe(),
+                secondary.size(),
+                primary.describe(),
+                size
+            )));
+        }
+        let geometry = Geometry::new(size, config.region_size)?;
+        let all = || (0..geometry.regions()).collect::<Vec<u64>>();
+        let (store, start, resync) = if config.passthrough {
+            let file = RegionFile::create(record_dev.clone(), &geometry, identity, true)?;
+            (file, StartKind::Passthrough, Vec::new())
+        } else if record_is_new {
+            let file = RegionFile::create(
+                record_dev.clone(),
+                &geometry,
+                identity,
+                !config.assume_clean,
+            )?;
+            let resync = if config.assume_clean {
+                Vec::new()
+            } else {
+                all()
+            };
+            (file, StartKind::Created, resync)
+        } else {
+            match RegionFile::open(record_dev.clone(), &geometry, identity)? {
+                (file, LoadOutcome::Loaded(regions)) => (file, StartKind::Recovered, regions),
+                (_, LoadOutcome::Corrupt(reason)) => {
+                    log::error!(
+                        "record {} cannot be trusted ({reason}); starting a full resync of {} bytes",
+                        record_dev.describe(),
+                        size
+                    );
+                    let file = RegionFile::create(record_dev.clone(), &geometry, identity, true)?;
+                    (file, StartKind::Corrupt { reason }, all())
+                }
+            }
+        };
+        let predictor =
+            predict::by_name(&config.policy, geometry.regions(), geometry.region_size())?;
+        let barrier_dev = primary.clone();
+        let record = Arc::new(
+            Record::new(
+                geometry,
+                config.capacity,
+                predictor,
+                Box::new(store),
+                Clock::monotonic(),
+            )
+            .with_barrier(Box::new(move || {
+                barrier_dev
+                    .sync()
+                    .map_err(|e| Error::io(format!("flush primary {}", barrier_dev.describe()), e))
+            })),
+        );
+        let dirtied = record.recover(resync);
+        if !dirtied.is_empty() {
+            log::info!(
+                "resyncing {} regions ({} bytes) from {} to {}",
+                dirtied.len(),
+                dirtied.len() as u64 * geometry.region_size(),
+                primary.describe(),
+                secondary.describe()
+            );
+        }
+        let start_pool = if manual {
+            MirrorPool::manual
+        } else {
+            MirrorPool::start
+        };
+        let host_io = Arc::new(Gauge::default());
+        let mirror = start_pool(
+            record.clone(),
+            primary.clone(),
+            secondary.clone(),
+            config.mirror.clone(),
+            host_io.clone(),
+        )?;
+        mirror.enqueue_resync(&dirtied);
+        let destager = if manual {
+            None
+        } else {
+            Some(DestageThread::start(record.clone(), DESTAGE_INTERVAL)?)
+        };
+        Ok(Engine {
+            destager,
+            geometry,
+            primary,
+            secondary,
+            committer: Committer::new(record.clone()),
+            record,
+            mirror,
+            host_io,
+            writes: Counter::default(),
+            bytes_written: Counter::default(),
+            poll_ns: Counter::default(),
+            start,
+            started: Instant::now(),
+            capacity: config.capacity,
+            passthrough: config.passthrough,
+        })
+    }
+}

@@ -1,0 +1,217 @@
+//! One batch's copy: the chunks written since the last copy are read from
+//! the primary and written to the secondary, which is then synced; the
+//! regions are marked clean only where no write started since the claim.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::queue::{Batch, Entry};
+use super::{lock, Shared};
+use crate::dev::Dev;
+use crate::error::{Error, Result};
+use crate::record::{ChunkMask, CopyClaim};
+use crate::region::RegionView;
+
+/// A worker's copy buffer: page-aligned (so O_DIRECT needs no bounce) and
+/// reused across copies.
+#[derive(Default)]
+pub(super) struct CopyBuf(Option<rings::AlignedBuf>);
+
+impl CopyBuf {
+    /// At least `len` bytes, reallocated only when too small.
+    pub(super) fn get(&mut self, len: usize) -> &mut [u8] {
+        if self.0.as_ref().is_none_or(|b| b.len() < len) {
+            self.0 = Some(rings::AlignedBuf::zeroed(len));
+        }
+        &mut self.0.as_mut().expect("allocated above")[..len]
+    }
+}
+
+impl Shared {
+    /// Copies claimed extents, syncs the secondary once, and settles the claims.
+    /// Only the chunks written since each region's last copy are moved.
+    pub(super) fn copy_batch(&self, batch: Batch, buf: &mut CopyBuf) {
+        let states = self.record.states();
+        let secondary = self.secondary();
+        if self.secondary_gone.load(Ordering::Acquire) {
+            // Writes to the old handle may still succeed (a deleted file), but
+            // they reach nothing that will be read: nothing is copied.
+            let gone = Error::io(
+                format!("secondary {} is gone", secondary.describe()),
+                std::io::Error::from_raw_os_error(libc::ENODEV),
+            );
+            self.finish(batch, Err(gone));
+            return;
+        }
+        let mut copied = 0u64;
+        let mut result = Ok(());
+        let mut taken: Vec<(u64, ChunkMask)> = Vec::new();
+        'runs: for (run, _) in &batch {
+            if self.stopping() {
+                // Stopping: leave the rest dirty (and recorded) for the next start.
+                for &(r, mask) in &taken {
+                    states.restore_chunks(r, mask);
+                }
+                self.release(batch);
+                return;
+            }
+            for (start, end) in self.dirty_extents(run, &mut taken) {
+                result = self.copy(&secondary, start, end, buf).map(|n| copied += n);
+                if result.is_err() {
+                    break 'runs;
+                }
+            }
+        }
+        let result = result.and_then(|()| {
+            secondary
+                .sync()
+                .map_err(|e| Error::io(format!("sync secondary {}", secondary.describe()), e))
+        });
+        if result.is_err() {
+            for &(r, mask) in &taken {
+                states.restore_chunks(r, mask);
+            }
+        }
+        self.finish(batch, result.map(|()| copied));
+    }
+
+    /// Takes the written chunks of a claimed run (noting them in `taken`) and
+    /// returns the byte extents to copy, adjacent chunks merged.
+    pub(super) fn dirty_extents(
+        &self,
+        run: &[(u64, CopyClaim)],
+        taken: &mut Vec<(u64, ChunkMask)>,
+    ) -> Vec<(u64, u64)> {
+        let g = self.record.geometry();
+        let shift = self.record.chunk_shift();
+        let mut extents: Vec<(u64, u64)> = Vec::new();
+        for &(r, _) in run {
+            let mask = self.record.states().take_chunks(r);
+            taken.push((r, mask));
+            let region = g.region_bytes(r);
+            let mut bits = mask;
+            while bits != 0 {
+                let i = u64::from(bits.trailing_zeros());
+                bits &= bits - 1;
+                let start = region.start + (i << shift);
+                let end = (start + (1 << shift)).min(region.end);
+                if start >= end {
+                    continue;
+                }
+                match extents.last_mut() {
+                    Some(last) if last.1 == start => last.1 = end,
+                    _ => extents.push((start, end)),
+                }
+            }
+        }
+        extents
+    }
+
+    /// Copies bytes `start..end` from primary to secondary (not yet durable).
+    pub(super) fn copy(
+        &self,
+        secondary: &Dev,
+        start: u64,
+        end: u64,
+        buf: &mut CopyBuf,
+    ) -> Result<u64> {
+        let len = (end - start) as usize;
+        let buf = buf.get(len);
+        if let Some(t) = &self.throttle {
+            let wait = lock(t).take(len as u64);
+            if !wait.is_zero() {
+                // Interruptible: a stop does not wait out the bandwidth cap.
+                let g = lock(&self.stop_lock);
+                if !self.stopping() {
+                    drop(self.stop_signal.wait_timeout(g, wait));
+                }
+            }
+        }
+        self.primary.read_at(&mut buf[..len], start).map_err(|e| {
+            Error::io(
+                format!("read primary {} at {start}", self.primary.describe()),
+                e,
+            )
+        })?;
+        secondary.write_at(&buf[..len], start, false).map_err(|e| {
+            Error::io(
+                format!("write secondary {} at {start}", secondary.describe()),
+                e,
+            )
+        })?;
+        Ok(len as u64)
+    }
+
+    /// Drops the claims of a batch that was not copied; its regions stay dirty.
+    pub(super) fn release(&self, batch: Batch) {
+        let states = self.record.states();
+        let mut q = lock(&self.queue);
+        for (run, since) in &batch {
+            for &(r, claim) in run {
+                states.finish_copy(r, claim, false);
+                q.entries.push_back(Entry {
+                    region: r,
+                    since: *since,
+                    not_before: Instant::now(),
+                });
+            }
+            if let Some(i) = q.copying.iter().position(|t| t == since) {
+                q.copying.swap_remove(i);
+            }
+        }
+    }
+
+    pub(super) fn finish(&self, batch: Batch, result: Result<u64>) {
+        let states = self.record.states();
+        let g = *self.record.geometry();
+        let durable = result.is_ok();
+        let mut requeue = Vec::new();
+        let mut cleaned = Vec::new();
+        for (run, since) in &batch {
+            for &(r, claim) in run {
+                if states.finish_copy(r, claim, durable) {
+                    cleaned.push(r);
+                } else {
+                    requeue.push(Entry {
+                        region: r,
+                        since: if durable { Instant::now() } else { *since },
+                        not_before: Instant::now(),
+                    });
+                }
+            }
+        }
+        self.note_result(&result, batch.len() as u64);
+        if !cleaned.is_empty() {
+            let mut resync = lock(&self.resync);
+            if !resync.is_empty() {
+                let done: u64 = cleaned
+                    .iter()
+                    .filter(|r| resync.remove(r))
+                    .map(|&r| {
+                        let b = g.region_bytes(r);
+                        b.end - b.start
+                    })
+                    .sum();
+                self.counters.resync_done.fetch_add(done, Ordering::Relaxed);
+            }
+        }
+        {
+            let mut q = lock(&self.queue);
+            for (_, since) in &batch {
+                if let Some(i) = q.copying.iter().position(|t| t == since) {
+                    q.copying.swap_remove(i);
+                }
+            }
+            for e in requeue {
+                // A region written during its copy is still dirty: copy it again.
+                if states.is_dirty(e.region) {
+                    q.entries.push_back(e);
+                }
+            }
+        }
+        self.wake.notify_all();
+        if !cleaned.is_empty() {
+            self.record.evict();
+        }
+    }
+}

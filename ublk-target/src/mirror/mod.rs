@@ -1,0 +1,388 @@
+//! The mirror pool: threads that copy dirty regions from primary to secondary.
+//!
+//! Regions are queued when they turn dirty. A worker claims a run of adjacent
+//! dirty regions (up to `max_copy_bytes`), reads it from the primary, writes it
+//! to the secondary, makes it durable there, and only then marks the regions
+//! clean, which succeeds only if no write started since the claim. A failed
+//! copy leaves the regions dirty, puts the pool in degraded mode and retries
+//! with backoff; host I/O never sees a secondary failure.
+//!
+//! Copies yield to heavy host I/O: while host I/O is in flight most of the
+//! time (and the dirty backlog is below half the record's capacity), a newly
+//! dirty region waits up to `max_lag` instead of `copy_delay`, so the host's
+//! writes do not share the machine with the copies, and writes to a hot region
+//! during that time are copied once. Light host I/O does not delay copies.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::dev::Dev;
+use crate::error::{Error, Result};
+use crate::record::Record;
+use crate::stats::Gauge;
+
+mod copy;
+mod health;
+mod pace;
+mod queue;
+#[cfg(test)]
+mod tests;
+
+use copy::CopyBuf;
+use health::MIN_BACKOFF;
+use pace::{Pacer, Throttle};
+use queue::{Entry, Queue};
+
+/// How the pool copies.
+#[derive(Debug, Clone)]
+pub struct MirrorConfig {
+    /// Worker threads.
+    pub threads: usize,
+    /// Largest extent one copy moves, in bytes.
+    pub max_copy_bytes: u64,
+    /// Copy bandwidth cap in bytes per second; `None` copies as fast as it can.
+    pub max_rate: Option<u64>,
+    /// How long a newly dirty region waits before its first copy, so further
+    /// writes to it are copied together (write-behind coalescing).
+    pub copy_delay: Duration,
+    /// Under heavy host I/O, how long a dirty region may wait for its copy;
+    /// zero copies at once whatever the load.
+    pub max_lag: Duration,
+}
+
+/// Mirror threads, by default.
+pub const DEFAULT_THREADS: usize = 2;
+/// The largest extent one copy moves, by default.
+pub const DEFAULT_MAX_COPY_BYTES: u64 = 4 << 20;
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        MirrorConfig {
+            threads: DEFAULT_THREADS,
+            max_copy_bytes: DEFAULT_MAX_COPY_BYTES,
+            max_rate: None,
+            copy_delay: Duration::from_millis(50),
+            max_lag: DEFAULT_MAX_LAG,
+        }
+    }
+}
+
+/// How long copies may wait under heavy host I/O, by default.
+pub const DEFAULT_MAX_LAG: Duration = Duration::from_secs(10);
+
+/// Counters the pool keeps.
+#[derive(Debug, Default)]
+struct Counters {
+    bytes_copied: AtomicU64,
+    copies: AtomicU64,
+    copy_errors: AtomicU64,
+    resync_total: AtomicU64,
+    resync_done: AtomicU64,
+}
+
+struct Shared {
+    record: Arc<Record>,
+    primary: Dev,
+    /// Replaced when the secondary's path names a new device (see
+    /// `watch_secondary`).
+    secondary: RwLock<Dev>,
+    /// The secondary's path names nothing, or something else than the open
+    /// device: copies fail until a device is back there.
+    secondary_gone: AtomicBool,
+    /// When the secondary was last reopened while failing.
+    last_reopen: Mutex<Instant>,
+    config: MirrorConfig,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    stop: AtomicBool,
+    /// Wakes the pacer thread at stop (apart from `wake`, which every
+    /// enqueue signals).
+    stop_lock: Mutex<()>,
+    stop_signal: Condvar,
+    degraded: AtomicBool,
+    last_error: Mutex<Option<String>>,
+    backoff_until: Mutex<Option<Instant>>,
+    backoff: Mutex<Duration>,
+    throttle: Option<Mutex<Throttle>>,
+    /// Regions that recovery found in the record and that are not copied yet.
+    resync: Mutex<HashSet<u64>>,
+    counters: Counters,
+    /// Host I/O in flight, raised by the engine around every request.
+    host_io: Arc<Gauge>,
+    pacer: Mutex<Pacer>,
+    /// Whether copies are being held back for heavy host I/O right now.
+    deferring: AtomicBool,
+}
+
+/// A snapshot of the pool's figures.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct MirrorStats {
+    pub bytes_copied: u64,
+    pub copies: u64,
+    pub copy_errors: u64,
+    /// Seconds since the oldest region still waiting was queued.
+    pub lag_seconds: f64,
+    pub degraded: bool,
+    pub last_error: Option<String>,
+    pub resync_total_bytes: u64,
+    pub resync_done_bytes: u64,
+    /// Share of recent time with host I/O in flight (0 to 1).
+    pub host_busy: f64,
+    /// Copies are held back (up to the maximum lag) for heavy host I/O.
+    pub deferring: bool,
+}
+
+/// The pool of mirror threads of one device.
+pub struct MirrorPool {
+    shared: Arc<Shared>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl MirrorPool {
+    /// Starts `config.threads` workers and a pacer thread. `host_io`
+    /// is the level of host I/O in flight, which copies yield to.
+    pub fn start(
+        record: Arc<Record>,
+        primary: Dev,
+        secondary: Dev,
+        config: MirrorConfig,
+        host_io: Arc<Gauge>,
+    ) -> Result<Self> {
+        if config.threads == 0 {
+            return Err(Error::Config("mirror threads must be at least 1".into()));
+        }
+        Self::build(record, primary, secondary, config, host_io, true)
+    }
+
+    /// A pool without threads: the owner copies by calling `pump`. For
+    /// deterministic tests and single-threaded tools.
+    pub fn manual(
+        record: Arc<Record>,
+        primary: Dev,
+        secondary: Dev,
+        config: MirrorConfig,
+        host_io: Arc<Gauge>,
+    ) -> Result<Self> {
+        Self::build(record, primary, secondary, config, host_io, false)
+    }
+
+    fn build(
+        record: Arc<Record>,
+        primary: Dev,
+        secondary: Dev,
+        config: MirrorConfig,
+        host_io: Arc<Gauge>,
+        threads: bool,
+    ) -> Result<Self> {
+        if config.max_copy_bytes < record.geometry().region_size() {
+            return Err(Error::Config(format!(
+                "max copy size {} is smaller than the region size {}",
+                config.max_copy_bytes,
+                record.geometry().region_size()
+            )));
+        }
+        let throttle = match config.max_rate {
+            Some(0) => {
+                return Err(Error::Config(
+                    "max copy rate 0 would never copy; omit it for no cap".into(),
+                ))
+            }
+            Some(rate) => Some(Mutex::new(Throttle {
+                rate,
+                tokens: 0.0,
+                last: Instant::now(),
+            })),
+            None => None,
+        };
+        let shared = Arc::new(Shared {
+            record,
+            primary,
+            secondary: RwLock::new(secondary),
+            secondary_gone: AtomicBool::new(false),
+            last_reopen: Mutex::new(Instant::now()),
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+            stop_lock: Mutex::new(()),
+            stop_signal: Condvar::new(),
+            degraded: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+            backoff_until: Mutex::new(None),
+            backoff: Mutex::new(MIN_BACKOFF),
+            throttle,
+            resync: Mutex::new(HashSet::new()),
+            counters: Counters::default(),
+            host_io,
+            pacer: Mutex::new(Pacer::default()),
+            deferring: AtomicBool::new(false),
+            config,
+        });
+        let mut workers = Vec::new();
+        if !threads {
+            return Ok(MirrorPool {
+                shared,
+                workers: Mutex::new(workers),
+            });
+        }
+        for i in 0..shared.config.threads {
+            let s = shared.clone();
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("tandem-mirror-{i}"))
+                    .spawn(move || s.work())
+                    .map_err(|e| Error::io("start mirror thread", e))?,
+            );
+        }
+        let s = shared.clone();
+        workers.push(
+            std::thread::Builder::new()
+                .name("tandem-pacer".into())
+                .spawn(move || s.pace_and_watch())
+                .map_err(|e| Error::io("start the pacer thread", e))?,
+        );
+        Ok(MirrorPool {
+            shared,
+            workers: Mutex::new(workers),
+        })
+    }
+
+    /// Copies one batch on the calling thread, ignoring retry delays; returns
+    /// false when nothing was ready to copy.
+    pub fn pump(&self) -> bool {
+        match self.shared.next_batch(false) {
+            Some(batch) => {
+                self.shared.copy_batch(batch, &mut CopyBuf::default());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Queues regions that turned dirty.
+    pub fn enqueue(&self, regions: &[u64]) {
+        self.shared.enqueue(regions);
+    }
+
+    /// Queues regions found in the record at start-up and counts them as resync.
+    pub fn enqueue_resync(&self, regions: &[u64]) {
+        self.shared.enqueue_resync(regions);
+    }
+
+    pub fn stats(&self) -> MirrorStats {
+        let s = &self.shared;
+        let now = Instant::now();
+        let lag = {
+            let q = lock(&s.queue);
+            q.entries
+                .iter()
+                .chain(q.delayed.iter())
+                .map(|e| e.since)
+                .chain(q.copying.iter().copied())
+                .min()
+                .map_or(0.0, |t| now.duration_since(t).as_secs_f64())
+        };
+        MirrorStats {
+            bytes_copied: s.counters.bytes_copied.load(Ordering::Relaxed),
+            copies: s.counters.copies.load(Ordering::Relaxed),
+            copy_errors: s.counters.copy_errors.load(Ordering::Relaxed),
+            lag_seconds: if s.record.states().dirty_count() == 0 {
+                0.0
+            } else {
+                lag
+            },
+            degraded: s.degraded.load(Ordering::Relaxed),
+            last_error: lock(&s.last_error).clone(),
+            resync_total_bytes: s.counters.resync_total.load(Ordering::Relaxed),
+            resync_done_bytes: s.counters.resync_done.load(Ordering::Relaxed),
+            host_busy: lock(&s.pacer).current(now),
+            deferring: s.deferring.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops the workers after their current copy. Regions queued later stay
+    /// dirty (and recorded) until a new pool copies them.
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        {
+            // Under the queue lock, so a worker between its stop check and its
+            // wait cannot miss the wake-up.
+            let _q = lock(&self.shared.queue);
+            self.shared.wake.notify_all();
+        }
+        {
+            let _g = lock(&self.shared.stop_lock);
+            self.shared.stop_signal.notify_all();
+        }
+        let workers = std::mem::take(&mut *lock(&self.workers));
+        for w in workers {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for MirrorPool {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Shared {
+    pub(super) fn enqueue(&self, regions: &[u64]) {
+        if regions.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut q = lock(&self.queue);
+        // A worker waiting while entries are queued wakes when the oldest is
+        // due, which is no later than these new ones: only a queue that was
+        // empty needs the workers woken. (Under emulation, waking them for
+        // every region that turned dirty took 2-3% of a CPU.)
+        let was_empty = q.entries.is_empty();
+        for &region in regions {
+            q.entries.push_back(Entry {
+                region,
+                since: now,
+                not_before: now,
+            });
+        }
+        drop(q);
+        if was_empty {
+            self.wake.notify_all();
+        }
+    }
+
+    pub(super) fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Queues regions that must be copied in full and counts them as resync.
+    pub(super) fn enqueue_resync(&self, regions: &[u64]) {
+        let g = self.record.geometry();
+        let bytes: u64 = regions
+            .iter()
+            .map(|&r| {
+                let b = g.region_bytes(r);
+                b.end - b.start
+            })
+            .sum();
+        lock(&self.resync).extend(regions.iter().copied());
+        self.counters
+            .resync_total
+            .fetch_add(bytes, Ordering::Relaxed);
+        self.enqueue(regions);
+    }
+
+    fn work(&self) {
+        let mut buf = CopyBuf::default();
+        while let Some(batch) = self.next_batch(true) {
+            self.copy_batch(batch, &mut buf);
+        }
+    }
+}

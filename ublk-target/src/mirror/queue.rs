@@ -1,0 +1,135 @@
+//! The copy queue: regions waiting for their copy, in the order they turned
+//! dirty, and the claim of a batch of adjacent dirty regions for one worker.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::{lock, Shared};
+use crate::record::{ClaimRefused, CopyClaim};
+
+/// Delay before retrying a region that had writes in flight.
+pub(super) const BUSY_RETRY: Duration = Duration::from_millis(1);
+/// Extents one worker copies before one sync of the secondary.
+pub(super) const EXTENTS_PER_SYNC: usize = 8;
+
+/// Claimed extents (runs of adjacent regions with their claims) and when
+/// each was queued.
+pub(super) type Batch = Vec<(Vec<(u64, CopyClaim)>, Instant)>;
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Entry {
+    pub(super) region: u64,
+    /// When the region was queued: the copy lag is measured from here.
+    pub(super) since: Instant,
+    pub(super) not_before: Instant,
+}
+
+#[derive(Default)]
+pub(super) struct Queue {
+    pub(super) entries: VecDeque<Entry>,
+    /// Entries waiting for a retry time.
+    pub(super) delayed: VecDeque<Entry>,
+    /// Queue times of extents being copied now.
+    pub(super) copying: Vec<Instant>,
+}
+
+impl Shared {
+    /// Waits for work (unless `!blocking`): returns claimed extents, each a
+    /// run of adjacent claimed regions.
+    pub(super) fn next_batch(&self, blocking: bool) -> Option<Batch> {
+        let states = self.record.states();
+        let max_regions =
+            (self.config.max_copy_bytes / self.record.geometry().region_size()).max(1);
+        let regions = self.record.geometry().regions();
+        let mut q = lock(&self.queue);
+        loop {
+            if self.stopping() {
+                return None;
+            }
+            let now = Instant::now();
+            // Secondary failing: wait out the backoff.
+            let backoff_until = *lock(&self.backoff_until);
+            if let Some(until) = backoff_until {
+                if until > now && blocking {
+                    q = self
+                        .wake
+                        .wait_timeout(q, until - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                    continue;
+                }
+            }
+            while q
+                .delayed
+                .front()
+                .is_some_and(|e| e.not_before <= now || !blocking)
+            {
+                let e = q.delayed.pop_front().unwrap();
+                q.entries.push_back(e);
+            }
+            let mut batch = Vec::new();
+            let mut young: Option<Instant> = None;
+            let deferring = blocking && !q.entries.is_empty() && self.deferring_now(now);
+            let delay = if deferring {
+                self.config.max_lag
+            } else {
+                self.config.copy_delay
+            };
+            while batch.len() < EXTENTS_PER_SYNC {
+                let Some(&e) = q.entries.front() else {
+                    break;
+                };
+                let due = e.since + delay;
+                if blocking && due > now {
+                    // Queued too recently: let more writes to it gather first.
+                    young = Some(due);
+                    break;
+                }
+                q.entries.pop_front();
+                match states.claim_copy(e.region) {
+                    Ok(claim) => {
+                        let mut run = vec![(e.region, claim)];
+                        let mut next = e.region + 1;
+                        while (run.len() as u64) < max_regions && next < regions {
+                            match states.claim_copy(next) {
+                                Ok(c) => run.push((next, c)),
+                                Err(_) => break,
+                            }
+                            next += 1;
+                        }
+                        q.copying.push(e.since);
+                        batch.push((run, e.since));
+                    }
+                    Err(ClaimRefused::Busy) => {
+                        q.delayed.push_back(Entry {
+                            not_before: now + BUSY_RETRY,
+                            ..e
+                        });
+                    }
+                    Err(ClaimRefused::Clean) | Err(ClaimRefused::Claimed) => {}
+                }
+            }
+            if !batch.is_empty() {
+                return Some(batch);
+            }
+            if !blocking {
+                return None;
+            }
+            let wait = q
+                .delayed
+                .front()
+                .map(|e| e.not_before)
+                .into_iter()
+                .chain(young)
+                .min()
+                .map_or(Duration::from_millis(200), |t| {
+                    t.saturating_duration_since(now)
+                });
+            q = self
+                .wake
+                .wait_timeout(q, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
