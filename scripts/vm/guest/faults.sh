@@ -56,18 +56,30 @@ pid_of() {
 }
 failing() { echo "0 ${2:-$DATA_SECTORS} error"; }
 
-# pair NAME [ADD ARGS...]: dm devices NAME-p, NAME-s over /dev/ram0 and
-# /dev/ram1, NAME-r over /dev/ram2, and the tandem device NAME over them
+# tables NAME: after a clean slate, dm devices NAME-p, NAME-s over /dev/ram0
+# and /dev/ram1, and NAME-r over /dev/ram2, blank (a new record).
+tables() {
+    need_bin tandemctl
+    clean_slate
+    dm_table "$1-p" "$(linear /dev/ram0)"
+    dm_table "$1-s" "$(linear /dev/ram1)"
+    dm_table "$1-r" "0 $RECORD_SECTORS linear /dev/ram2 0"
+    dd if=/dev/zero of="/dev/mapper/$1-r" bs=1M count=4 2>/dev/null
+}
+
+# kill_and_recover NAME: kill -9 of the device's daemon, then a recovery.
+kill_and_recover() {
+    kill -9 "$(tandemctl status "$1" --field pid)"
+    sleep 0.5
+    tandemctl recover "$1" >/dev/null
+}
+
+# pair NAME [ADD ARGS...]: the tables, and the tandem device NAME over them
 # (its path in $dev). The initial full copy is done before it returns.
 pair() {
-    need_bin tandemctl
     need_bin fio
-    clean_slate
     _n="$1"; shift
-    dm_table "$_n-p" "$(linear /dev/ram0)"
-    dm_table "$_n-s" "$(linear /dev/ram1)"
-    dm_table "$_n-r" "0 $RECORD_SECTORS linear /dev/ram2 0"
-    dd if=/dev/zero of="/dev/mapper/$_n-r" bs=1M count=4 2>/dev/null
+    tables "$_n"
     dev=$(tandemctl add "$_n" --primary "/dev/mapper/$_n-p" --secondary "/dev/mapper/$_n-s" \
         --record "/dev/mapper/$_n-r" --region-size 256KiB --capacity "${PAIR_CAPACITY:-8MiB}" "$@")
     echo "device $dev"
@@ -239,10 +251,7 @@ record_fails_case() {
     dm_table rf-r "0 $RECORD_SECTORS linear /dev/ram2 0"
     dd if=/tmp/rf.pat of="$dev" bs=64k count=4 seek=800 oflag=direct
     wait_state rf live 10
-    pid=$(tandemctl status rf --field pid)
-    kill -9 "$pid"
-    sleep 1
-    tandemctl recover rf
+    kill_and_recover rf
     echo "INFO record-fails: the restart resyncs $(tandemctl status rf --field resync_total_bytes) bytes"
     dd if="$dev" bs=64k count=4 iflag=direct 2>/dev/null | cmp - /tmp/rf.pat
     dd if="$dev" bs=64k count=4 skip=800 iflag=direct 2>/dev/null | cmp - /tmp/rf.pat
@@ -259,13 +268,10 @@ repeated_kill_case() {
     for k in 1 2 3 4 5 6; do
         sleep 1.5
         kill -0 "$f" || { echo "the load ended before kill $k" >&2; return 1; }
-        pid=$(tandemctl status rk --field pid)
-        kill -9 "$pid"
-        sleep 0.5
-        tandemctl recover rk >/dev/null
+        kill_and_recover rk
         r=$(tandemctl status rk --field resync_total_bytes)
         total=$((total + r))
-        echo "kill $k of daemon $pid: recovery resyncs $r bytes"
+        echo "kill $k: recovery resyncs $r bytes"
     done
     wait "$f"
     fio_ok /tmp/rk.fio
@@ -276,23 +282,16 @@ repeated_kill_case() {
 }
 
 kill_during_resync_case() {
-    need_bin tandemctl
     need_bin fio
-    clean_slate
-    dm_table kr-p "$(linear /dev/ram0)"
+    tables kr
     dd if=/dev/urandom of=/dev/mapper/kr-p bs=1M count=64 oflag=direct 2>/dev/null
-    dm_table kr-s "$(linear /dev/ram1)"
-    dm_table kr-r "0 $RECORD_SECTORS linear /dev/ram2 0"
-    dd if=/dev/zero of=/dev/mapper/kr-r bs=1M count=4 2>/dev/null
     # A new record: the whole primary is copied, slowly enough to be caught.
     dev=$(tandemctl add kr --primary /dev/mapper/kr-p --secondary /dev/mapper/kr-s \
         --record /dev/mapper/kr-r --region-size 256KiB --capacity 8MiB --max-copy-rate 16MiB)
     sleep 1
     [ "$(state kr)" = resyncing ]
     done1=$(tandemctl status kr --field resync_done_bytes)
-    kill -9 "$(tandemctl status kr --field pid)"
-    sleep 0.5
-    tandemctl recover kr
+    kill_and_recover kr
     echo "INFO kill-during-resync: killed after $done1 of $((DATA_SECTORS * 512)) bytes; the restart resyncs $(tandemctl status kr --field resync_total_bytes)"
     fio_verify "$dev" /tmp/kr.fio
     fio_ok /tmp/kr.fio
@@ -344,9 +343,7 @@ mounted_restart_case() {
     mount -t ext4 "$dev" /mnt/mr
     dd if=/dev/urandom of=/mnt/mr/a.bin bs=1M count=4 conv=fsync 2>/dev/null
     sum=$(md5sum < /mnt/mr/a.bin)
-    kill -9 "$(tandemctl status mr --field pid)"
-    sleep 0.5
-    tandemctl recover mr
+    kill_and_recover mr
     dd if=/dev/urandom of=/mnt/mr/b.bin bs=1M count=2 conv=fsync 2>/dev/null
     [ "$(md5sum < /mnt/mr/a.bin)" = "$sum" ]
     umount /mnt/mr
@@ -404,13 +401,8 @@ delete_under_load_case() {
 }
 
 delete_while_resyncing_case() {
-    need_bin tandemctl
-    clean_slate
-    dm_table dr-p "$(linear /dev/ram0)"
+    tables dr
     dd if=/dev/urandom of=/dev/mapper/dr-p bs=1M count=64 oflag=direct 2>/dev/null
-    dm_table dr-s "$(linear /dev/ram1)"
-    dm_table dr-r "0 $RECORD_SECTORS linear /dev/ram2 0"
-    dd if=/dev/zero of=/dev/mapper/dr-r bs=1M count=4 2>/dev/null
     tandemctl add dr --primary /dev/mapper/dr-p --secondary /dev/mapper/dr-s \
         --record /dev/mapper/dr-r --region-size 256KiB --max-copy-rate 8MiB
     sleep 1
