@@ -25,7 +25,7 @@ dd if="$dir/pattern" of="$dev" bs=1M count=8 seek=100 conv=fsync 2>/dev/null
 tandemctl status "$name"
 
 say "kill -9 the daemon: /dev/ublkb stays, host I/O waits"
-pid=$(tandemctl status "$name" --json | sed -n 's/.*"pid": *\([0-9]*\).*/\1/p')
+pid=$(tandemctl status "$name" --field pid)
 kill -9 "$pid"
 sleep 1
 tandemctl status "$name"
