@@ -32,15 +32,21 @@ impl Shared {
     /// Only the chunks written since each region's last copy are moved.
     pub(super) fn copy_batch(&self, batch: Batch, buf: &mut CopyBuf) {
         let states = self.record.states();
+        // `gone` first, then the handle: `switch_secondary` stores the new
+        // handle before it clears `gone`, so a batch that sees `gone` clear
+        // copies to the new device. Read the other way round, a batch claimed
+        // after every region was marked dirty for the new device could copy
+        // to the old one and mark its regions clean.
+        let gone = self.secondary_gone.load(Ordering::Acquire);
         let secondary = self.secondary();
-        if self.secondary_gone.load(Ordering::Acquire) {
+        if gone {
             // Writes to the old handle may still succeed (a deleted file), but
             // they reach nothing that will be read: nothing is copied.
-            let gone = Error::io(
+            let err = Error::io(
                 format!("secondary {} is gone", secondary.describe()),
                 std::io::Error::from_raw_os_error(libc::ENODEV),
             );
-            self.finish(batch, Err(gone));
+            self.finish(batch, Err(err));
             return;
         }
         let mut copied = 0u64;

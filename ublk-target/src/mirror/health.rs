@@ -86,7 +86,7 @@ impl Shared {
                 new.size()
             )));
         }
-        let dirtied = if full {
+        let all = if full {
             self.record.record_all()?
         } else {
             Vec::new()
@@ -98,7 +98,7 @@ impl Shared {
                 "secondary {} is back as a new device: copying all {size} bytes",
                 old.describe()
             );
-            self.enqueue_resync(&dirtied);
+            self.enqueue_resync(&all);
         } else {
             log::info!("secondary {} reopened", old.describe());
         }
