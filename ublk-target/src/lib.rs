@@ -7,7 +7,8 @@
 //! - [`dev`]: block devices (files and block devices through `rings`, and an
 //!   in-memory device for tests).
 //! - [`mirror`]: the mirror pool that copies dirty regions to the secondary.
-//! - [`engine`]: the API the front end drives: read, write, flush, discard.
+//! - [`engine`]: the one request path the front end drives: plan, admit,
+//!   issue, complete.
 
 pub mod args;
 pub mod control;
@@ -23,8 +24,6 @@ pub mod stats;
 pub mod status;
 pub mod units;
 
-pub use engine::{
-    AdmitTicket, Devices, Engine, EngineConfig, EngineStatus, PendingWrite, WriteStart,
-};
+pub use engine::{Devices, Engine, EngineConfig, EngineStatus, Plan, Request};
 pub use error::{Error, Failure, Result};
 pub use geometry::Geometry;

@@ -1,7 +1,8 @@
-//! One ublk queue: an async task per tag that fetches a request, serves it
-//! through the engine, and commits the result. Reads, writes and flushes of
-//! the primary are submitted on the queue's own io_uring; every request is
-//! completed, with a negative errno on failure.
+//! One ublk queue: an async task per tag that fetches a request, hands it to
+//! the engine, submits what the engine plans on the queue's own io_uring, and
+//! commits the result. A thin adapter: the engine decides how each request is
+//! issued and what its outcome is; every request is completed, with a
+//! negative errno on failure.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -17,8 +18,8 @@ use libublk::uring_async::{
 use libublk::{sys, BufDesc, UblkError, UblkUringData};
 use std::os::fd::{AsFd, AsRawFd};
 
-use tandem::engine::WriteGuard;
-use tandem::{Engine, PendingWrite, WriteStart};
+use tandem::engine::{ublk_result, Data, Issue, Op, PendingIo, Plan, Request};
+use tandem::Engine;
 
 use super::poll::{self, PollPolicy};
 
@@ -133,123 +134,54 @@ async fn submit(sqe: io_uring::squeue::Entry) -> i32 {
         .unwrap_or(-libc::EIO)
 }
 
-/// Whether a request can go straight to the primary's fd from the queue ring
-/// (O_DIRECT alignment holds; ublk buffers are page-aligned).
-fn direct_ok(engine: &Engine, offset: u64, len: usize) -> bool {
-    match engine.primary().dio_alignment() {
-        None => true,
-        Some(a) => offset.is_multiple_of(u64::from(a)) && (len as u64).is_multiple_of(u64::from(a)),
-    }
-}
-
-/// Serves one request; returns bytes transferred or a negative errno.
+/// Serves one request through the engine (plan, admission, issue,
+/// completion); returns bytes transferred or a negative errno.
 async fn serve(q: &UblkQueue<'_>, tag: u16, buf: &mut [u8], engine: &Engine) -> i32 {
     let iod = q.get_iod(tag);
-    let op = iod.op_flags & 0xff;
-    // FLUSH carries start_sector u64::MAX and no length: handle it before any
-    // bounds check.
-    if op == sys::UBLK_IO_OP_FLUSH {
-        return match engine.primary().raw_fd() {
-            Some(_) => {
-                // Past the engine: host I/O, which mirror copies yield to.
-                let _io = engine.host_io();
-                submit(
-                    opcode::Fsync::new(types::Fixed(PRIMARY_FIXED_FD))
-                        .flags(types::FsyncFlags::DATASYNC)
-                        .build(),
-                )
-                .await
-            }
-            None => result(engine.flush()),
-        };
-    }
-    let fua = iod.op_flags & sys::UBLK_IO_F_FUA != 0;
-    let Some(offset) = iod.start_sector.checked_mul(512) else {
-        return -libc::EINVAL;
+    let op = match iod.op_flags & 0xff {
+        sys::UBLK_IO_OP_READ => Op::Read,
+        sys::UBLK_IO_OP_WRITE => Op::Write,
+        sys::UBLK_IO_OP_FLUSH => Op::Flush,
+        sys::UBLK_IO_OP_DISCARD => Op::Discard,
+        sys::UBLK_IO_OP_WRITE_ZEROES => Op::WriteZeroes,
+        _ => return -libc::EOPNOTSUPP,
     };
-    let len = (iod.nr_sectors as usize) << 9;
-    if let Err(e) = engine.geometry().check_range(offset, len as u64) {
-        log::warn!("tag {tag}: {e}");
+    let fua = iod.op_flags & sys::UBLK_IO_F_FUA != 0;
+    let req = match Request::from_sectors(op, iod.start_sector, iod.nr_sectors, fua) {
+        Ok(r) => r,
+        Err(e) => return ublk_result(&Request::flush(), Err(e)),
+    };
+    if op.moves_data() && req.len > buf.len() as u64 {
+        log::error!("tag {tag}: {req} is larger than the queue's buffer");
         return -libc::EINVAL;
     }
-    match op {
-        sys::UBLK_IO_OP_READ => {
-            if len > buf.len() {
-                return -libc::EINVAL;
-            }
-            if engine.primary().raw_fd().is_some() && direct_ok(engine, offset, len) {
-                // Past the engine: host I/O, which mirror copies yield to (the
-                // engine's own calls and write guards mark themselves).
-                let _io = engine.host_io();
-                transfer(false, buf.as_mut_ptr(), len, offset, 0).await
-            } else {
-                match engine.read(&mut buf[..len], offset) {
-                    Ok(()) => len as i32,
-                    Err(e) => {
-                        log::error!("read at {offset}: {e}");
-                        e.errno()
+    let mut plan = engine.plan(req);
+    loop {
+        plan = match plan {
+            Plan::Done(outcome) => return ublk_result(&req, outcome),
+            Plan::Pending(p) => admit(p).await,
+            Plan::Ready(io) => {
+                let len = req.len as usize;
+                let res = match io.issue() {
+                    Issue::Read => transfer(false, buf.as_mut_ptr(), len, req.offset, 0).await,
+                    Issue::Write { dsync } => {
+                        let flags = if dsync { libc::RWF_DSYNC } else { 0 };
+                        transfer(true, buf.as_mut_ptr(), len, req.offset, flags).await
                     }
-                }
-            }
-        }
-        sys::UBLK_IO_OP_WRITE => {
-            if len > buf.len() {
-                return -libc::EINVAL;
-            }
-            let guard = match admitted(engine, offset, len as u64).await {
-                Ok(g) => g,
-                Err(e) => {
-                    log::error!("write at {offset}: {e}");
-                    return e.errno();
-                }
-            };
-            let res = if engine.primary().raw_fd().is_some() && direct_ok(engine, offset, len) {
-                let flags = if fua { libc::RWF_DSYNC } else { 0 };
-                transfer(true, buf.as_mut_ptr(), len, offset, flags).await
-            } else {
-                match engine.primary().write_at(&buf[..len], offset, fua) {
-                    Ok(()) => len as i32,
-                    Err(e) => tandem::Error::io(format!("write primary at {offset}"), e).errno(),
-                }
-            };
-            guard.complete();
-            res
-        }
-        sys::UBLK_IO_OP_DISCARD | sys::UBLK_IO_OP_WRITE_ZEROES => {
-            // Recorded like a write; the primary may take long over it (a
-            // discard of a whole disk), so it runs off the queue thread.
-            let len = len as u64;
-            let guard = match admitted(engine, offset, len).await {
-                Ok(g) => g,
-                Err(e) => {
-                    log::error!("discard or write-zeroes at {offset}: {e}");
-                    return e.errno();
-                }
-            };
-            let dev = engine.primary().clone();
-            let zeroes = op == sys::UBLK_IO_OP_WRITE_ZEROES;
-            let res = off_thread(move || {
-                let r = if zeroes {
-                    dev.write_zeroes(offset, len)
-                } else {
-                    dev.discard(offset, len)
+                    Issue::Sync => {
+                        submit(
+                            opcode::Fsync::new(types::Fixed(PRIMARY_FIXED_FD))
+                                .flags(types::FsyncFlags::DATASYNC)
+                                .build(),
+                        )
+                        .await
+                    }
+                    Issue::Run => io.run(Data::Into(&mut buf[..len])),
+                    Issue::Detached => off_thread(io.job()).await,
                 };
-                result(r.map_err(|e| tandem::Error::io(format!("discard primary at {offset}"), e)))
-            })
-            .await;
-            guard.complete();
-            res
-        }
-        _ => -libc::EOPNOTSUPP,
-    }
-}
-
-/// A write (or discard) registered with the engine, its missed regions
-/// admitted without blocking the queue thread.
-async fn admitted(engine: &Engine, offset: u64, len: u64) -> tandem::Result<WriteGuard<'_>> {
-    match engine.start_write(offset, len)? {
-        WriteStart::Ready(g) => Ok(g),
-        WriteStart::Pending(p) => admit(p).await,
+                return ublk_result(&req, io.complete(res));
+            }
+        };
     }
 }
 
@@ -311,11 +243,11 @@ async fn off_thread(work: impl FnOnce() -> i32 + Send + 'static) -> i32 {
     answer.load(std::sync::atomic::Ordering::Acquire)
 }
 
-/// Admits a write's missed regions on the record committer thread while the
-/// queue serves other requests: the committer rings an eventfd, which this
-/// task waits for on the queue's ring (`wait_bell`). Falls back to admitting
-/// on this thread if no eventfd can be made.
-async fn admit(pending: PendingWrite<'_>) -> tandem::Result<WriteGuard<'_>> {
+/// Admits a request's missed regions on the record committer thread while
+/// the queue serves other requests: the committer rings an eventfd, which
+/// this task waits for on the queue's ring (`wait_bell`). Falls back to
+/// admitting on this thread if no eventfd can be made.
+async fn admit(pending: PendingIo<'_>) -> Plan<'_> {
     let bell = match bell() {
         Ok(b) => b,
         Err(e) => {
@@ -371,14 +303,4 @@ async fn transfer(write: bool, buf: *mut u8, len: usize, offset: u64, flags: i32
         }
     }
     len as i32
-}
-
-fn result(r: tandem::Result<()>) -> i32 {
-    match r {
-        Ok(()) => 0,
-        Err(e) => {
-            log::error!("{e}");
-            e.errno()
-        }
-    }
 }

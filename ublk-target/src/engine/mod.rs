@@ -4,13 +4,13 @@
 //! primary device, with every write recorded before it is issued and mirrored to
 //! the secondary after it completes.
 //!
-//! One write: `begin_write` bumps each touched region's state word (one atomic
-//! operation each); regions not in the durable record are admitted through the
-//! record's group commit, and the call returns only once they are durable
-//! (`start_write` instead hands such a write back as `Pending`, to be admitted
-//! on the record committer thread while the caller goes on). The caller then
-//! writes the primary and calls `WriteGuard::complete`, which marks the
-//! regions dirty and queues the newly dirty ones for the mirror pool.
+//! One request (see `request`): `plan` checks its range; a write bumps each
+//! touched region's state word (one atomic operation each), and regions not in
+//! the durable record make it `Pending` until the record committer has made
+//! them durable (sharing one update with concurrent misses). The front end
+//! issues the ready request on the primary as its `Issue` says, and
+//! `Io::complete` marks the regions dirty and queues the newly dirty ones for
+//! the mirror pool. `serve` is that whole path on the calling thread.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,10 +22,11 @@ use crate::mirror::{MirrorPool, MirrorStats};
 use crate::record::committer::Committer;
 use crate::record::destage::DestageThread;
 use crate::record::Record;
-use crate::stats::{Counter, Gauge, GaugeGuard};
+use crate::stats::{Counter, Gauge};
 
 mod config;
 mod open;
+mod request;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -33,8 +34,9 @@ mod write;
 
 pub use config::{EngineConfig, DEFAULT_CAPACITY};
 pub use open::{pair_identity, Devices, Paths};
+pub use request::{ublk_result, Data, Io, IoTicket, Issue, Op, PendingIo, Plan, Request};
 pub use status::{EngineStatus, StartKind};
-pub use write::{AdmitTicket, PendingWrite, WriteGuard, WriteStart};
+use write::{PendingWrite, WriteGuard, WriteStart};
 
 /// The mirroring engine of one device.
 pub struct Engine {
@@ -76,24 +78,10 @@ impl Engine {
         &self.secondary
     }
 
-    /// Registers a write of `len` bytes at `offset`: returns once every region
-    /// it touches is in the durable record. The caller then issues the write to
-    /// the primary and completes the guard. A miss is admitted on the record
-    /// committer thread, the path the ublk queues take (they wait for an
-    /// eventfd where this waits for the answer), so the crash test, the host
-    /// benchmarks and the tests that write through the engine drive it too.
-    pub fn begin_write(&self, offset: u64, len: u64) -> Result<WriteGuard<'_>> {
-        match self.start_write(offset, len)? {
-            WriteStart::Ready(guard) => Ok(guard),
-            WriteStart::Pending(pending) => pending.submit(Box::new(|| {})).finish(),
-        }
-    }
-
-    /// Like `begin_write`, but never blocks: a write that needs a record
-    /// update comes back `Pending`, for the caller to admit on this thread
-    /// (`PendingWrite::admit`) or on the record committer thread
-    /// (`PendingWrite::submit`) while it serves other requests.
-    pub fn start_write(&self, offset: u64, len: u64) -> Result<WriteStart<'_>> {
+    /// Registers a write of `len` bytes at `offset` with the record: `Ready`
+    /// when every region it touches is in the durable record, else `Pending`
+    /// (see `request`, which wraps this for every request that changes data).
+    pub(crate) fn start_write(&self, offset: u64, len: u64) -> Result<WriteStart<'_>> {
         self.geometry.check_range(offset, len)?;
         let host_io = self.host_io.enter();
         self.writes.add(1);
@@ -125,14 +113,6 @@ impl Engine {
         })
     }
 
-    /// Marks a host request in being until the guard drops: mirror copies
-    /// yield to heavy host I/O. Every engine call marks its own (a write from
-    /// `begin_write` until its guard completes); a front end that reads the
-    /// primary directly marks the read with this.
-    pub fn host_io(&self) -> GaugeGuard<'_> {
-        self.host_io.enter()
-    }
-
     /// Counts time a front end spent spinning for completions (status
     /// `poll_seconds`), so the CPU that polling costs is visible.
     pub fn note_poll(&self, spun: Duration) {
@@ -140,44 +120,34 @@ impl Engine {
             .add(u64::try_from(spun.as_nanos()).unwrap_or(u64::MAX));
     }
 
+    /// Reads `buf.len()` bytes at `offset` (`serve` of a read).
     pub fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.geometry.check_range(offset, buf.len() as u64)?;
-        let _io = self.host_io.enter();
-        self.primary
-            .read_at(buf, offset)
-            .map_err(|e| Error::io(format!("read primary at {offset}"), e))
+        let req = Request::read(offset, buf.len() as u64);
+        self.serve(req, Data::Into(buf)).map(drop)
     }
 
-    /// Writes `buf` at `offset`; with `fua` it is durable on return.
+    /// Writes `buf` at `offset`; with `fua` it is durable on return (`serve`
+    /// of a write).
     pub fn write(&self, buf: &[u8], offset: u64, fua: bool) -> Result<()> {
-        let guard = self.begin_write(offset, buf.len() as u64)?;
-        let r = self.primary.write_at(buf, offset, fua);
-        guard.complete();
-        r.map_err(|e| Error::io(format!("write primary at {offset}"), e))
+        let req = Request::write(offset, buf.len() as u64, fua);
+        self.serve(req, Data::From(buf)).map(drop)
     }
 
     /// Makes every completed write durable on the primary.
     pub fn flush(&self) -> Result<()> {
-        let _io = self.host_io.enter();
-        self.primary
-            .sync()
-            .map_err(|e| Error::io("flush primary", e))
+        self.serve(Request::flush(), Data::None).map(drop)
     }
 
     /// Discards a range on the primary; the mirror follows.
     pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
-        let guard = self.begin_write(offset, len)?;
-        let r = self.primary.discard(offset, len);
-        guard.complete();
-        r.map_err(|e| Error::io(format!("discard primary at {offset}"), e))
+        self.serve(Request::discard(offset, len), Data::None)
+            .map(drop)
     }
 
     /// Writes zeroes over a range on the primary; the mirror follows.
     pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
-        let guard = self.begin_write(offset, len)?;
-        let r = self.primary.write_zeroes(offset, len);
-        guard.complete();
-        r.map_err(|e| Error::io(format!("write zeroes to primary at {offset}"), e))
+        self.serve(Request::write_zeroes(offset, len), Data::None)
+            .map(drop)
     }
 
     /// Copies one batch of dirty regions on the calling thread (engines

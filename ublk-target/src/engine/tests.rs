@@ -327,7 +327,11 @@ fn primary_io_errors_map_to_negative_errnos() {
     });
     let err = e.read(&mut vec![0; 4096], 0).unwrap_err();
     assert_eq!(err.errno(), -libc::EIO);
-    assert!(err.to_string().contains("read primary"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("read of 4096 bytes at 0 on the primary"),
+        "{err}"
+    );
     // The mirror cannot read the primary either: degraded, still dirty.
     assert!(e.pump_mirror());
     let s = e.status();
@@ -346,20 +350,29 @@ fn primary_io_errors_map_to_negative_errnos() {
     assert_eq!(e.status().state, State::Live);
 }
 
-/// Starts a write that must wait for the record, and hands it to the
+/// Plans a write that must wait for the record, and hands it to the
 /// committer; `done` receives `tag` when its outcome is ready.
 fn submit_pending<'e>(
     e: &'e Engine,
     offset: u64,
     tag: u64,
     done: &std::sync::mpsc::Sender<u64>,
-) -> AdmitTicket<'e> {
-    match e.start_write(offset, 4096).unwrap() {
-        WriteStart::Pending(p) => {
+) -> IoTicket<'e> {
+    match e.plan(Request::write(offset, 4096, false)) {
+        Plan::Pending(p) => {
             let done = done.clone();
             p.submit(Box::new(move || done.send(tag).unwrap()))
         }
-        WriteStart::Ready(_) => panic!("a write at {offset} did not need the record"),
+        _ => panic!("a write at {offset} did not need the record"),
+    }
+}
+
+/// A ticket's request once admitted, or its error.
+fn finish(ticket: IoTicket<'_>) -> Result<Io<'_>> {
+    match ticket.finish() {
+        Plan::Ready(io) => Ok(io),
+        Plan::Done(outcome) => Err(outcome.expect_err("an admission that is done failed")),
+        Plan::Pending(_) => panic!("a finished ticket is pending again"),
     }
 }
 
@@ -384,12 +397,12 @@ fn writes_that_miss_are_admitted_off_thread_and_share_updates() {
     // write to it waits too; more misses queue behind the update.
     assert!(
         matches!(
-            e.start_write(2 * REGION + 8192, 4096),
-            Ok(WriteStart::Pending(_))
+            e.plan(Request::write(2 * REGION + 8192, 4096, false)),
+            Plan::Pending(_)
         ),
         "region 2 is not durable yet"
     );
-    let rest: Vec<AdmitTicket<'_>> = (3..9)
+    let rest: Vec<IoTicket<'_>> = (3..9)
         .map(|r| submit_pending(&e, r * REGION, r, &tx))
         .collect();
     assert!(
@@ -404,11 +417,9 @@ fn writes_that_miss_are_admitted_off_thread_and_share_updates() {
     assert_eq!(woken, (2..9).collect::<Vec<_>>(), "each woken once");
     for (i, ticket) in std::iter::once(first).chain(rest).enumerate() {
         let offset = (i as u64 + 2) * REGION;
-        let guard = ticket.finish().unwrap();
-        rig.primary
-            .write_at(&pattern(i as u64, 4096), offset, false)
-            .unwrap();
-        guard.complete();
+        let io = finish(ticket).unwrap();
+        let res = io.run(Data::From(&pattern(i as u64, 4096)));
+        assert_eq!(io.complete(res).unwrap(), 4096, "region at {offset}");
     }
     let states = e.record().states();
     for r in 2..9 {
@@ -435,7 +446,7 @@ fn a_failed_or_abandoned_off_thread_admission_releases_its_regions() {
     assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(5));
     // A caller that polls instead of waiting sees the answer too.
     assert!(failed.is_ready());
-    let err = failed.finish().err().expect("the update failed");
+    let err = finish(failed).err().expect("the update failed");
     assert!(matches!(err, Error::RecordUpdate(_)), "{err}");
     // The errno crosses the committer thread as it was.
     assert_eq!(err.errno(), -libc::ENOSPC);
@@ -443,7 +454,9 @@ fn a_failed_or_abandoned_off_thread_admission_releases_its_regions() {
     drop(submit_pending(&e, 6 * REGION, 6, &tx));
     assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(6));
     // A pending write dropped before it was submitted.
-    drop(e.start_write(7 * REGION, 4096).unwrap());
+    let dropped = e.plan(Request::write(7 * REGION, 4096, false));
+    assert!(matches!(dropped, Plan::Pending(_)));
+    drop(dropped);
     let states = e.record().states();
     for r in 5..8 {
         assert_eq!(states.inflight(r), 0, "region {r} released");
@@ -454,7 +467,7 @@ fn a_failed_or_abandoned_off_thread_admission_releases_its_regions() {
     e.shutdown().unwrap();
     let late = submit_pending(&e, 9 * REGION, 9, &tx);
     assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(9));
-    let err = late.finish().err().expect("refused after the stop");
+    let err = finish(late).err().expect("refused after the stop");
     assert!(err.to_string().contains("stopping"), "{err}");
     assert_eq!(states.inflight(9), 0);
 }
@@ -952,8 +965,9 @@ fn host_requests_in_being_hold_mirror_copies_back() {
     rig.config.capacity = SIZE;
     rig.config.mirror.max_lag = Duration::from_secs(3600);
     let e = rig.open_threaded(true);
-    // A front end's request in being (as the daemon marks every request).
-    let busy = e.host_io();
+    // A front end's request in being: planned, not yet completed.
+    let busy = e.plan(Request::read(0, 4096));
+    assert!(matches!(busy, Plan::Ready(_)));
     e.write(&pattern(1, 4096), 3 * REGION, false).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let s = e.status();
@@ -1039,6 +1053,163 @@ fn passthrough_serves_the_primary_alone_and_forces_a_full_resync_later() {
     rig.config.passthrough = false;
     let e = rig.open(false);
     assert_eq!(e.status().resync_total_bytes, SIZE);
+    pump_all(&e);
+    assert!(rig.in_sync());
+}
+
+/// The issue a request is planned with, admitting it first if it must wait.
+fn issue_of(e: &Engine, req: Request) -> Issue {
+    let io = match e.plan(req) {
+        Plan::Ready(io) => io,
+        Plan::Pending(p) => match p.admit() {
+            Plan::Ready(io) => io,
+            _ => panic!("{req}: not admitted"),
+        },
+        Plan::Done(r) => panic!("{req}: done at once: {r:?}"),
+    };
+    let issue = io.issue();
+    // Not issued: ends as a failure, which still releases its regions.
+    assert!(io.complete(-libc::ECANCELED).is_err());
+    issue
+}
+
+#[test]
+fn each_request_is_planned_once_and_a_bad_one_is_done_at_once() {
+    let rig = rig();
+    let e = rig.open(true);
+    // A primary without a file descriptor: the engine issues everything.
+    assert_eq!(issue_of(&e, Request::read(0, 4096)), Issue::Run);
+    assert_eq!(issue_of(&e, Request::write(0, 4096, true)), Issue::Run);
+    assert_eq!(issue_of(&e, Request::flush()), Issue::Run);
+    // What may take long never runs where it would block a queue.
+    assert_eq!(issue_of(&e, Request::discard(0, REGION)), Issue::Detached);
+    assert_eq!(
+        issue_of(&e, Request::write_zeroes(0, REGION)),
+        Issue::Detached
+    );
+    // A write to a region not in the record waits for it; a recorded one
+    // does not.
+    assert!(matches!(
+        e.plan(Request::write(9 * REGION, 4096, false)),
+        Plan::Pending(_)
+    ));
+    assert!(matches!(
+        e.plan(Request::write(0, 4096, false)),
+        Plan::Ready(_)
+    ));
+    // Outside the device: done, with EINVAL, before anything is recorded.
+    let updates = e.status().record_updates;
+    for req in [
+        Request::read(SIZE, 1),
+        Request::write(SIZE - 512, 1024, false),
+    ] {
+        match e.plan(req) {
+            Plan::Done(Err(err)) => {
+                assert!(matches!(err, Error::OutOfRange { .. }), "{err}");
+                assert_eq!(ublk_result(&req, Err(err)), -libc::EINVAL);
+            }
+            _ => panic!("{req} was planned"),
+        }
+    }
+    assert_eq!(e.status().record_updates, updates);
+    // Sectors that overflow a byte offset are refused, not wrapped.
+    assert!(Request::from_sectors(Op::Write, u64::MAX / 256, 8, false).is_err());
+    let flush = Request::from_sectors(Op::Flush, u64::MAX, 0, false).unwrap();
+    assert_eq!(flush, Request::flush());
+    assert_eq!(
+        Request::from_sectors(Op::Read, 16, 8, false).unwrap(),
+        Request::read(8192, 4096)
+    );
+    // A read given no buffer, or too small a one, fails; nothing is moved.
+    let Plan::Ready(io) = e.plan(Request::read(0, 4096)) else {
+        panic!("read not ready")
+    };
+    assert_eq!(io.run(Data::Into(&mut [0; 512])), -libc::EINVAL);
+    assert_eq!(io.run(Data::None), -libc::EINVAL);
+    assert!(io.complete(-libc::EINVAL).is_err());
+}
+
+#[test]
+fn a_primary_file_is_issued_on_its_descriptor_where_alignment_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |direct| -> Dev {
+        let opts = crate::dev::OpenOptions {
+            direct,
+            create_size: Some(SIZE),
+        };
+        Arc::new(crate::dev::FileDev::open(&dir.path().join("primary.img"), &opts).unwrap())
+    };
+    let mut rig = rig();
+    rig.primary_dev = open(false);
+    let e = rig.open(true);
+    assert_eq!(issue_of(&e, Request::read(512, 100)), Issue::Read);
+    assert_eq!(
+        issue_of(&e, Request::write(0, 4096, true)),
+        Issue::Write { dsync: true }
+    );
+    assert_eq!(
+        issue_of(&e, Request::write(0, 4096, false)),
+        Issue::Write { dsync: false }
+    );
+    assert_eq!(issue_of(&e, Request::flush()), Issue::Sync);
+    assert_eq!(issue_of(&e, Request::discard(0, 4096)), Issue::Detached);
+    drop(e);
+    rig.primary_dev = open(true);
+    let Some(align) = rig.primary_dev.dio_alignment() else {
+        assert!(
+            std::env::var_os("TANDEM_REQUIRE_DIRECT").is_none_or(|v| v != "1"),
+            "O_DIRECT is required here, but the temp dir's file system refused it"
+        );
+        eprintln!(
+            "SKIP a_primary_file_is_issued_on_its_descriptor_where_alignment_allows \
+             (O_DIRECT half): the temp dir's file system refused O_DIRECT"
+        );
+        return;
+    };
+    let a = u64::from(align);
+    let e = rig.open(true);
+    assert_eq!(issue_of(&e, Request::read(a, a)), Issue::Read);
+    assert_eq!(
+        issue_of(&e, Request::write(2 * a, a, false)),
+        Issue::Write { dsync: false }
+    );
+    // Out of the descriptor's alignment: the engine bounces it.
+    assert_eq!(issue_of(&e, Request::read(a / 2, a)), Issue::Run);
+    assert_eq!(issue_of(&e, Request::write(a, a + 1, false)), Issue::Run);
+    // And the bounced write lands where it was asked to.
+    let data = pattern(5, a as usize + 1);
+    e.write(&data, 3 * a - 1, false).unwrap();
+    let mut back = vec![0; data.len()];
+    e.read(&mut back, 3 * a - 1).unwrap();
+    assert_eq!(back, data);
+}
+
+#[test]
+fn a_completion_keeps_the_errno_and_never_takes_a_short_transfer_for_success() {
+    let rig = rig();
+    let e = rig.open(true);
+    e.write(&pattern(1, 4096), 0, false).unwrap();
+    let ready = |req| match e.plan(req) {
+        Plan::Ready(io) => io,
+        _ => panic!("{req}: not ready"),
+    };
+    let req = Request::write(0, 4096, false);
+    let err = ready(req).complete(-libc::ENOSPC).unwrap_err();
+    assert_eq!(err.errno(), -libc::ENOSPC, "{err}");
+    assert!(
+        err.to_string().contains("write of 4096 bytes at 0"),
+        "{err}"
+    );
+    // Fewer bytes than asked is a failure, never a success.
+    let err = ready(req).complete(2048).unwrap_err();
+    assert_eq!(ublk_result(&req, Err(err)), -libc::EIO);
+    assert_eq!(ready(Request::read(0, 4096)).complete(4096).unwrap(), 4096);
+    assert_eq!(ready(Request::flush()).complete(0).unwrap(), 0);
+    // A failed write may have changed the primary: its region is dirty and
+    // goes to the mirror all the same, and nothing stays in flight.
+    let states = e.record().states();
+    assert!(states.is_dirty(0));
+    assert_eq!(states.inflight(0), 0);
     pump_all(&e);
     assert!(rig.in_sync());
 }

@@ -9,7 +9,7 @@ use crate::stats::GaugeGuard;
 
 /// A write that passed the record check; `complete` it once the primary has it.
 #[must_use = "a write must be completed"]
-pub struct WriteGuard<'a> {
+pub(crate) struct WriteGuard<'a> {
     pub(super) engine: &'a Engine,
     pub(super) offset: u64,
     /// Zero for a write the record does not track (passthrough), and once
@@ -35,7 +35,7 @@ impl WriteGuard<'_> {
 }
 
 /// How `Engine::start_write` went.
-pub enum WriteStart<'a> {
+pub(crate) enum WriteStart<'a> {
     /// Every region is in the durable record: issue the write.
     Ready(WriteGuard<'a>),
     /// Some regions must reach the durable record first.
@@ -45,7 +45,7 @@ pub enum WriteStart<'a> {
 /// A write waiting for regions to be admitted to the durable record. Its
 /// regions count as in flight until it is admitted or dropped.
 #[must_use = "a pending write must be admitted"]
-pub struct PendingWrite<'a> {
+pub(crate) struct PendingWrite<'a> {
     pub(super) guard: Option<WriteGuard<'a>>,
     pub(super) misses: Vec<u64>,
 }
@@ -86,7 +86,7 @@ impl Drop for PendingWrite<'_> {
 
 /// An admission in the hands of the record committer thread.
 #[must_use = "a ticket must be finished"]
-pub struct AdmitTicket<'a> {
+pub(crate) struct AdmitTicket<'a> {
     guard: Option<WriteGuard<'a>>,
     outcome: std::sync::mpsc::Receiver<Outcome>,
     /// The outcome, once `is_ready` has seen it.
