@@ -382,7 +382,11 @@ pub fn format_status(v: &DeviceStatus) -> String {
         format_size(e.resync_total_bytes),
     ));
     if let Some(err) = &e.last_error {
-        s.push_str(&format!("  last mirror error: {err}\n"));
+        let errno = e
+            .last_errno
+            .map(|n| format!(" (errno {n})"))
+            .unwrap_or_default();
+        s.push_str(&format!("  last mirror error: {err}{errno}\n"));
     }
     if let Some(err) = &e.record_error {
         s.push_str(&format!("  record error: {err}\n"));

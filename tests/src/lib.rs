@@ -1,12 +1,15 @@
-//! Shared pieces of tandem's end-to-end tests: the acknowledged-write log the
-//! crash writer keeps, and the block stamps it writes.
+//! Shared pieces of tandem's end-to-end tests: the engine under load that
+//! they kill (`load`), the acknowledged-write log it keeps, and the block
+//! stamps it writes.
+
+pub mod load;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::ChildStdout;
 use std::thread::JoinHandle;
 
-/// Block size the crash writer uses.
+/// Block size of the stamped writes (`load::Mix::Stamped`).
 pub const BLOCK: u64 = 4096;
 
 /// One acknowledged write: `block` holds `stamp` (thread and sequence).

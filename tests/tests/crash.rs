@@ -13,12 +13,9 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use tandem::dev::Cache;
-use tandem::engine::{Engine, Paths};
+use tandem::engine::{Engine, EngineConfig};
+use tandem_tests::load::{LoadArgs, Mix};
 use tandem_tests::{follow_status, parse_block, read_log, BLOCK};
-
-#[path = "../src/bin/crash_writer.rs"]
-#[allow(dead_code)]
-mod writer;
 
 const DEVICE: u64 = 64 << 20;
 const THREADS: u32 = 4;
@@ -64,15 +61,26 @@ fn check_acknowledged(primary: &Path, log_dir: &Path) -> usize {
 #[test]
 fn sigkill_under_load_loses_nothing_and_resyncs_to_identical() {
     let dir = tempfile::tempdir().unwrap();
-    let paths = Paths {
+    let logs = dir.path().join("logs");
+    // The child's settings; each kill changes the policy, cache and seed.
+    let mut load = LoadArgs {
         primary: dir.path().join("primary.img"),
         secondary: dir.path().join("secondary.img"),
         record: dir.path().join("record"),
+        mix: Mix::Stamped,
+        log_dir: Some(logs.clone()),
+        threads: THREADS,
+        seed: 0,
+        policy: String::new(),
+        cache: Cache::None,
+        region_size: 64 << 10,
+        capacity: 4 << 20,
+        mirror_threads: 2,
     };
+    let paths = load.paths();
     for p in [&paths.primary, &paths.secondary] {
         std::fs::File::create(p).unwrap().set_len(DEVICE).unwrap();
     }
-    let logs = dir.path().join("logs");
     std::fs::create_dir(&logs).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(
         std::env::var("TANDEM_CRASH_SEED")
@@ -91,22 +99,16 @@ fn sigkill_under_load_loses_nothing_and_resyncs_to_identical() {
         } else {
             Cache::None
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_crash-writer"))
-            .args([
-                paths.primary.to_str().unwrap(),
-                paths.secondary.to_str().unwrap(),
-                paths.record.to_str().unwrap(),
-                logs.to_str().unwrap(),
-                &THREADS.to_string(),
-                &epoch.to_string(),
-                policy,
-                cache.name(),
-            ])
+        load.seed = epoch;
+        load.policy = policy.into();
+        load.cache = cache;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_engine-load"))
+            .args(load.args())
             .stdout(Stdio::piped())
             .spawn()
-            .expect("spawn crash-writer");
+            .expect("spawn engine-load");
         let last_status = follow_status(child.stdout.take().unwrap())
-            .unwrap_or_else(|e| panic!("crash-writer: {e}"));
+            .unwrap_or_else(|e| panic!("engine-load: {e}"));
         std::thread::sleep(Duration::from_millis(rng.gen_range(10..250)));
         // SAFETY: plain kill(2) on our own child's pid.
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
@@ -118,11 +120,11 @@ fn sigkill_under_load_loses_nothing_and_resyncs_to_identical() {
         );
 
         let (record_before, dirty_before) = match last_status.join().unwrap()[..] {
-            [record, dirty] => (record, dirty),
+            [record, dirty, _writes] => (record, dirty),
             _ => (0, 0),
         };
 
-        let config = writer::config(policy, cache);
+        let config: EngineConfig = load.config();
         let t0 = Instant::now();
         let engine = Engine::open(paths.open(&config).unwrap(), &config).unwrap();
         let st = engine.status();
@@ -156,7 +158,7 @@ fn sigkill_under_load_loses_nothing_and_resyncs_to_identical() {
         "{n} kills: resync per recovery mean {} KiB, max {} KiB, capacity {} KiB, device {} KiB",
         mean >> 10,
         max >> 10,
-        writer::config("lru", Cache::None).capacity >> 10,
+        load.capacity >> 10,
         DEVICE >> 10
     );
     assert!(

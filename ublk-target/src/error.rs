@@ -66,7 +66,7 @@ impl Error {
 /// A failure shared by several callers (one failed record update fails every
 /// write that waited for it), or handed across a thread: the message and the
 /// errno of the error it came from, so ENOSPC stays ENOSPC.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Failure {
     pub message: String,
     /// Negative, as a ublk completion carries it.

@@ -60,6 +60,9 @@ pub struct EngineStatus {
     pub degraded: bool,
     /// The mirror's last copy error while degraded.
     pub last_error: Option<String>,
+    /// Its errno, positive (e.g. 5 for EIO, 19 for ENODEV: the secondary is
+    /// gone).
+    pub last_errno: Option<i32>,
     /// Why the record cannot be updated (state `record-failed`).
     pub record_error: Option<String>,
     /// Its errno, positive (e.g. 28 for ENOSPC).
@@ -124,7 +127,8 @@ impl Engine {
             resync_total_bytes: ms.resync_total_bytes,
             resync_done_bytes: ms.resync_done_bytes,
             degraded: ms.degraded,
-            last_error: ms.last_error,
+            last_errno: ms.last_error.as_ref().map(|f| -f.errno),
+            last_error: ms.last_error.map(|f| f.message),
             record_errno: record_error.as_ref().map(|f| -f.errno),
             record_error: record_error.map(|f| f.message),
             start: self.start.clone(),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{lock, Shared};
 use crate::dev::{Dev, PathCheck};
-use crate::error::{Error, Result};
+use crate::error::{Error, Failure, Result};
 
 /// First retry delay after a secondary failure; doubles up to `MAX_BACKOFF`.
 pub(super) const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -60,18 +60,21 @@ impl Shared {
         if let Err(e) = self.switch_secondary(&secondary, full) {
             log::debug!("secondary not usable yet: {e}");
             if full {
-                *lock(&self.last_error) = Some(e.to_string());
+                *lock(&self.last_error) = Some(Failure::from(&e));
             }
         }
     }
 
-    /// Marks the secondary as gone: degraded, copies fail.
+    /// Marks the secondary as gone: degraded, copies fail (ENODEV).
     pub(super) fn lose_secondary(&self, why: String) {
         if !self.secondary_gone.swap(true, Ordering::AcqRel) {
             log::warn!("{why}; degraded until it is back");
         }
         self.degraded.store(true, Ordering::Release);
-        *lock(&self.last_error) = Some(why);
+        *lock(&self.last_error) = Some(Failure {
+            message: why,
+            errno: -libc::ENODEV,
+        });
     }
 
     /// Opens the device at the secondary's path and copies to it from now
@@ -131,7 +134,7 @@ impl Shared {
                 if !self.degraded.swap(true, Ordering::AcqRel) {
                     log::warn!("mirror copy failed, entering degraded mode: {e}");
                 }
-                *lock(&self.last_error) = Some(e.to_string());
+                *lock(&self.last_error) = Some(Failure::from(e));
                 let mut backoff = lock(&self.backoff);
                 *lock(&self.backoff_until) = Some(Instant::now() + *backoff);
                 *backoff = (*backoff * 2).min(MAX_BACKOFF);

@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::dev::Dev;
-use crate::error::{Error, Result};
+use crate::error::{Error, Failure, Result};
 use crate::record::Record;
 use crate::stats::Gauge;
 
@@ -103,7 +103,7 @@ struct Shared {
     stop_lock: Mutex<()>,
     stop_signal: Condvar,
     degraded: AtomicBool,
-    last_error: Mutex<Option<String>>,
+    last_error: Mutex<Option<Failure>>,
     backoff_until: Mutex<Option<Instant>>,
     backoff: Mutex<Duration>,
     throttle: Option<Mutex<Throttle>>,
@@ -126,7 +126,8 @@ pub struct MirrorStats {
     /// Seconds since the oldest region still waiting was queued.
     pub lag_seconds: f64,
     pub degraded: bool,
-    pub last_error: Option<String>,
+    /// The last copy error, with its errno.
+    pub last_error: Option<Failure>,
     pub resync_total_bytes: u64,
     pub resync_done_bytes: u64,
     /// Share of recent time with host I/O in flight (0 to 1).

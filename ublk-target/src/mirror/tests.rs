@@ -224,9 +224,10 @@ fn a_failing_secondary_degrades_and_recovers_when_healed() {
     assert!(s.degraded);
     let err = s.last_error.expect("the error is kept");
     assert!(
-        err.contains("secondary") && err.contains("secondary-dev"),
+        err.message.contains("secondary") && err.message.contains("secondary-dev"),
         "names the secondary: {err}"
     );
+    assert_eq!(err.errno, -libc::EIO, "the device's errno is kept");
     assert_eq!(s.copies, 0);
     assert_eq!(s.bytes_copied, 0);
     assert_eq!(rig.dirty(), vec![1, 2, 5], "failed copies stay dirty");
@@ -347,7 +348,7 @@ fn a_secondary_that_vanishes_degrades_and_a_new_one_is_copied_whole() {
         .pool
         .stats()
         .last_error
-        .is_some_and(|e| e.contains("gone")));
+        .is_some_and(|e| e.message.contains("gone") && e.errno == -libc::ENODEV));
     // A copy claimed before the new device arrives cannot mark its region
     // clean: what it wrote went to the old device.
     let stale = rig.record.states().claim_copy(3).unwrap();
@@ -362,7 +363,7 @@ fn a_secondary_that_vanishes_degrades_and_a_new_one_is_copied_whole() {
         .pool
         .stats()
         .last_error
-        .is_some_and(|e| e.contains("smaller")));
+        .is_some_and(|e| e.message.contains("smaller")));
     // A new (blank) device: every region is recorded, dirty, copied.
     let second = Arc::new(MemDev::new("second", size));
     *lock(&path) = (PathCheck::Replaced, Some(second.clone()));
@@ -392,7 +393,7 @@ fn a_failed_secondary_sync_keeps_regions_dirty() {
     let s = rig.pool.stats();
     assert_eq!(s.copy_errors, 1);
     assert!(s.degraded);
-    assert!(s.last_error.unwrap().contains("sync secondary"));
+    assert!(s.last_error.unwrap().message.contains("sync secondary"));
     assert_eq!(
         rig.dirty(),
         vec![2],

@@ -7,7 +7,7 @@
 //!   Goal: (c) >= 0.9 x (a).
 //! - `catchup`: the mirror pool's full initial copy of a filled primary,
 //!   against `dd` copying the same file. Goal: >= 0.8 x dd.
-//! - `recovery`: SIGKILL a child running the engine under load, reopen, and
+//! - `recovery`: SIGKILL the `engine-load` child (the crash test's), reopen, and
 //!   measure what the record makes it resync, against a full-device resync.
 //! - `all`: the three in a row, one table each, one JSON file.
 //!
@@ -22,7 +22,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context};
@@ -68,9 +68,6 @@ enum Cmd {
     Catchup(CatchupArgs),
     /// Resync after SIGKILL under load against a full-device resync.
     Recovery(RecoveryArgs),
-    /// Internal: the engine under load until killed (run by `recovery`).
-    #[command(hide = true)]
-    CrashChild(ChildArgs),
 }
 
 #[derive(Args, Clone)]
@@ -203,7 +200,7 @@ struct RecoveryArgs {
     kill_after: Option<f64>,
     /// Writer threads of the killed child.
     #[arg(long, default_value_t = 32)]
-    threads: usize,
+    threads: u32,
 }
 
 #[derive(Args, Clone)]
@@ -219,16 +216,6 @@ struct AllArgs {
     /// Criterion's output directory (target/criterion): its figures join the report.
     #[arg(long)]
     criterion: Option<PathBuf>,
-}
-
-#[derive(Args, Clone)]
-struct ChildArgs {
-    primary: PathBuf,
-    secondary: PathBuf,
-    record: PathBuf,
-    capacity: u64,
-    threads: usize,
-    seed: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -280,7 +267,6 @@ fn main() -> anyhow::Result<()> {
             let r = recovery_bench(&a)?;
             write_json(&a.common, &json!({ "recovery": r }))
         }
-        Cmd::CrashChild(a) => crash_child(&a),
     }
 }
 

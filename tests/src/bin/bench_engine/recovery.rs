@@ -1,70 +1,10 @@
-//! The recovery benchmark: what a SIGKILL under load makes the record resync, against a full resync; and the engine-under-load child it kills.
+//! The recovery benchmark: what a SIGKILL under load (the `engine-load`
+//! child, as in the crash test) makes the record resync, against a full resync.
 
 use super::*;
-
-/// The child's load: 90% random 4 KiB writes in a hot zone (the first eighth
-/// of the device), 10% each thread's own sequential 64 KiB stream elsewhere
-/// (a log); a flush every 128 writes per thread.
-pub(crate) fn crash_child(a: &ChildArgs) -> anyhow::Result<()> {
-    let paths = Paths {
-        primary: a.primary.clone(),
-        secondary: a.secondary.clone(),
-        record: a.record.clone(),
-    };
-    let config = EngineConfig {
-        capacity: a.capacity,
-        ..engine_config(false)
-    };
-    let engine = Arc::new(Engine::open(paths.open(&config)?, &config)?);
-    let size = engine.geometry().device_size();
-    let hot_blocks = size / 8 / 4096;
-    let cold = size - size / 8;
-    let stream_len = cold / a.threads as u64 / (64 << 10) * (64 << 10);
-    ensure!(stream_len > 0, "device too small for {} streams", a.threads);
-    println!("ready");
-    std::io::stdout().flush()?;
-    {
-        let engine = engine.clone();
-        std::thread::spawn(move || loop {
-            let s = engine.status();
-            println!("status {} {} {}", s.record_bytes, s.dirty_bytes, s.writes);
-            let _ = std::io::stdout().flush();
-            std::thread::sleep(Duration::from_millis(50));
-        });
-    }
-    let handles: Vec<_> = (0..a.threads)
-        .map(|t| {
-            let engine = engine.clone();
-            let seed = a.seed;
-            std::thread::spawn(move || -> anyhow::Result<()> {
-                let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (t as u64) << 32);
-                let mut small = AlignedBuf::zeroed(4096);
-                let mut big = AlignedBuf::zeroed(64 << 10);
-                fill_pattern(&mut small, seed + t as u64);
-                fill_pattern(&mut big, seed + t as u64 + 1000);
-                let stream_start = size / 8 + t as u64 * stream_len;
-                let mut pos = 0u64;
-                for i in 0u64.. {
-                    if rng.gen_bool(0.9) {
-                        let off = rng.gen_range(0..hot_blocks) * 4096;
-                        engine.write(&small, off, false)?;
-                    } else {
-                        engine.write(&big, stream_start + pos, false)?;
-                        pos = (pos + (64 << 10)) % stream_len;
-                    }
-                    if i % 128 == 127 {
-                        engine.flush()?;
-                    }
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join().expect("writer thread")?;
-    }
-    Ok(())
-}
+use tandem::dev::Cache;
+use tandem::mirror::MirrorConfig;
+use tandem_tests::load::{LoadArgs, Mix};
 
 /// Opens the engine over a new record without assume_clean and times the
 /// full copy. Returns (bytes, seconds).
@@ -119,36 +59,47 @@ pub(crate) fn recovery_bench(a: &RecoveryArgs) -> anyhow::Result<Value> {
     create_sparse(&paths.secondary, size)?;
     // The first full copy makes the pair identical (and allocates the secondary).
     let (_, first_full) = full_resync(&paths, size)?;
-    let exe = std::env::current_exe()?;
+    // The engine-under-load child is built beside this benchmark.
+    let child_exe = std::env::current_exe()?.with_file_name("engine-load");
+    ensure!(
+        child_exe.exists(),
+        "{} is missing: build it with cargo build --release -p tandem-tests --bins",
+        child_exe.display()
+    );
     let mut rows = Vec::new();
     for (i, &capacity) in capacities.iter().enumerate() {
-        let mut child = Command::new(&exe)
-            .arg("crash-child")
-            .args([&paths.primary, &paths.secondary, &paths.record])
-            .args([
-                capacity.to_string(),
-                a.threads.to_string(),
-                (i as u64 + 1).to_string(),
-            ])
+        let load = LoadArgs {
+            primary: paths.primary.clone(),
+            secondary: paths.secondary.clone(),
+            record: paths.record.clone(),
+            mix: Mix::Streams,
+            log_dir: None,
+            threads: a.threads,
+            seed: i as u64 + 1,
+            policy: "predictive".into(),
+            cache: Cache::None,
+            region_size: EngineConfig::default().region_size,
+            capacity,
+            mirror_threads: MirrorConfig::default().threads,
+        };
+        let mut child = Command::new(&child_exe)
+            .args(load.args())
             .stdout(Stdio::piped())
             .spawn()
-            .context("spawn crash-child")?;
+            .with_context(|| format!("spawn {}", child_exe.display()))?;
         let last = follow_status(child.stdout.take().unwrap()).map_err(|e| anyhow!(e))?;
         std::thread::sleep(Duration::from_secs_f64(kill_after));
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         let status = child.wait()?;
         if status.signal() != Some(libc::SIGKILL) {
-            bail!("crash-child ended by itself ({status}) before the kill");
+            bail!("engine-load ended by itself ({status}) before the kill: see its stderr");
         }
         let [record_before, dirty_before, writes_before] = match last.join().unwrap()[..] {
             [r, d, w] => [r, d, w],
             _ => [0, 0, 0],
         };
-        let config = EngineConfig {
-            capacity,
-            ..engine_config(false)
-        };
+        let config = load.config();
         let t0 = Instant::now();
         let engine = Engine::open(paths.open(&config)?, &config)?;
         let st = engine.status();
