@@ -35,9 +35,10 @@ pub enum Cli {
     Status {
         name: String,
         /// Print only this field of the JSON status, as plain text (a string
-        /// without quotes, `null` as an empty line), for scripts.
+        /// without quotes, `null` as an empty line), for scripts. Repeat it
+        /// for several fields of one snapshot, one line each, in that order.
         #[arg(long, value_name = "FIELD")]
-        field: Option<String>,
+        field: Vec<String>,
         #[command(flatten)]
         common: Common,
     },

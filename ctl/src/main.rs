@@ -91,8 +91,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             common,
         } => {
             let v = device::status(&name, &common.run_dir)?;
-            if let Some(f) = field {
-                println!("{}", device::status_field(&v, &f)?);
+            if !field.is_empty() {
+                // Every field is checked before any is printed.
+                let lines = field
+                    .iter()
+                    .map(|f| device::status_field(&v, f))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                for l in lines {
+                    println!("{l}");
+                }
             } else if common.json {
                 print_json(&v)?;
             } else {

@@ -72,7 +72,7 @@ tandem_add() {  # tandem_add NAME EXTRA-ARGS...
     tandemctl status "$_n" >>"$W/setup.log" 2>&1
 }
 tandem_del() {
-    _pid="$(tandemctl status "$1" --json 2>/dev/null | sed -n 's/.*"pid": *\([0-9]*\).*/\1/p' | head -n 1)"
+    _pid="$(tandemctl status "$1" --field pid 2>/dev/null)"
     if ! tandemctl del "$1" >"$W/teardown.log" 2>&1; then
         cat "$W/teardown.log"
         # Why it did not stop: the daemon's log and where each thread waits.
@@ -126,8 +126,6 @@ teardown_passthrough_writeback() { teardown_passthrough; }
 # WORKLOAD SECONDS DIRTY-BYTES HOST-BUSY-PERCENT DEFERRING, the last two from a
 # status taken halfway through the run.
 uptime_cs() { read -r _u _ </proc/uptime; echo "${_u%.*}${_u#*.}"; }
-json_num() { sed -n "s/.*\"$1\": *\([0-9][0-9.eE+-]*\).*/\1/p" | head -n 1; }
-json_word() { sed -n "s/.*\"$1\": *\([a-z]*\).*/\1/p" | head -n 1; }
 # The snapshot is taken of passthrough too (same daemon), so both pay for it.
 # Both also report the CPU time their queue threads spent spinning (--poll)
 # during the run, as BENCH-POLL ROUND DEVICE WORKLOAD SECONDS.
@@ -152,7 +150,7 @@ cpu_before() {  # cpu_before DEVICE
     _busy0=$1 _total0=$2 _pid="" _threads0=""
     _dn="$(daemon_name "$DEVNAME")"
     [ -n "$_dn" ] || return 0
-    _pid="$(tandemctl status "$_dn" --json 2>/dev/null | json_num pid)"
+    _pid="$(tandemctl status "$_dn" --field pid 2>/dev/null)"
     [ -n "$_pid" ] && _threads0="$(thread_ticks "$_pid")"
 }
 cpu_after() {  # cpu_after ROUND DEVICE WORKLOAD
@@ -176,9 +174,11 @@ before_run() {  # before_run DEVICE: a status snapshot halfway through the run
     cpu_before
     _n="$(daemon_name "$1")"
     [ -n "$_n" ] || return 0
-    _poll0="$(tandemctl status "$_n" --json 2>/dev/null | json_num poll_seconds)"
-    rm -f "$W/mid.json"
-    ( sleep $(( (ramp + runtime + 1) / 2 )); tandemctl status $_n --json >"$W/mid.json" 2>&1 ) &
+    _poll0="$(tandemctl status "$_n" --field poll_seconds 2>/dev/null)"
+    rm -f "$W/mid.txt"
+    # Two fields of one snapshot, a line each.
+    ( sleep $(( (ramp + runtime + 1) / 2 ))
+      tandemctl status "$_n" --field host_busy --field mirror_deferring >"$W/mid.txt" 2>/dev/null ) &
     MID_PID=$!
 }
 after_run() {  # after_run ROUND DEVICE WORKLOAD
@@ -186,17 +186,17 @@ after_run() {  # after_run ROUND DEVICE WORKLOAD
     _n="$(daemon_name "$2")"
     [ -n "$_n" ] || return 0
     _t0="$(uptime_cs)"
-    tandemctl status "$_n" --json >"$W/after.json" 2>&1
-    _poll1="$(json_num poll_seconds <"$W/after.json")"
+    _poll1="" _dirty=""
+    tandemctl status "$_n" --field poll_seconds --field dirty_bytes >"$W/after.txt" 2>/dev/null
+    { read -r _poll1; read -r _dirty; } <"$W/after.txt"
     echo "BENCH-POLL $1 $2 $3 $(awk -v a="${_poll0:-0}" -v b="${_poll1:-0}" 'BEGIN { printf "%.3f", b - a }')"
     case "$2" in passthrough*) wait "$MID_PID" 2>/dev/null; return 0 ;; esac
-    _dirty="$(json_num dirty_bytes <"$W/after.json")"
     settle_tandem || return 1
     _t1="$(uptime_cs)"
     wait "$MID_PID" 2>/dev/null
-    _busy="$(json_num host_busy <"$W/mid.json" 2>/dev/null)"
+    _busy="" _defer=""
+    [ -f "$W/mid.txt" ] && { read -r _busy; read -r _defer; } <"$W/mid.txt"
     _busy="$(awk -v b="${_busy:-0}" 'BEGIN { printf "%.0f", b * 100 }')"
-    _defer="$(json_word mirror_deferring <"$W/mid.json" 2>/dev/null)"
     echo "BENCH-CATCHUP $1 $2 $3 $(( (_t1 - _t0) / 100 )).$(printf %02d $(( (_t1 - _t0) % 100 ))) ${_dirty:-0} ${_busy} ${_defer:-unknown}"
 }
 teardown_passthrough() { tandem_del bench-pt; }
