@@ -325,7 +325,20 @@ pub fn status(name: &str, run_dir: &Path) -> Result<DeviceStatus> {
 /// quotes, `null` as an empty string, anything else as JSON. An unknown field
 /// is an error that names it and lists the known ones.
 pub fn status_field(status: &DeviceStatus, field: &str) -> Result<String> {
-    let v = serde_json::to_value(status).context("encode the status")?;
+    let top = serde_json::to_value(status).context("encode the status")?;
+    // `peer.holding`: a field of an object field.
+    let (v, field) = match field.rsplit_once('.') {
+        None => (top, field),
+        Some((outer, inner)) => match top.get(outer) {
+            Some(Value::Object(o)) => (Value::Object(o.clone()), inner),
+            Some(Value::Null) | None if top.as_object().is_some_and(|o| o.contains_key(outer)) => {
+                return Ok(String::new())
+            }
+            _ => bail!(
+                "the status has no object field {outer:?} (for {field:?}); the device may have none"
+            ),
+        },
+    };
     match v.get(field) {
         Some(Value::String(s)) => Ok(s.clone()),
         Some(Value::Null) => Ok(String::new()),
@@ -390,6 +403,24 @@ pub fn format_status(v: &DeviceStatus) -> String {
     }
     if let Some(err) = &e.record_error {
         s.push_str(&format!("  record error: {err}\n"));
+    }
+    if let Some(p) = &e.peer {
+        let held = match p.holding {
+            tandem::peer::Holding::Peer => "on the peer",
+            tandem::peer::Holding::Local => "locally (direct service)",
+        };
+        let node = p.node.map(|n| format!("node {n}, ")).unwrap_or_default();
+        let rtt = p
+            .rtt_us
+            .map(|us| format!(", round trip {us} us"))
+            .unwrap_or_default();
+        s.push_str(&format!(
+            "  peer {} ({node}generation {}): record held {held}{rtt}\n",
+            p.address, p.generation
+        ));
+        if let Some(err) = &p.last_error {
+            s.push_str(&format!("  peer error: {err}\n"));
+        }
     }
     s
 }
@@ -571,6 +602,9 @@ mod tests {
         assert_eq!(status_field(&v, "dirty_bytes").unwrap(), "2097152");
         assert_eq!(status_field(&v, "last_error").unwrap(), "");
         assert_eq!(status_field(&v, "version").unwrap(), "1");
+        // A field of an object field; a device without a peer has none.
+        let e = status_field(&v, "peer.holding").unwrap_err().to_string();
+        assert!(e.contains("\"peer\""), "{e}");
         let e = status_field(&v, "stat").unwrap_err().to_string();
         assert!(e.contains("\"stat\"") && e.contains("dirty_bytes"), "{e}");
     }

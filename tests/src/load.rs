@@ -83,6 +83,7 @@ impl LoadArgs {
             assume_clean: true,
             passthrough: false,
             cache: self.cache,
+            peer: None,
         }
     }
 

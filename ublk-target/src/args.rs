@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::dev::Cache;
-use crate::engine::{EngineConfig, Paths, DEFAULT_CAPACITY};
+use crate::engine::{EngineConfig, Paths, PeerConfig, DEFAULT_CAPACITY};
 use crate::error::{Error, Result};
 use crate::geometry::{check_region_size, DEFAULT_REGION_SIZE};
 use crate::mirror::{MirrorConfig, DEFAULT_MAX_COPY_BYTES, DEFAULT_MAX_LAG, DEFAULT_THREADS};
@@ -131,6 +131,16 @@ pub struct DeviceArgs {
     #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default)]
     pub passthrough: bool,
+    /// The peer node that holds this device's record (HOST:PORT of its
+    /// `tandem-target hold`): writes that miss wait for its acknowledgement;
+    /// while it is unreachable the record is held in `--record`.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "HOST:PORT"))]
+    #[serde(default)]
+    pub peer: Option<String>,
+    /// This node's id, unique in the pair (with `--peer`).
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default)]
+    pub node_id: Option<u64>,
 }
 
 impl DeviceArgs {
@@ -174,7 +184,36 @@ impl DeviceArgs {
                 self.depth
             )));
         }
+        let peer = match (&self.peer, self.node_id) {
+            (None, None) => None,
+            (None, Some(id)) => {
+                return Err(Error::Config(format!(
+                    "--node-id {id} is for a device with --peer"
+                )))
+            }
+            (Some(addr), None) => {
+                return Err(Error::Config(format!(
+                    "--peer {addr} needs --node-id (this node's id in the pair)"
+                )))
+            }
+            (Some(addr), Some(node)) => {
+                crate::peer::check_address(addr)?;
+                if self.passthrough {
+                    return Err(Error::Config(format!(
+                        "--peer {addr} with --passthrough: a passthrough device has no record to hold"
+                    )));
+                }
+                let mut state = self.record.clone().into_os_string();
+                state.push(".peer");
+                Some(PeerConfig {
+                    address: addr.clone(),
+                    node,
+                    state: state.into(),
+                })
+            }
+        };
         let config = EngineConfig {
+            peer,
             region_size,
             capacity: self.capacity.bytes(),
             policy: self.policy.clone(),
@@ -227,6 +266,14 @@ impl DeviceArgs {
         }
         if self.passthrough {
             v.push("--passthrough".into());
+        }
+        if let Some(peer) = &self.peer {
+            v.push("--peer".into());
+            v.push(peer.into());
+        }
+        if let Some(id) = self.node_id {
+            v.push("--node-id".into());
+            v.push(id.to_string().into());
         }
         v
     }
@@ -318,6 +365,8 @@ mod tests {
             poll: "300us".parse().unwrap(),
             assume_clean: false,
             passthrough: false,
+            peer: None,
+            node_id: None,
         }
     }
 
@@ -334,6 +383,33 @@ mod tests {
             (Box::new(|a| a.mirror_threads = 0), "mirror threads 0"),
             (Box::new(|a| a.max_copy_rate = Some(Size(0))), "rate 0"),
             (Box::new(|a| a.poll = "1s".parse().unwrap()), "--poll 1s"),
+            (Box::new(|a| a.node_id = Some(4)), "--node-id 4"),
+            (
+                Box::new(|a| a.peer = Some("[::1]:7789".into())),
+                "--peer [::1]:7789 needs --node-id",
+            ),
+            (
+                Box::new(|a| {
+                    a.peer = Some("peer-host".into());
+                    a.node_id = Some(1);
+                }),
+                "\"peer-host\": expected HOST:PORT",
+            ),
+            (
+                Box::new(|a| {
+                    a.peer = Some("127.0.0.1:0".into());
+                    a.node_id = Some(1);
+                }),
+                "\"127.0.0.1:0\"",
+            ),
+            (
+                Box::new(|a| {
+                    a.peer = Some("127.0.0.1:7789".into());
+                    a.node_id = Some(1);
+                    a.passthrough = true;
+                }),
+                "with --passthrough",
+            ),
         ];
         for (edit, needle) in cases {
             let mut a = args();
@@ -342,6 +418,13 @@ mod tests {
             assert!(e.contains(needle), "{e:?} should name {needle:?}");
         }
         assert!(args().engine_config().is_ok());
+        // A good peer: its state file sits beside the record.
+        let mut a = args();
+        a.peer = Some("[::1]:7789".into());
+        a.node_id = Some(1);
+        let peer = a.engine_config().unwrap().peer.unwrap();
+        assert_eq!(peer.node, 1);
+        assert!(peer.state.to_string_lossy().ends_with(".peer"));
     }
 
     #[cfg(feature = "cli")]

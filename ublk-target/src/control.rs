@@ -287,6 +287,8 @@ mod tests {
                 poll: "50us".parse().unwrap(),
                 assume_clean: true,
                 passthrough: false,
+                peer: None,
+                node_id: None,
             },
         };
         files.write_state(&st).unwrap();

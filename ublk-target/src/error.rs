@@ -27,6 +27,13 @@ pub enum Error {
     /// The engine is shutting down.
     #[error("engine is stopped")]
     Stopped,
+    /// The peer holding the record failed to answer as the protocol says.
+    #[error("{0}")]
+    Peer(String),
+    /// The peer refused this node: it no longer owns the device (another
+    /// node took it over), so it must not go on serving writes that miss.
+    #[error("this node no longer owns the device: {0}")]
+    Fenced(String),
 }
 
 impl Error {
@@ -47,6 +54,8 @@ impl Error {
             Error::OutOfRange { .. } => "out_of_range",
             Error::RecordUpdate(_) => "record",
             Error::Stopped => "stopped",
+            Error::Peer(_) => "peer",
+            Error::Fenced(_) => "fenced",
         }
     }
 
@@ -59,6 +68,7 @@ impl Error {
             Error::Corruption { .. } => -libc::EIO,
             Error::RecordUpdate(f) => f.errno,
             Error::Stopped => -libc::ENODEV,
+            Error::Peer(_) | Error::Fenced(_) => -libc::EIO,
         }
     }
 }

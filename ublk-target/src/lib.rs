@@ -17,6 +17,7 @@ pub mod engine;
 pub mod error;
 pub mod geometry;
 pub mod mirror;
+pub mod peer;
 pub mod predict;
 pub mod record;
 pub mod region;

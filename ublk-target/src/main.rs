@@ -43,6 +43,19 @@ enum Cmd {
     Check,
     /// Delete ublk device ID whose daemon is gone (used by `tandemctl del`).
     DelDev { id: u32 },
+    /// Hold the records of peer nodes' devices (the second appliance), in
+    /// the foreground until SIGTERM or SIGINT.
+    Hold {
+        /// Address to listen on, HOST:PORT (e.g. [::1]:7789).
+        #[arg(long)]
+        listen: String,
+        /// Directory for the held records, one region file per device.
+        #[arg(long)]
+        dir: PathBuf,
+        /// This node's id, unique in the pair.
+        #[arg(long)]
+        node_id: u64,
+    },
 }
 
 fn main() {
@@ -70,9 +83,48 @@ fn main() {
             }),
         Cmd::Check => daemon::check_ublk().map(|()| println!("ublk is available")),
         Cmd::DelDev { id } => daemon::delete_device(id),
+        Cmd::Hold {
+            listen,
+            dir,
+            node_id,
+        } => hold(&listen, &dir, node_id),
     };
     if let Err(e) = r {
         eprintln!("tandem-target: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Serves the holder until SIGTERM or SIGINT.
+fn hold(listen: &str, dir: &std::path::Path, node: u64) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use nix::sys::signal::{SigSet, Signal};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    tandem::peer::check_address(listen)?;
+    let listener =
+        std::net::TcpListener::bind(listen).with_context(|| format!("listen on {listen}"))?;
+    let holder = Arc::new(tandem::peer::Holder::new(dir, node)?);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals.thread_block().context("block signals")?;
+    let s = stop.clone();
+    std::thread::spawn(move || {
+        if let Ok(sig) = signals.wait() {
+            log::info!("{sig}: stopping");
+        }
+        s.store(true, Ordering::Release);
+    });
+    log::info!(
+        "node {node} holds peer records in {} on {}",
+        dir.display(),
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    );
+    holder.serve(listener, stop)?;
+    Ok(())
 }

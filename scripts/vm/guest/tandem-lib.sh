@@ -59,3 +59,18 @@ expect_refusal() {
         return 1
     }
 }
+
+# fio_verify DEV OUT [FIO ARGS...]: a QD16 4k random-write load over 32 MiB with
+# verify=crc32c (every block read back and checked at the end).
+fio_verify() {
+    _d="$1" _o="$2"; shift 2
+    fio --name=verify --filename="$_d" --ioengine=io_uring --direct=1 --rw=randwrite \
+        --bs=4k --iodepth=16 --size=32M --verify=crc32c --verify_fatal=1 \
+        --output="$_o" "$@"
+}
+
+# fio_ok OUT: fio's output reports no error and a verify that ran.
+fio_ok() {
+    if grep -q 'err= *[1-9]' "$1"; then cat "$1"; echo "fio reported an error" >&2; return 1; fi
+    grep -q 'verify' "$1" || { cat "$1"; echo "fio did not verify" >&2; return 1; }
+}

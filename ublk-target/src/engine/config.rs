@@ -28,6 +28,20 @@ pub struct EngineConfig {
     pub passthrough: bool,
     /// Whether the data devices are used through the host page cache.
     pub cache: Cache,
+    /// The peer that holds the record, if any.
+    pub peer: Option<PeerConfig>,
+}
+
+/// Where the record is held when a peer holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// HOST:PORT of the peer's holder.
+    pub address: String,
+    /// This node's id.
+    pub node: u64,
+    /// The file beside the local record that keeps the ownership generation
+    /// and where the record was held last (`peer::store::read_state`).
+    pub state: std::path::PathBuf,
 }
 
 impl Default for EngineConfig {
@@ -40,6 +54,7 @@ impl Default for EngineConfig {
             assume_clean: false,
             passthrough: false,
             cache: Cache::default(),
+            peer: None,
         }
     }
 }

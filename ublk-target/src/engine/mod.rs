@@ -32,7 +32,7 @@ mod status;
 mod tests;
 mod write;
 
-pub use config::{EngineConfig, DEFAULT_CAPACITY};
+pub use config::{EngineConfig, PeerConfig, DEFAULT_CAPACITY};
 pub use open::{pair_identity, Devices, Paths};
 pub use request::{ublk_result, Data, Io, IoTicket, Issue, Op, PendingIo, Plan, Request};
 pub use status::{EngineStatus, StartKind};
@@ -59,6 +59,8 @@ pub struct Engine {
     started: Instant,
     capacity: u64,
     passthrough: bool,
+    /// The link's figures, when a peer holds the record.
+    peer: Option<Arc<std::sync::Mutex<crate::peer::PeerStatus>>>,
 }
 
 impl Engine {

@@ -1,7 +1,7 @@
 //! Opening an engine: the devices, the record loaded, created or found
 //! corrupt (and then resynced whole), the mirror pool and the destager.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::{Engine, EngineConfig, StartKind};
@@ -9,10 +9,12 @@ use crate::dev::{Cache, Dev};
 use crate::error::{Error, Result};
 use crate::geometry::Geometry;
 use crate::mirror::MirrorPool;
+use crate::peer::wire::Hello;
+use crate::peer::{PeerStatus, PeerStore};
 use crate::predict;
 use crate::record::committer::Committer;
 use crate::record::destage::{DestageThread, DESTAGE_INTERVAL};
-use crate::record::{LoadOutcome, Record, RegionFile};
+use crate::record::{Image, LoadOutcome, Record, RecordStore, RegionFile};
 use crate::region::Clock;
 use crate::stats::{Counter, Gauge};
 
@@ -192,6 +194,7 @@ impl Engine {
                 }
             }
         };
+        let (store, resync, peer) = hold(store, resync, config, identity, &geometry)?;
         let predictor =
             predict::by_name(&config.policy, geometry.regions(), geometry.region_size())?;
         let barrier_dev = primary.clone();
@@ -200,7 +203,7 @@ impl Engine {
                 geometry,
                 config.capacity,
                 predictor,
-                Box::new(store),
+                store,
                 Clock::monotonic(),
             )
             .with_barrier(Box::new(move || {
@@ -254,6 +257,57 @@ impl Engine {
             started: Instant::now(),
             capacity: config.capacity,
             passthrough: config.passthrough,
+            peer,
         })
     }
+}
+
+/// Where the record is held: the local region file, or (with a peer) the
+/// peer, with the local file for direct service. With a peer, what the peer
+/// holds is recovered too: all of it when the peer held the record last (the
+/// local file then says every region), in addition to the local file's when
+/// the local file held it.
+#[allow(clippy::type_complexity)]
+fn hold(
+    file: RegionFile,
+    mut resync: Vec<u64>,
+    config: &EngineConfig,
+    identity: u64,
+    geometry: &Geometry,
+) -> Result<(
+    Box<dyn RecordStore>,
+    Vec<u64>,
+    Option<Arc<Mutex<PeerStatus>>>,
+)> {
+    let Some(pc) = &config.peer else {
+        return Ok((Box::new(file), resync, None));
+    };
+    let hello = Hello {
+        node: pc.node,
+        identity,
+        generation: 0,
+        device_size: geometry.device_size(),
+        region_size: geometry.region_size(),
+    };
+    let regions = geometry.regions();
+    let mut store = PeerStore::new(&pc.address, hello, &pc.state, file, regions)?;
+    match store.fetch(regions)? {
+        Some(held) if !store.local_was_holding() => resync = held,
+        Some(held) => {
+            resync.extend(held);
+            resync.sort_unstable();
+            resync.dedup();
+        }
+        None => log::warn!(
+            "peer {} is unreachable at start: recovering from the local record",
+            pc.address
+        ),
+    }
+    let mut image = Image::repeat(false, regions as usize);
+    for &r in &resync {
+        image.set(r as usize, true);
+    }
+    store.start(&image)?;
+    let status = store.status();
+    Ok((Box::new(store), resync, Some(status)))
 }

@@ -62,6 +62,7 @@ pub struct EngineStatus {
     pub last_error: Option<String>,
     /// Its errno, positive (e.g. 5 for EIO, 19 for ENODEV: the secondary is
     /// gone).
+    #[serde(default)]
     pub last_errno: Option<i32>,
     /// Why the record cannot be updated (state `record-failed`).
     pub record_error: Option<String>,
@@ -72,6 +73,10 @@ pub struct EngineStatus {
     /// CPU time the front end's queue threads spent spinning for completions
     /// (`--poll`), summed over queues.
     pub poll_seconds: f64,
+    /// The peer holding the record, when there is one: where the record is
+    /// held now, the peer's node and generation, the round trip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<crate::peer::PeerStatus>,
 }
 
 impl Engine {
@@ -134,6 +139,10 @@ impl Engine {
             start: self.start.clone(),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             poll_seconds: self.poll_ns.get() as f64 / 1e9,
+            peer: self
+                .peer
+                .as_ref()
+                .map(|p| p.lock().unwrap_or_else(|e| e.into_inner()).clone()),
         }
     }
 

@@ -56,7 +56,8 @@ const FORMAT_VERSION: u32 = 1;
 const COPY_BYTES: usize = SLOT_BYTES / 2;
 const COPY_HEADER_BYTES: usize = 32;
 const PAGE_MAGIC: [u8; 4] = *b"TDPG";
-const WORDS_PER_PAGE: usize = (COPY_BYTES - COPY_HEADER_BYTES) / 8;
+/// Bitmap words in one page of the file.
+pub const WORDS_PER_PAGE: usize = (COPY_BYTES - COPY_HEADER_BYTES) / 8;
 
 /// Regions one page of the file covers (one bit each, in a 2 KiB copy).
 pub const REGIONS_PER_PAGE: u64 = WORDS_PER_PAGE as u64 * 64;
@@ -331,6 +332,34 @@ fn live_mask(regions: u64, page: u64, w: usize) -> u64 {
 }
 
 /// Word `w` of `page` taken from `image`, regions at or past `limit` clear.
+/// Page `page` of `image` as the file stores it: `WORDS_PER_PAGE` words, bit
+/// `i` of word `w` for region `page × REGIONS_PER_PAGE + 64w + i`.
+pub fn page_words(image: &Image, page: u64) -> Vec<u64> {
+    (0..WORDS_PER_PAGE)
+        .map(|w| image_word(image, image.len() as u64, page, w))
+        .collect()
+}
+
+/// Sets page `page` of `image` from its words (as `page_words` gives them);
+/// bits past the image's end are ignored.
+pub fn set_page_words(image: &mut Image, page: u64, words: &[u64]) {
+    let len = image.len() as u64;
+    for (w, &word) in words.iter().enumerate().take(WORDS_PER_PAGE) {
+        let first = page * REGIONS_PER_PAGE + w as u64 * 64;
+        if first >= len {
+            break;
+        }
+        let end = (first + 64).min(len);
+        let bits = (end - first) as u32;
+        let word = if bits == 64 {
+            word
+        } else {
+            word & ((1 << bits) - 1)
+        };
+        image[first as usize..end as usize].store_le::<u64>(word);
+    }
+}
+
 fn image_word(image: &Image, limit: u64, page: u64, w: usize) -> u64 {
     let first = page * REGIONS_PER_PAGE + w as u64 * 64;
     if first >= limit {

@@ -15,7 +15,9 @@ pub mod destage;
 mod file;
 mod state;
 
-pub use file::{LoadOutcome, RegionFile, REGIONS_PER_PAGE};
+pub use file::{
+    page_words, set_page_words, LoadOutcome, RegionFile, REGIONS_PER_PAGE, WORDS_PER_PAGE,
+};
 pub use state::{ChunkMask, ClaimRefused, CopyClaim, RegionStates, ALL_CHUNKS};
 
 use std::collections::{BTreeSet, HashMap, VecDeque};

@@ -1,0 +1,388 @@
+//! Node B's side of the link: it holds the records of its peers' devices
+//! durably, one region file each in its directory, in the same format as a
+//! local record, and answers each update once it is durable.
+//!
+//! Per device (by identity) the directory holds `IDENTITY.rec`, the region
+//! file, and `IDENTITY.owner`, the node that owns the device and the
+//! ownership generation. An owner whose generation is lower than the held
+//! one is refused: another node took the device over since.
+
+use std::collections::HashMap;
+use std::io::{BufReader, BufWriter, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::wire::{read_frame, write_frame, Frame, Hello, Page, WireError};
+use crate::dev::{Dev, FileDev, OpenOptions};
+use crate::error::{Error, Result};
+use crate::geometry::Geometry;
+use crate::record::{
+    page_words, set_page_words, Image, LoadOutcome, RecordStore, RegionFile, REGIONS_PER_PAGE,
+};
+
+/// A connection that sends nothing for this long is closed (owners ping
+/// more often).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One held record.
+struct Held {
+    file: RegionFile,
+    image: Image,
+    owner: u64,
+    generation: u64,
+    /// The last (generation, sequence) applied: a late retry of an older
+    /// update never overwrites a newer one.
+    applied: (u64, u64),
+}
+
+/// The records this node holds for its peers.
+pub struct Holder {
+    dir: PathBuf,
+    node: u64,
+    held: Mutex<HashMap<u64, Arc<Mutex<Held>>>>,
+    /// Open connections, shut down when `serve` stops.
+    sessions: Mutex<Vec<TcpStream>>,
+}
+
+/// The owner record of a held device: `NODE GENERATION`.
+fn read_owner(path: &Path) -> Result<Option<(u64, u64)>> {
+    match std::fs::read_to_string(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(format!("read {}", path.display()), e)),
+        Ok(text) => {
+            let mut it = text.split_whitespace().map(str::parse::<u64>);
+            match (it.next(), it.next()) {
+                (Some(Ok(node)), Some(Ok(generation))) => Ok(Some((node, generation))),
+                _ => Err(Error::Config(format!(
+                    "{}: {text:?} is not \"NODE GENERATION\"",
+                    path.display()
+                ))),
+            }
+        }
+    }
+}
+
+/// Replaces the owner record durably (write, fsync, rename, fsync the
+/// directory).
+fn write_owner(path: &Path, node: u64, generation: u64) -> Result<()> {
+    let tmp = path.with_extension("owner.tmp");
+    let io = |what: &str, e| Error::io(format!("{what} {}", path.display()), e);
+    let mut f = std::fs::File::create(&tmp).map_err(|e| io("create", e))?;
+    writeln!(f, "{node} {generation}").map_err(|e| io("write", e))?;
+    f.sync_all().map_err(|e| io("sync", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io("rename", e))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("sync the directory of", e))?;
+    }
+    Ok(())
+}
+
+impl Holder {
+    /// A holder keeping its records in `dir` (created if missing).
+    pub fn new(dir: &Path, node: u64) -> Result<Holder> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        Ok(Holder {
+            dir: dir.to_path_buf(),
+            node,
+            held: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn paths(&self, identity: u64) -> (PathBuf, PathBuf) {
+        (
+            self.dir.join(format!("{identity:016x}.rec")),
+            self.dir.join(format!("{identity:016x}.owner")),
+        )
+    }
+
+    /// The regions held for `identity`, read from the directory (for a
+    /// takeover, and for tests); `None` when nothing is held for it.
+    pub fn regions(&self, identity: u64) -> Option<Vec<u64>> {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let h = held
+            .get(&identity)?
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        Some(h.image.iter_ones().map(|r| r as u64).collect())
+    }
+
+    /// Opens (or creates) the record for the device an owner says hello
+    /// about, after checking its generation. Returns the record and the
+    /// generation the owner now holds.
+    fn open(&self, hello: &Hello) -> std::result::Result<(Arc<Mutex<Held>>, u64), String> {
+        let geometry = Geometry::new(hello.device_size, hello.region_size)
+            .map_err(|e| format!("device geometry: {e}"))?;
+        let (rec_path, owner_path) = self.paths(hello.identity);
+        let owner = read_owner(&owner_path).map_err(|e| e.to_string())?;
+        let generation = match owner {
+            None if hello.generation == 0 => 1,
+            None => {
+                return Err(format!(
+                    "this node holds no record of device {:016x}, but node {} has generation {}: \
+                     it was held elsewhere",
+                    hello.identity, hello.node, hello.generation
+                ))
+            }
+            Some((_, held)) if hello.generation < held || (hello.generation == 0 && held > 0) => {
+                return Err(format!(
+                    "stale generation {} for device {:016x}: this node holds generation {held} \
+                     (the device was taken over or handed on since)",
+                    hello.generation, hello.identity
+                ))
+            }
+            Some((_, held)) => held.max(hello.generation),
+        };
+        let mut map = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = map.get(&hello.identity) {
+            let mut g = h.lock().unwrap_or_else(|e| e.into_inner());
+            if g.image.len() as u64 != geometry.regions() {
+                return Err(format!(
+                    "device {:016x} has {} regions here, {} at the owner",
+                    hello.identity,
+                    g.image.len(),
+                    geometry.regions()
+                ));
+            }
+            if owner != Some((hello.node, generation)) {
+                write_owner(&owner_path, hello.node, generation).map_err(|e| e.to_string())?;
+            }
+            g.owner = hello.node;
+            g.generation = generation;
+            return Ok((h.clone(), generation));
+        }
+        let held = open_record(&rec_path, &geometry, hello.identity).map_err(|e| e.to_string())?;
+        if owner != Some((hello.node, generation)) {
+            write_owner(&owner_path, hello.node, generation).map_err(|e| e.to_string())?;
+        }
+        let (file, image) = held;
+        let h = Arc::new(Mutex::new(Held {
+            file,
+            image,
+            owner: hello.node,
+            generation,
+            applied: (0, 0),
+        }));
+        map.insert(hello.identity, h.clone());
+        Ok((h, generation))
+    }
+
+    /// Accepts owners on `listener` until `stop` is set, a thread per
+    /// connection.
+    pub fn serve(self: &Arc<Self>, listener: TcpListener, stop: Arc<AtomicBool>) -> Result<()> {
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("set the listener non-blocking", e))?;
+        while !stop.load(Ordering::Acquire) {
+            match listener.accept() {
+                Ok((stream, from)) => {
+                    if let Ok(s) = stream.try_clone() {
+                        self.sessions
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(s);
+                    }
+                    let me = self.clone();
+                    std::thread::Builder::new()
+                        .name("tandem-holder".into())
+                        .spawn(move || {
+                            if let Err(e) = me.session(stream) {
+                                log::warn!("peer {from}: {e}; connection closed");
+                            }
+                        })
+                        .map_err(|e| Error::io("spawn a holder thread", e))?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(Error::io("accept a peer", e)),
+            }
+        }
+        // Stopped: as if this node died, every owner loses its connection.
+        for s in self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        Ok(())
+    }
+
+    /// One owner's connection: a hello, then updates, fetches and pings.
+    fn session(&self, stream: TcpStream) -> std::result::Result<(), WireError> {
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
+        stream.set_nonblocking(false)?;
+        let mut rd = BufReader::new(stream.try_clone()?);
+        let mut wr = BufWriter::new(stream);
+        let (seq, first) = read_frame(&mut rd)?;
+        let Frame::Hello(hello) = first else {
+            let reason = format!("expected hello, got {}", first.name());
+            write_frame(
+                &mut wr,
+                seq,
+                &Frame::Refused {
+                    reason: reason.clone(),
+                },
+            )?;
+            return Err(WireError::Payload {
+                frame: "hello",
+                why: reason,
+            });
+        };
+        let (held, generation) = match self.open(&hello) {
+            Ok(x) => x,
+            Err(reason) => {
+                log::warn!("node {} refused: {reason}", hello.node);
+                write_frame(&mut wr, seq, &Frame::Refused { reason })?;
+                return Ok(());
+            }
+        };
+        log::info!(
+            "holding the record of device {:016x} for node {} (generation {generation})",
+            hello.identity,
+            hello.node
+        );
+        write_frame(
+            &mut wr,
+            seq,
+            &Frame::Welcome {
+                node: self.node,
+                generation,
+            },
+        )?;
+        loop {
+            let (seq, frame) = match read_frame(&mut rd) {
+                Ok(f) => f,
+                Err(WireError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Ok(())
+                }
+                Err(e) => return Err(e),
+            };
+            let answer = match frame {
+                Frame::Pages(pages) => {
+                    let mut h = held.lock().unwrap_or_else(|e| e.into_inner());
+                    if h.generation != generation {
+                        Frame::Refused {
+                            reason: format!(
+                                "generation {generation} ended: this node now holds {}",
+                                h.generation
+                            ),
+                        }
+                    } else {
+                        Frame::Done {
+                            errno: apply(&mut h, (generation, seq), &pages),
+                        }
+                    }
+                }
+                Frame::Fetch => {
+                    let h = held.lock().unwrap_or_else(|e| e.into_inner());
+                    let pages = (h.image.len() as u64).div_ceil(REGIONS_PER_PAGE);
+                    let all = (0..pages)
+                        .map(|index| Page {
+                            index,
+                            words: page_words(&h.image, index),
+                        })
+                        .collect();
+                    write_frame(&mut wr, seq, &Frame::Pages(all))?;
+                    Frame::Done { errno: 0 }
+                }
+                Frame::Ping => Frame::Pong,
+                other => {
+                    let reason = format!("unexpected {} frame from an owner", other.name());
+                    write_frame(
+                        &mut wr,
+                        seq,
+                        &Frame::Refused {
+                            reason: reason.clone(),
+                        },
+                    )?;
+                    return Err(WireError::Payload {
+                        frame: other.name(),
+                        why: reason,
+                    });
+                }
+            };
+            let refused = matches!(answer, Frame::Refused { .. });
+            write_frame(&mut wr, seq, &answer)?;
+            if refused {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Applies an update to a held record; returns 0 once durable, or the
+/// positive errno of the failure.
+fn apply(h: &mut Held, at: (u64, u64), pages: &[Page]) -> i32 {
+    if at <= h.applied {
+        // A late copy of an update already overtaken: what it carried is
+        // already durable or superseded.
+        return 0;
+    }
+    let count = (h.image.len() as u64).div_ceil(REGIONS_PER_PAGE);
+    if let Some(bad) = pages.iter().find(|p| p.index >= count) {
+        log::warn!("update of page {} of a record of {count} pages", bad.index);
+        return libc::EINVAL;
+    }
+    let before = h.image.clone();
+    for p in pages {
+        set_page_words(&mut h.image, p.index, &p.words);
+    }
+    let indices: Vec<u64> = pages.iter().map(|p| p.index).collect();
+    match h.file.write_pages(&h.image, &indices) {
+        Ok(()) => {
+            h.applied = at;
+            0
+        }
+        Err(e) => {
+            log::error!("hold a peer's record: {e}");
+            // Not durable: the owner will retry; keep what is durable.
+            h.image = before;
+            -e.errno()
+        }
+    }
+}
+
+/// Opens the region file at `path` for `geometry`, creating it when it does
+/// not exist; a corrupt one is replaced by a record of every region (the
+/// owner then resyncs the whole device, never less).
+fn open_record(path: &Path, geometry: &Geometry, identity: u64) -> Result<(RegionFile, Image)> {
+    let size = RegionFile::file_size(geometry);
+    let exists = path.exists();
+    let dev: Dev = Arc::new(FileDev::open(
+        path,
+        &OpenOptions {
+            direct: false,
+            create_size: (!exists).then_some(size),
+        },
+    )?);
+    let mut image = Image::repeat(false, geometry.regions() as usize);
+    if !exists {
+        return Ok((RegionFile::create(dev, geometry, identity, false)?, image));
+    }
+    match RegionFile::open(dev.clone(), geometry, identity)? {
+        (file, LoadOutcome::Loaded(regions)) => {
+            for r in regions {
+                image.set(r as usize, true);
+            }
+            Ok((file, image))
+        }
+        (_, LoadOutcome::Corrupt(reason)) => {
+            log::error!(
+                "held record {} cannot be trusted ({reason}): holding every region",
+                path.display()
+            );
+            image.fill(true);
+            Ok((RegionFile::create(dev, geometry, identity, true)?, image))
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! The second appliance: a node's record held durably by its peer.
+//!
+//! - `wire`: the link's versioned, checksummed frames.
+//! - `holder`: node B's side, which holds its peers' records in region files
+//!   and acknowledges each update once it is durable.
+//! - `store`: node A's side, a `RecordStore` that waits for the peer's
+//!   acknowledgement, and falls back to the local region file (direct
+//!   service) while the peer cannot be reached.
+
+pub mod holder;
+pub mod store;
+pub mod wire;
+
+#[cfg(test)]
+mod tests;
+
+pub use holder::Holder;
+pub use store::{Holding, PeerStatus, PeerStore};
+
+use crate::error::{Error, Result};
+
+/// Checks a peer address (`HOST:PORT`, `[IPV6]:PORT`) before anything is
+/// started; it is resolved when the node connects.
+pub fn check_address(addr: &str) -> Result<()> {
+    let port = addr
+        .rsplit_once(':')
+        .map(|(host, port)| (host, port.parse::<u16>()));
+    match port {
+        Some((host, Ok(p))) if !host.is_empty() && p != 0 => Ok(()),
+        _ => Err(Error::Config(format!(
+            "--peer {addr:?}: expected HOST:PORT (e.g. 127.0.0.1:7789 or [::1]:7789)"
+        ))),
+    }
+}

@@ -1,0 +1,305 @@
+//! The record held by a peer, over loopback: updates wait for the holder,
+//! direct service when it dies, the record handed back when it returns, a
+//! stale owner refused, and a holder that survives garbage.
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::wire::Hello;
+use super::*;
+use crate::dev::{Dev, MemDev};
+use crate::geometry::Geometry;
+use crate::predict::by_name;
+use crate::record::{LoadOutcome, Record, RegionFile};
+use crate::region::{Clock, RegionView};
+
+const SIZE: u64 = 256 << 20;
+const REGION: u64 = 1 << 20;
+const IDENTITY: u64 = 0x7a4d_0001;
+
+fn geometry() -> Geometry {
+    Geometry::new(SIZE, REGION).unwrap()
+}
+
+/// A holder serving on a loopback port until `stop`.
+struct Running {
+    holder: Arc<Holder>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    port: u16,
+}
+
+impl Running {
+    fn start(dir: &std::path::Path, port: u16) -> Running {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let holder = Arc::new(Holder::new(dir, 2).unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (h, s) = (holder.clone(), stop.clone());
+        let thread = std::thread::spawn(move || h.serve(listener, s).unwrap());
+        Running {
+            holder,
+            stop,
+            thread: Some(thread),
+            port,
+        }
+    }
+
+    /// Stops as a dead node does: every connection cut.
+    fn kill(mut self) -> u16 {
+        self.stop.store(true, Ordering::Release);
+        self.thread.take().unwrap().join().unwrap();
+        self.port
+    }
+}
+
+struct Owner {
+    record: Record,
+    status: Arc<std::sync::Mutex<PeerStatus>>,
+    local: Arc<MemDev>,
+}
+
+fn hello() -> Hello {
+    Hello {
+        node: 1,
+        identity: IDENTITY,
+        generation: 0,
+        device_size: SIZE,
+        region_size: REGION,
+    }
+}
+
+/// Node A's record, held by the peer at `port` (generation kept in `dir`).
+fn owner(dir: &std::path::Path, port: u16) -> Owner {
+    let g = geometry();
+    let local = Arc::new(MemDev::new("local-record", RegionFile::file_size(&g)));
+    let dev: Dev = local.clone();
+    let file = RegionFile::create(dev, &g, IDENTITY, false).unwrap();
+    let mut store = PeerStore::new(
+        &format!("127.0.0.1:{port}"),
+        hello(),
+        &dir.join("owner.peer"),
+        file,
+        g.regions(),
+    )
+    .unwrap();
+    let held = store.fetch(g.regions()).unwrap();
+    let mut image = crate::record::Image::repeat(false, g.regions() as usize);
+    for r in held.clone().unwrap_or_default() {
+        image.set(r as usize, true);
+    }
+    store.start(&image).unwrap();
+    let status = store.status();
+    let record = Record::new(
+        g,
+        16 * REGION,
+        by_name("lru", g.regions(), REGION).unwrap(),
+        Box::new(store),
+        Clock::Manual(Arc::new(AtomicU64::new(0))),
+    );
+    record.recover(held.unwrap_or_default());
+    Owner {
+        record,
+        status,
+        local,
+    }
+}
+
+impl Owner {
+    /// A write to region `r`: admitted (through the store) if it misses.
+    fn write(&self, r: u64) -> crate::Result<()> {
+        let mut misses = Vec::new();
+        self.record.begin_write(r..r + 1, &mut misses);
+        let admitted = if misses.is_empty() {
+            Ok(())
+        } else {
+            self.record.admit(&misses)
+        };
+        match &admitted {
+            Ok(()) => {
+                let mut dirtied = Vec::new();
+                self.record.end_write(r..r + 1, &mut dirtied);
+            }
+            Err(_) => self.record.abort_write(r..r + 1),
+        }
+        admitted
+    }
+
+    fn holding(&self) -> Holding {
+        self.status.lock().unwrap().holding
+    }
+
+    /// What the local region file holds durably.
+    fn local_regions(&self) -> Vec<u64> {
+        let copy = Arc::new(MemDev::from_bytes("copy", self.local.durable_contents()));
+        match RegionFile::open(copy, &geometry(), IDENTITY).unwrap() {
+            (_, LoadOutcome::Loaded(r)) => r,
+            (_, LoadOutcome::Corrupt(why)) => panic!("local record corrupt: {why}"),
+        }
+    }
+}
+
+#[test]
+fn a_miss_returns_once_the_peer_holds_it_and_a_hit_sends_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Running::start(&dir.path().join("b"), 0);
+    let a = owner(dir.path(), b.port);
+    assert_eq!(a.holding(), Holding::Peer);
+    a.write(5).unwrap();
+    let held = b.holder.regions(IDENTITY).unwrap();
+    assert!(held.contains(&5), "the peer holds the miss: {held:?}");
+    let updates = a.record.stats().updates;
+    a.write(5).unwrap();
+    assert_eq!(a.record.stats().updates, updates, "a hit sends nothing");
+    // While paired, the local file says every region: a restart that cannot
+    // reach the peer resyncs all, never too little.
+    assert_eq!(a.local_regions().len() as u64, geometry().regions());
+    assert_eq!(a.status.lock().unwrap().generation, 1);
+    assert!(a.status.lock().unwrap().rtt_us.is_some());
+    b.kill();
+}
+
+#[test]
+fn a_dead_peer_means_direct_service_and_a_returning_one_gets_the_record_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Running::start(&dir.path().join("b"), 0);
+    let a = owner(dir.path(), b.port);
+    a.write(3).unwrap();
+    let port = b.kill();
+    // The next miss goes local, with the whole record, before it returns.
+    a.write(40).unwrap();
+    assert_eq!(a.holding(), Holding::Local);
+    let local = a.local_regions();
+    assert!(
+        local.contains(&3) && local.contains(&40),
+        "the local file holds every recorded region: {local:?}"
+    );
+    assert_eq!(a.status.lock().unwrap().fallbacks, 1);
+    assert!(a.status.lock().unwrap().last_error.is_some());
+    // The peer comes back (same directory, same port).
+    let b = Running::start(&dir.path().join("b"), port);
+    std::thread::sleep(super::store::RETRY_EVERY + Duration::from_millis(100));
+    a.write(77).unwrap();
+    assert_eq!(a.holding(), Holding::Peer, "back to paired mode");
+    let held = b.holder.regions(IDENTITY).unwrap();
+    for r in [3, 40, 77] {
+        assert!(held.contains(&r), "region {r} handed back: {held:?}");
+    }
+    b.kill();
+}
+
+#[test]
+fn a_node_whose_device_was_taken_over_is_refused_and_stops_admitting() {
+    let dir = tempfile::tempdir().unwrap();
+    let bdir = dir.path().join("b");
+    let b = Running::start(&bdir, 0);
+    let a = owner(dir.path(), b.port);
+    a.write(1).unwrap();
+    let port = b.kill();
+    // Another node took the device over: the holder's generation moved on.
+    std::fs::write(bdir.join(format!("{IDENTITY:016x}.owner")), "3 2\n").unwrap();
+    let b = Running::start(&bdir, port);
+    // The broken link's retry meets the refusal: the miss fails, nothing is
+    // served on a stale generation, and the error says why.
+    let err = a.write(9).unwrap_err().to_string();
+    assert!(err.contains("stale generation 1"), "{err}");
+    assert!(!a.record.states().is_recorded(9));
+    b.kill();
+}
+
+#[test]
+fn a_holder_survives_garbage_and_refuses_a_stale_generation_at_hello() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Running::start(&dir.path().join("b"), 0);
+    for junk in [&b"GET / HTTP/1.0\r\n\r\n"[..], &[0u8; 64][..], b"TDLK"] {
+        let mut s = TcpStream::connect(("127.0.0.1", b.port)).unwrap();
+        s.write_all(junk).unwrap();
+        drop(s);
+    }
+    // Still serving, and correct.
+    let a = owner(dir.path(), b.port);
+    a.write(2).unwrap();
+    assert!(b.holder.regions(IDENTITY).unwrap().contains(&2));
+    // An owner with no generation, where one is held: refused at start.
+    std::fs::remove_file(dir.path().join("owner.peer")).unwrap();
+    let g = geometry();
+    let dev: Dev = Arc::new(MemDev::new("r", RegionFile::file_size(&g)));
+    let file = RegionFile::create(dev, &g, IDENTITY, false).unwrap();
+    let mut store = PeerStore::new(
+        &format!("127.0.0.1:{}", b.port),
+        hello(),
+        &dir.path().join("owner.peer"),
+        file,
+        g.regions(),
+    )
+    .unwrap();
+    let err = store.fetch(g.regions()).unwrap_err().to_string();
+    assert!(err.contains("stale generation 0"), "{err}");
+    b.kill();
+}
+
+#[test]
+fn an_engine_recovers_from_what_its_peer_holds_and_from_everything_without_it() {
+    use crate::engine::{pair_identity, Devices, Engine, EngineConfig, PeerConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let b = Running::start(&dir.path().join("b"), 0);
+    const DEV: u64 = 32 << 20;
+    let primary = Arc::new(MemDev::new("primary", DEV));
+    let secondary = Arc::new(MemDev::new("secondary", DEV));
+    let g = Geometry::new(DEV, REGION).unwrap();
+    let record = Arc::new(MemDev::new("record", RegionFile::file_size(&g)));
+    let identity = pair_identity("primary", "secondary");
+    let config = EngineConfig {
+        region_size: REGION,
+        capacity: 4 * REGION,
+        policy: "lru".into(),
+        assume_clean: true,
+        peer: Some(PeerConfig {
+            address: format!("127.0.0.1:{}", b.port),
+            node: 1,
+            state: dir.path().join("record.peer"),
+        }),
+        ..EngineConfig::default()
+    };
+    let open = |new: bool| {
+        Engine::open_manual(
+            Devices {
+                primary: primary.clone(),
+                secondary: secondary.clone(),
+                record: record.clone(),
+                record_is_new: new,
+                identity,
+            },
+            &config,
+        )
+        .unwrap()
+    };
+    let e = open(true);
+    e.write(&[7; 4096], 3 * REGION, false).unwrap();
+    assert!(b.holder.regions(identity).unwrap().contains(&3));
+    let st = e.status();
+    let peer = st.peer.expect("the status shows the peer");
+    assert_eq!(peer.holding, Holding::Peer);
+    assert_eq!(peer.node, Some(2));
+    // A crash: no clean stop. The next start recovers what the peer holds,
+    // not the local file's every-region.
+    drop(e);
+    let e = open(false);
+    let st = e.status();
+    assert!(
+        st.resync_total_bytes >= REGION && st.resync_total_bytes < DEV,
+        "resynced {} of {DEV}",
+        st.resync_total_bytes
+    );
+    assert!(e.record().states().is_dirty(3));
+    drop(e);
+    // Without the peer, the local file is all there is: every region.
+    b.kill();
+    let e = open(false);
+    assert_eq!(e.status().resync_total_bytes, DEV);
+    assert_eq!(e.status().peer.unwrap().holding, Holding::Local);
+}
