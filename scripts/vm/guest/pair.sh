@@ -56,14 +56,14 @@ pair_case() {
     fio_verify "$dev" $W/fio.out --size=64M --rate_iops=2000 &
     f=$!
     sleep 2
-    echo "paired: round trip $(tandemctl status pa --field peer.rtt_us) us"
+    echo "INFO pair: paired, round trip of the last record update $(tandemctl status pa --field peer.rtt_us) us"
     kill -9 "$HOLDER"
     wait_field pa peer.holding local 10
-    echo "holder killed: serving directly; $(tandemctl status pa --field peer.last_error)"
+    echo "INFO pair: holder killed, serving directly ($(tandemctl status pa --field peer.last_error))"
     sleep 2
     start_holder
     wait_field pa peer.holding peer 10
-    echo "holder back: paired again (fallbacks $(tandemctl status pa --field peer.fallbacks))"
+    echo "INFO pair: holder back, paired again (direct-service spells: $(tandemctl status pa --field peer.fallbacks))"
     wait "$f"
     fio_ok $W/fio.out
     kill -9 "$(daemon_pid pa)"
@@ -83,4 +83,5 @@ pair_case() {
 }
 
 run_case pair-holder-dies-and-returns pair_case
+grep -h '^INFO ' "$TANDEM_LOG_DIR"/pair-*.log 2>/dev/null
 finish
