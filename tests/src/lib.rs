@@ -4,9 +4,11 @@
 
 pub mod load;
 
+use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::ChildStdout;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 /// Block size of the stamped writes (`load::Mix::Stamped`).
@@ -87,6 +89,40 @@ pub fn parse_block(data: &[u8]) -> Result<Option<(u32, u32, u64)>, String> {
     Ok(Some((block, thread, seq)))
 }
 
+/// Checks that the primary holds every write the stamped writers logged as
+/// acknowledged (the last one of each block, or a later one); returns how
+/// many blocks were checked. Panics with the block that lost its write.
+pub fn check_acknowledged(primary: &Path, log_dir: &Path, threads: u32) -> usize {
+    let data = std::fs::read(primary).unwrap();
+    let mut last: HashMap<u32, (u32, u64)> = HashMap::new();
+    for t in 0..threads {
+        for a in read_log(&log_dir.join(format!("ack-{t}"))).unwrap() {
+            let e = last.entry(a.block).or_insert((a.thread, a.seq));
+            if a.seq > e.1 {
+                *e = (a.thread, a.seq);
+            }
+        }
+    }
+    for (&block, &(thread, seq)) in &last {
+        let off = (u64::from(block) * BLOCK) as usize;
+        let got = parse_block(&data[off..off + BLOCK as usize])
+            .unwrap_or_else(|e| panic!("block {block}: {e}"));
+        let (b, t, s) = got.unwrap_or_else(|| {
+            panic!("block {block}: acknowledged write {thread}/{seq} lost (block is zero)")
+        });
+        assert_eq!(
+            (b, t),
+            (block, thread),
+            "block {block} holds another block's data"
+        );
+        assert!(
+            s >= seq,
+            "block {block}: acknowledged seq {seq} lost, primary holds older seq {s}"
+        );
+    }
+    last.len()
+}
+
 /// Waits for a child's `ready` line, then follows its `status N N ...` lines
 /// on a thread; the handle returns the numbers of the last one (empty if none
 /// came) once the child's stdout closes.
@@ -106,6 +142,27 @@ pub fn follow_status(stdout: ChildStdout) -> Result<JoinHandle<Vec<u64>>, String
         }
         last
     }))
+}
+
+/// Like `follow_status`, but the numbers of the latest `status` line can be
+/// read at any time while the child runs.
+pub fn watch_status(stdout: ChildStdout) -> Result<Arc<Mutex<Vec<u64>>>, String> {
+    let mut out = BufReader::new(stdout);
+    let mut line = String::new();
+    out.read_line(&mut line).map_err(|e| e.to_string())?;
+    if line.trim() != "ready" {
+        return Err(format!("child failed to start: {line:?}"));
+    }
+    let latest = Arc::new(Mutex::new(Vec::new()));
+    let l = latest.clone();
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("status ") {
+                *l.lock().unwrap() = rest.split(' ').filter_map(|x| x.parse().ok()).collect();
+            }
+        }
+    });
+    Ok(latest)
 }
 
 #[cfg(test)]

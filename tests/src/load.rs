@@ -17,7 +17,7 @@ use anyhow::{ensure, Context};
 use rand::{Rng, SeedableRng};
 use rings::AlignedBuf;
 use tandem::dev::Cache;
-use tandem::engine::{Data, Engine, EngineConfig, Paths, Request};
+use tandem::engine::{Data, Engine, EngineConfig, Paths, PeerConfig, Request};
 use tandem::mirror::MirrorConfig;
 
 use crate::{block_data, Ack, BLOCK};
@@ -66,6 +66,9 @@ pub struct LoadArgs {
     /// Mirror copy threads.
     #[arg(long, default_value_t = 2)]
     pub mirror_threads: usize,
+    /// HOST:PORT of the peer that holds the record (this node is node 1).
+    #[arg(long)]
+    pub peer: Option<String>,
 }
 
 impl LoadArgs {
@@ -83,7 +86,11 @@ impl LoadArgs {
             assume_clean: true,
             passthrough: false,
             cache: self.cache,
-            peer: None,
+            peer: self.peer.as_ref().map(|address| PeerConfig {
+                address: address.clone(),
+                node: 1,
+                state: peer_state(&self.record),
+            }),
         }
     }
 
@@ -122,8 +129,19 @@ impl LoadArgs {
             v.push("--log-dir".into());
             v.push(d.clone().into());
         }
+        if let Some(p) = &self.peer {
+            v.push("--peer".into());
+            v.push(p.into());
+        }
         v
     }
+}
+
+/// Where a node keeps its peer state: beside the record, as the daemon does.
+fn peer_state(record: &std::path::Path) -> PathBuf {
+    let mut s = record.as_os_str().to_owned();
+    s.push(".peer");
+    s.into()
 }
 
 /// Prints `ready`, then `status RECORD_BYTES DIRTY_BYTES WRITES` every
@@ -269,6 +287,7 @@ mod tests {
             region_size: 65536,
             capacity: 4 << 20,
             mirror_threads: 1,
+            peer: Some("127.0.0.1:7789".into()),
         };
         let mut argv = vec![OsString::from("engine-load")];
         argv.extend(a.args());

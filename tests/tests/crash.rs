@@ -5,9 +5,7 @@
 //! byte-identical. Each recovery prints the bytes it resynced against the
 //! record capacity.
 
-use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use tandem::dev::Cache;
 use tandem::engine::{Engine, EngineConfig};
 use tandem_tests::load::{LoadArgs, Mix};
-use tandem_tests::{follow_status, parse_block, read_log, BLOCK};
+use tandem_tests::{check_acknowledged, follow_status};
 
 const DEVICE: u64 = 64 << 20;
 const THREADS: u32 = 4;
@@ -25,37 +23,6 @@ fn kills() -> u32 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50)
-}
-
-fn check_acknowledged(primary: &Path, log_dir: &Path) -> usize {
-    let data = std::fs::read(primary).unwrap();
-    let mut last: HashMap<u32, (u32, u64)> = HashMap::new();
-    for t in 0..THREADS {
-        for a in read_log(&log_dir.join(format!("ack-{t}"))).unwrap() {
-            let e = last.entry(a.block).or_insert((a.thread, a.seq));
-            if a.seq > e.1 {
-                *e = (a.thread, a.seq);
-            }
-        }
-    }
-    for (&block, &(thread, seq)) in &last {
-        let off = (u64::from(block) * BLOCK) as usize;
-        let got = parse_block(&data[off..off + BLOCK as usize])
-            .unwrap_or_else(|e| panic!("block {block}: {e}"));
-        let (b, t, s) = got.unwrap_or_else(|| {
-            panic!("block {block}: acknowledged write {thread}/{seq} lost (block is zero)")
-        });
-        assert_eq!(
-            (b, t),
-            (block, thread),
-            "block {block} holds another block's data"
-        );
-        assert!(
-            s >= seq,
-            "block {block}: acknowledged seq {seq} lost, primary holds older seq {s}"
-        );
-    }
-    last.len()
 }
 
 #[test]
@@ -76,6 +43,7 @@ fn sigkill_under_load_loses_nothing_and_resyncs_to_identical() {
         region_size: 64 << 10,
         capacity: 4 << 20,
         mirror_threads: 2,
+        peer: None,
     };
     let paths = load.paths();
     for p in [&paths.primary, &paths.secondary] {
@@ -128,7 +96,7 @@ fn sigkill_under_load_loses_nothing_and_resyncs_to_identical() {
         let t0 = Instant::now();
         let engine = Engine::open(paths.open(&config).unwrap(), &config).unwrap();
         let st = engine.status();
-        let checked = check_acknowledged(&paths.primary, &logs);
+        let checked = check_acknowledged(&paths.primary, &logs, THREADS);
         assert!(
             engine.wait_synced(Duration::from_secs(120)),
             "resync did not finish"

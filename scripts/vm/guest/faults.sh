@@ -21,7 +21,10 @@ RECORD_SECTORS=$((4 << 11))
 # exists) and makes /dev/mapper/NAME.
 dm_table() {
     if $DMSETUP info "$1" >/dev/null 2>&1; then
-        $DMSETUP suspend --noudevsync "$1"
+        # --nolockfs: no freeze, whose sync of the device's page cache fails
+        # with EIO while the table is `error` (the record is written through
+        # the page cache).
+        $DMSETUP suspend --nolockfs --noudevsync "$1"
         echo "$2" | $DMSETUP load "$1"
         $DMSETUP resume --noudevsync "$1"
     else

@@ -9,7 +9,9 @@
 //!   against `dd` copying the same file. Goal: >= 0.8 x dd.
 //! - `recovery`: SIGKILL the `engine-load` child (the crash test's), reopen, and
 //!   measure what the record makes it resync, against a full-device resync.
-//! - `all`: the three in a row, one table each, one JSON file.
+//! - `peer`: a write that misses the record with the record held by a peer
+//!   over loopback, against a local record file, and the link's round trip.
+//! - `all`: all of them in a row, one table each, one JSON file.
 //!
 //! `scripts/bench-host` builds in release and runs everything.
 
@@ -37,12 +39,14 @@ use tandem_tests::follow_status;
 mod catchup;
 mod load;
 mod micro;
+mod peer;
 mod recovery;
 mod util;
 
 use catchup::*;
 use load::*;
 use micro::*;
+use peer::*;
 use recovery::*;
 use util::*;
 
@@ -68,6 +72,17 @@ enum Cmd {
     Catchup(CatchupArgs),
     /// Resync after SIGKILL under load against a full-device resync.
     Recovery(RecoveryArgs),
+    /// A miss with the record held by a peer over loopback against a local miss.
+    Peer(PeerArgs),
+}
+
+#[derive(Args, Clone)]
+struct PeerArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Directory on the file system to hold both records.
+    #[arg(long)]
+    dir: PathBuf,
 }
 
 #[derive(Args, Clone)]
@@ -253,6 +268,11 @@ fn main() -> anyhow::Result<()> {
                 threads: 32,
             };
             report["recovery"] = recovery_bench(&recovery)?;
+            let peer = PeerArgs {
+                common: a.common.clone(),
+                dir: a.disk_dir.clone(),
+            };
+            report["peer"] = peer_bench(&peer)?;
             write_json(&a.common, &report)
         }
         Cmd::Load(a) => {
@@ -266,6 +286,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Recovery(a) => {
             let r = recovery_bench(&a)?;
             write_json(&a.common, &json!({ "recovery": r }))
+        }
+        Cmd::Peer(a) => {
+            let r = peer_bench(&a)?;
+            write_json(&a.common, &json!({ "peer": r }))
         }
     }
 }

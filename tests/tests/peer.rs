@@ -1,0 +1,245 @@
+//! Two node processes over loopback: node A (the `engine-load` child, its
+//! record held by a peer) and node B (`peer-holder`), with a proxy between
+//! them that the test controls. Under stamped writes with every
+//! acknowledgement logged: the link slowed, the link cut (A serves directly,
+//! writes go on), the link back (A pairs again), B killed and restarted, and
+//! finally A killed. A's restart recovers from what B holds: every
+//! acknowledged write is on the primary, the resync covers part of the
+//! device, and the two devices end identical.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tandem::dev::Cache;
+use tandem::engine::Engine;
+use tandem::peer::Holding;
+use tandem_tests::load::{LoadArgs, Mix};
+use tandem_tests::{check_acknowledged, watch_status};
+
+const DEVICE: u64 = 64 << 20;
+const THREADS: u32 = 4;
+
+/// Node B as its own process; returns it and the port it listens on.
+fn holder(dir: &Path) -> (Child, u16) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_peer-holder"))
+        .args(["127.0.0.1:0", dir.to_str().unwrap(), "2"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn peer-holder");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .strip_prefix("listening ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("peer-holder said {line:?}"));
+    (child, port)
+}
+
+fn kill(child: &mut Child) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "the child ended by itself ({status}) before the kill: see its stderr"
+    );
+}
+
+/// A TCP proxy on loopback to the holder's port: it can slow every chunk it
+/// forwards, and cut every connection (refusing new ones while cut).
+struct Proxy {
+    port: u16,
+    upstream: Arc<AtomicU16>,
+    delay_us: Arc<AtomicU64>,
+    cut: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(upstream: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let p = Proxy {
+            port,
+            upstream: Arc::new(AtomicU16::new(upstream)),
+            delay_us: Arc::new(AtomicU64::new(0)),
+            cut: Arc::new(AtomicBool::new(false)),
+            conns: Arc::new(Mutex::new(Vec::new())),
+        };
+        let (up, delay, cut, conns) = (
+            p.upstream.clone(),
+            p.delay_us.clone(),
+            p.cut.clone(),
+            p.conns.clone(),
+        );
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if cut.load(Ordering::Acquire) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", up.load(Ordering::Acquire)))
+                else {
+                    drop(client);
+                    continue;
+                };
+                let mut c = conns.lock().unwrap();
+                c.push(client.try_clone().unwrap());
+                c.push(server.try_clone().unwrap());
+                drop(c);
+                for (from, to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let delay = delay.clone();
+                    std::thread::spawn(move || pump(from, to, &delay));
+                }
+            }
+        });
+        p
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, Ordering::Release);
+        if cut {
+            for s in self.conns.lock().unwrap().drain(..) {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+    }
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream, delay_us: &AtomicU64) {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let d = delay_us.load(Ordering::Relaxed);
+        if d > 0 {
+            std::thread::sleep(Duration::from_micros(d));
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Both);
+    let _ = from.shutdown(Shutdown::Both);
+}
+
+/// Waits until the child's write count grows past `than`.
+fn writes_grow(latest: &Mutex<Vec<u64>>, than: u64, what: &str) -> u64 {
+    let t0 = Instant::now();
+    loop {
+        let w = latest.lock().unwrap().get(2).copied().unwrap_or(0);
+        if w > than + 100 {
+            return w;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{what}: writes stalled at {w}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_node_whose_record_is_held_by_its_peer_survives_a_slow_link_a_cut_and_a_dead_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let bdir = dir.path().join("b");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let (mut b, bport) = holder(&bdir);
+    let proxy = Proxy::start(bport);
+    let load = LoadArgs {
+        primary: dir.path().join("primary.img"),
+        secondary: dir.path().join("secondary.img"),
+        record: dir.path().join("record"),
+        mix: Mix::Stamped,
+        log_dir: Some(logs.clone()),
+        threads: THREADS,
+        seed: 1,
+        policy: "predictive".into(),
+        cache: Cache::None,
+        region_size: 64 << 10,
+        capacity: 4 << 20,
+        mirror_threads: 2,
+        peer: Some(format!("127.0.0.1:{}", proxy.port)),
+    };
+    let paths = load.paths();
+    for p in [&paths.primary, &paths.secondary] {
+        std::fs::File::create(p).unwrap().set_len(DEVICE).unwrap();
+    }
+    let mut a = Command::new(env!("CARGO_BIN_EXE_engine-load"))
+        .args(load.args())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn engine-load");
+    let latest = watch_status(a.stdout.take().unwrap()).unwrap_or_else(|e| panic!("{e}"));
+    let w = writes_grow(&latest, 0, "paired");
+    // A slow link: every forwarded chunk waits 2 ms. Writes that miss wait
+    // for it; the rest do not.
+    proxy.delay_us.store(2000, Ordering::Relaxed);
+    let w = writes_grow(&latest, w, "slow link");
+    proxy.delay_us.store(0, Ordering::Relaxed);
+    // A cut link: A serves directly, with no write failing.
+    proxy.set_cut(true);
+    let w = writes_grow(&latest, w, "link cut");
+    std::thread::sleep(Duration::from_millis(300));
+    proxy.set_cut(false);
+    // A tries its peer again every second.
+    std::thread::sleep(tandem::peer::store::RETRY_EVERY * 2);
+    let w = writes_grow(&latest, w, "link back");
+    // B dies, and comes back from its directory on another port.
+    kill(&mut b);
+    let w = writes_grow(&latest, w, "peer dead");
+    let (mut b, bport) = holder(&bdir);
+    proxy.upstream.store(bport, Ordering::Release);
+    std::thread::sleep(tandem::peer::store::RETRY_EVERY * 2);
+    writes_grow(&latest, w, "peer back");
+    std::thread::sleep(Duration::from_millis(200));
+    // A dies (a host crash of A's process: no clean stop).
+    kill(&mut a);
+    let config = load.config();
+    let engine = Engine::open(paths.open(&config).unwrap(), &config).unwrap();
+    let st = engine.status();
+    let peer = st.peer.clone().expect("the status shows the peer");
+    println!(
+        "A restarted: record held on {:?} (generation {}), resyncs {} KiB of {} KiB",
+        peer.holding,
+        peer.generation,
+        st.resync_total_bytes >> 10,
+        DEVICE >> 10
+    );
+    assert_eq!(peer.holding, Holding::Peer, "{peer:?}");
+    let checked = check_acknowledged(&paths.primary, &logs, THREADS);
+    assert!(checked > 0);
+    assert!(
+        st.resync_total_bytes > 0 && st.resync_total_bytes < DEVICE,
+        "recovered from the peer's record, not everything: {} of {DEVICE}",
+        st.resync_total_bytes
+    );
+    assert!(engine.wait_synced(Duration::from_secs(60)), "resync");
+    engine.shutdown().unwrap();
+    drop(engine);
+    let p = std::fs::read(&paths.primary).unwrap();
+    let s = std::fs::read(&paths.secondary).unwrap();
+    assert!(
+        p == s[..p.len()],
+        "primary and secondary differ after resync"
+    );
+    println!("{checked} acknowledged blocks intact; primary and secondary identical");
+    kill(&mut b);
+}
