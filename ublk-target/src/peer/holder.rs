@@ -43,8 +43,9 @@ pub struct Holder {
     dir: PathBuf,
     node: u64,
     held: Mutex<HashMap<u64, Arc<Mutex<Held>>>>,
-    /// Open connections, shut down when `serve` stops.
-    sessions: Mutex<Vec<TcpStream>>,
+    /// Open connections by number, shut down when `serve` stops; each
+    /// leaves when its session ends (so its descriptor is closed).
+    sessions: Mutex<HashMap<u64, TcpStream>>,
 }
 
 /// The owner record of a held device: `NODE GENERATION`.
@@ -91,7 +92,7 @@ impl Holder {
             dir: dir.to_path_buf(),
             node,
             held: Mutex::new(HashMap::new()),
-            sessions: Mutex::new(Vec::new()),
+            sessions: Mutex::new(HashMap::new()),
         })
     }
 
@@ -100,6 +101,14 @@ impl Holder {
             self.dir.join(format!("{identity:016x}.rec")),
             self.dir.join(format!("{identity:016x}.owner")),
         )
+    }
+
+    /// Connections being served now.
+    pub fn open_sessions(&self) -> usize {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     /// The regions held for `identity`, read from the directory (for a
@@ -179,14 +188,17 @@ impl Holder {
         listener
             .set_nonblocking(true)
             .map_err(|e| Error::io("set the listener non-blocking", e))?;
+        let mut next = 0u64;
         while !stop.load(Ordering::Acquire) {
             match listener.accept() {
                 Ok((stream, from)) => {
+                    next += 1;
+                    let id = next;
                     if let Ok(s) = stream.try_clone() {
                         self.sessions
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
-                            .push(s);
+                            .insert(id, s);
                     }
                     let me = self.clone();
                     std::thread::Builder::new()
@@ -195,6 +207,10 @@ impl Holder {
                             if let Err(e) = me.session(stream) {
                                 log::warn!("peer {from}: {e}; connection closed");
                             }
+                            me.sessions
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .remove(&id);
                         })
                         .map_err(|e| Error::io("spawn a holder thread", e))?;
                 }
@@ -209,9 +225,9 @@ impl Holder {
             .sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
+            .drain()
         {
-            let _ = s.shutdown(std::net::Shutdown::Both);
+            let _ = s.1.shutdown(std::net::Shutdown::Both);
         }
         Ok(())
     }

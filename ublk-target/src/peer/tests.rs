@@ -239,6 +239,17 @@ fn a_holder_survives_garbage_and_refuses_a_stale_generation_at_hello() {
     .unwrap();
     let err = store.fetch(g.regions()).unwrap_err().to_string();
     assert!(err.contains("stale generation 0"), "{err}");
+    // Every connection that ended has left: none holds a descriptor.
+    drop((a, store));
+    let t0 = std::time::Instant::now();
+    while b.holder.open_sessions() > 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{} sessions still open after their owners left",
+            b.holder.open_sessions()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     b.kill();
 }
 
