@@ -123,6 +123,20 @@ pub fn check_acknowledged(primary: &Path, log_dir: &Path, threads: u32) -> usize
     last.len()
 }
 
+/// Kills a child with SIGKILL and reaps it; panics if it had ended by
+/// itself before (a failed write ends the load child: see its stderr).
+pub fn sigkill(child: &mut std::process::Child) {
+    use std::os::unix::process::ExitStatusExt;
+    // SAFETY: kill(2) on our own child's pid, which it stays until reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let status = child.wait().expect("reap the child");
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "the child ended by itself ({status}) before the kill: see its stderr"
+    );
+}
+
 /// Waits for a child's `ready` line, then follows its `status N N ...` lines
 /// on a thread; the handle returns the numbers of the last one (empty if none
 /// came) once the child's stdout closes.

@@ -72,6 +72,26 @@ pub struct LoadArgs {
 }
 
 impl LoadArgs {
+    /// A stamped run in `dir` (`primary.img`, `secondary.img`, `record`, and
+    /// the logs in `logs`), 64 KiB regions, 4 MiB capacity, no peer.
+    pub fn stamped(dir: &std::path::Path, threads: u32) -> LoadArgs {
+        LoadArgs {
+            primary: dir.join("primary.img"),
+            secondary: dir.join("secondary.img"),
+            record: dir.join("record"),
+            mix: Mix::Stamped,
+            log_dir: Some(dir.join("logs")),
+            threads,
+            seed: 1,
+            policy: "predictive".into(),
+            cache: Cache::None,
+            region_size: 64 << 10,
+            capacity: 4 << 20,
+            mirror_threads: 2,
+            peer: None,
+        }
+    }
+
     /// The engine's configuration, for the child and for the parent that
     /// reopens the engine after the kill.
     pub fn config(&self) -> EngineConfig {

@@ -5,15 +5,14 @@
 //! byte-identical. Each recovery prints the bytes it resynced against the
 //! record capacity.
 
-use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use tandem::dev::Cache;
 use tandem::engine::{Engine, EngineConfig};
-use tandem_tests::load::{LoadArgs, Mix};
-use tandem_tests::{check_acknowledged, follow_status};
+use tandem_tests::load::LoadArgs;
+use tandem_tests::{check_acknowledged, follow_status, sigkill};
 
 const DEVICE: u64 = 64 << 20;
 const THREADS: u32 = 4;
@@ -30,21 +29,7 @@ fn sigkill_under_load_loses_nothing_and_resyncs_to_identical() {
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");
     // The child's settings; each kill changes the policy, cache and seed.
-    let mut load = LoadArgs {
-        primary: dir.path().join("primary.img"),
-        secondary: dir.path().join("secondary.img"),
-        record: dir.path().join("record"),
-        mix: Mix::Stamped,
-        log_dir: Some(logs.clone()),
-        threads: THREADS,
-        seed: 0,
-        policy: String::new(),
-        cache: Cache::None,
-        region_size: 64 << 10,
-        capacity: 4 << 20,
-        mirror_threads: 2,
-        peer: None,
-    };
+    let mut load = LoadArgs::stamped(dir.path(), THREADS);
     let paths = load.paths();
     for p in [&paths.primary, &paths.secondary] {
         std::fs::File::create(p).unwrap().set_len(DEVICE).unwrap();
@@ -78,14 +63,7 @@ fn sigkill_under_load_loses_nothing_and_resyncs_to_identical() {
         let last_status = follow_status(child.stdout.take().unwrap())
             .unwrap_or_else(|e| panic!("engine-load: {e}"));
         std::thread::sleep(Duration::from_millis(rng.gen_range(10..250)));
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-        let status = child.wait().unwrap();
-        assert_eq!(
-            status.signal(),
-            Some(libc::SIGKILL),
-            "writer ended by itself ({status}) before the kill: see its stderr"
-        );
+        sigkill(&mut child);
 
         let (record_before, dirty_before) = match last_status.join().unwrap()[..] {
             [record, dirty, _writes] => (record, dirty),

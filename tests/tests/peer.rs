@@ -9,18 +9,16 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tandem::dev::Cache;
 use tandem::engine::Engine;
 use tandem::peer::Holding;
-use tandem_tests::load::{LoadArgs, Mix};
-use tandem_tests::{check_acknowledged, watch_status};
+use tandem_tests::load::LoadArgs;
+use tandem_tests::{check_acknowledged, sigkill, watch_status};
 
 const DEVICE: u64 = 64 << 20;
 const THREADS: u32 = 4;
@@ -42,17 +40,6 @@ fn holder(dir: &Path) -> (Child, u16) {
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("peer-holder said {line:?}"));
     (child, port)
-}
-
-fn kill(child: &mut Child) {
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    let status = child.wait().unwrap();
-    assert_eq!(
-        status.signal(),
-        Some(libc::SIGKILL),
-        "the child ended by itself ({status}) before the kill: see its stderr"
-    );
 }
 
 /// A TCP proxy on loopback to the holder's port: it can slow every chunk it
@@ -164,19 +151,8 @@ fn a_node_whose_record_is_held_by_its_peer_survives_a_slow_link_a_cut_and_a_dead
     let (mut b, bport) = holder(&bdir);
     let proxy = Proxy::start(bport);
     let load = LoadArgs {
-        primary: dir.path().join("primary.img"),
-        secondary: dir.path().join("secondary.img"),
-        record: dir.path().join("record"),
-        mix: Mix::Stamped,
-        log_dir: Some(logs.clone()),
-        threads: THREADS,
-        seed: 1,
-        policy: "predictive".into(),
-        cache: Cache::None,
-        region_size: 64 << 10,
-        capacity: 4 << 20,
-        mirror_threads: 2,
         peer: Some(format!("127.0.0.1:{}", proxy.port)),
+        ..LoadArgs::stamped(dir.path(), THREADS)
     };
     let paths = load.paths();
     for p in [&paths.primary, &paths.secondary] {
@@ -203,7 +179,7 @@ fn a_node_whose_record_is_held_by_its_peer_survives_a_slow_link_a_cut_and_a_dead
     std::thread::sleep(tandem::peer::store::RETRY_EVERY * 2);
     let w = writes_grow(&latest, w, "link back");
     // B dies, and comes back from its directory on another port.
-    kill(&mut b);
+    sigkill(&mut b);
     let w = writes_grow(&latest, w, "peer dead");
     let (mut b, bport) = holder(&bdir);
     proxy.upstream.store(bport, Ordering::Release);
@@ -211,7 +187,7 @@ fn a_node_whose_record_is_held_by_its_peer_survives_a_slow_link_a_cut_and_a_dead
     writes_grow(&latest, w, "peer back");
     std::thread::sleep(Duration::from_millis(200));
     // A dies (a host crash of A's process: no clean stop).
-    kill(&mut a);
+    sigkill(&mut a);
     let config = load.config();
     let engine = Engine::open(paths.open(&config).unwrap(), &config).unwrap();
     let st = engine.status();
@@ -241,5 +217,5 @@ fn a_node_whose_record_is_held_by_its_peer_survives_a_slow_link_a_cut_and_a_dead
         "primary and secondary differ after resync"
     );
     println!("{checked} acknowledged blocks intact; primary and secondary identical");
-    kill(&mut b);
+    sigkill(&mut b);
 }

@@ -66,21 +66,9 @@ fn read_owner(path: &Path) -> Result<Option<(u64, u64)>> {
     }
 }
 
-/// Replaces the owner record durably (write, fsync, rename, fsync the
-/// directory).
+/// Replaces the owner record durably.
 fn write_owner(path: &Path, node: u64, generation: u64) -> Result<()> {
-    let tmp = path.with_extension("owner.tmp");
-    let io = |what: &str, e| Error::io(format!("{what} {}", path.display()), e);
-    let mut f = std::fs::File::create(&tmp).map_err(|e| io("create", e))?;
-    writeln!(f, "{node} {generation}").map_err(|e| io("write", e))?;
-    f.sync_all().map_err(|e| io("sync", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io("rename", e))?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io("sync the directory of", e))?;
-    }
-    Ok(())
+    super::write_durably(path, &format!("{node} {generation}\n"))
 }
 
 impl Holder {
@@ -242,17 +230,7 @@ impl Holder {
         let (seq, first) = read_frame(&mut rd)?;
         let Frame::Hello(hello) = first else {
             let reason = format!("expected hello, got {}", first.name());
-            write_frame(
-                &mut wr,
-                seq,
-                &Frame::Refused {
-                    reason: reason.clone(),
-                },
-            )?;
-            return Err(WireError::Payload {
-                frame: "hello",
-                why: reason,
-            });
+            return Err(refuse(&mut wr, seq, "hello", reason));
         };
         let (held, generation) = match self.open(&hello) {
             Ok(x) => x,
@@ -314,17 +292,7 @@ impl Holder {
                 Frame::Ping => Frame::Pong,
                 other => {
                     let reason = format!("unexpected {} frame from an owner", other.name());
-                    write_frame(
-                        &mut wr,
-                        seq,
-                        &Frame::Refused {
-                            reason: reason.clone(),
-                        },
-                    )?;
-                    return Err(WireError::Payload {
-                        frame: other.name(),
-                        why: reason,
-                    });
+                    return Err(refuse(&mut wr, seq, other.name(), reason));
                 }
             };
             let refused = matches!(answer, Frame::Refused { .. });
@@ -333,6 +301,21 @@ impl Holder {
                 return Ok(());
             }
         }
+    }
+}
+
+/// Tells the owner why its frame is refused; returns the error that ends
+/// the session (the refusal's own send failing, if it does).
+fn refuse(wr: &mut impl Write, seq: u64, frame: &'static str, reason: String) -> WireError {
+    match write_frame(
+        wr,
+        seq,
+        &Frame::Refused {
+            reason: reason.clone(),
+        },
+    ) {
+        Err(e) => WireError::Io(e),
+        Ok(()) => WireError::Payload { frame, why: reason },
     }
 }
 

@@ -32,3 +32,21 @@ pub fn check_address(addr: &str) -> Result<()> {
         ))),
     }
 }
+
+/// Replaces the small file `path` with `text` durably: written to a
+/// temporary file, synced, renamed over `path`, and the directory synced.
+fn write_durably(path: &std::path::Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let io = |what: &str, e| Error::io(format!("{what} {}", path.display()), e);
+    std::fs::write(&tmp, text).map_err(|e| io("write", e))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io("sync", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io("rename", e))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("sync the directory of", e))?;
+    }
+    Ok(())
+}

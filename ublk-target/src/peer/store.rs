@@ -115,23 +115,11 @@ pub fn read_state(path: &Path) -> Result<(u64, Holding)> {
 }
 
 fn write_state(path: &Path, generation: u64, holding: Holding) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let io = |what: &str, e| Error::io(format!("{what} {}", path.display()), e);
     let word = match holding {
         Holding::Peer => "peer",
         Holding::Local => "local",
     };
-    std::fs::write(&tmp, format!("{generation} {word}\n")).map_err(|e| io("write", e))?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| io("sync", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io("rename", e))?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io("sync the directory of", e))?;
-    }
-    Ok(())
+    super::write_durably(path, &format!("{generation} {word}\n"))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
