@@ -133,11 +133,8 @@ impl LoadArgs {
             v.push(format!("--{k}").into());
             v.push(val.into());
         };
-        let mix = match self.mix {
-            Mix::Stamped => "stamped",
-            Mix::Streams => "streams",
-        };
-        opt("mix", mix.into());
+        let mix = clap::ValueEnum::to_possible_value(&self.mix).expect("every mix has a name");
+        opt("mix", mix.get_name().to_string());
         opt("threads", self.threads.to_string());
         opt("seed", self.seed.to_string());
         opt("policy", self.policy.clone());

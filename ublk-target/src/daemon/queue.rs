@@ -147,10 +147,7 @@ async fn serve(q: &UblkQueue<'_>, tag: u16, buf: &mut [u8], engine: &Engine) -> 
         _ => return -libc::EOPNOTSUPP,
     };
     let fua = iod.op_flags & sys::UBLK_IO_F_FUA != 0;
-    let req = match Request::from_sectors(op, iod.start_sector, iod.nr_sectors, fua) {
-        Ok(r) => r,
-        Err(e) => return ublk_result(&Request::flush(), Err(e)),
-    };
+    let req = Request::from_sectors(op, iod.start_sector, iod.nr_sectors, fua);
     if op.moves_data() && req.len > buf.len() as u64 {
         log::error!("tag {tag}: {req} is larger than the queue's buffer");
         return -libc::EINVAL;

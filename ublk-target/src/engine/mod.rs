@@ -80,21 +80,21 @@ impl Engine {
         &self.secondary
     }
 
-    /// Registers a write of `len` bytes at `offset` with the record: `Ready`
-    /// when every region it touches is in the durable record, else `Pending`
-    /// (see `request`, which wraps this for every request that changes data).
-    pub(crate) fn start_write(&self, offset: u64, len: u64) -> Result<WriteStart<'_>> {
-        self.geometry.check_range(offset, len)?;
+    /// Registers a write of `len` bytes at `offset`, which `plan` has checked
+    /// to be inside the device, with the record: `Ready` when every region it
+    /// touches is in the durable record, else `Pending` (see `request`, which
+    /// wraps this for every request that changes data).
+    pub(crate) fn start_write(&self, offset: u64, len: u64) -> WriteStart<'_> {
         let host_io = self.host_io.enter();
         self.writes.add(1);
         self.bytes_written.add(len);
         if self.passthrough {
-            return Ok(WriteStart::Ready(WriteGuard {
+            return WriteStart::Ready(WriteGuard {
                 engine: self,
                 offset,
                 len: 0,
                 _host_io: host_io,
-            }));
+            });
         }
         let mut misses = Vec::new();
         self.record
@@ -105,14 +105,14 @@ impl Engine {
             len,
             _host_io: host_io,
         };
-        Ok(if misses.is_empty() {
+        if misses.is_empty() {
             WriteStart::Ready(guard)
         } else {
             WriteStart::Pending(PendingWrite {
                 guard: Some(guard),
                 misses,
             })
-        })
+        }
     }
 
     /// Counts time a front end spent spinning for completions (status

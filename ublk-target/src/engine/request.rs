@@ -97,18 +97,15 @@ impl Request {
     }
 
     /// A request in 512-byte sectors, as the block layer sends it. A flush
-    /// has no range (ublk sends it with sector `u64::MAX`).
-    pub fn from_sectors(op: Op, sector: u64, sectors: u32, fua: bool) -> Result<Request> {
+    /// has no range (ublk sends it with sector `u64::MAX`). A sector whose
+    /// byte offset overflows becomes offset `u64::MAX`, which `plan` refuses
+    /// as outside the device, never wrapped to a valid one.
+    pub fn from_sectors(op: Op, sector: u64, sectors: u32, fua: bool) -> Request {
         if op == Op::Flush {
-            return Ok(Request::flush());
+            return Request::flush();
         }
-        let len = u64::from(sectors) << 9;
-        let offset = sector.checked_mul(512).ok_or(Error::OutOfRange {
-            offset: sector,
-            len,
-            size: 0,
-        })?;
-        Ok(Request::new(op, offset, len, fua))
+        let offset = sector.saturating_mul(512);
+        Request::new(op, offset, u64::from(sectors) << 9, fua)
     }
 }
 
@@ -230,9 +227,8 @@ impl Engine {
             return ready(None, Some(self.host_io.enter()));
         }
         match self.start_write(req.offset, req.len) {
-            Err(e) => Plan::Done(Err(e)),
-            Ok(WriteStart::Ready(guard)) => ready(Some(guard), None),
-            Ok(WriteStart::Pending(pending)) => Plan::Pending(PendingIo {
+            WriteStart::Ready(guard) => ready(Some(guard), None),
+            WriteStart::Pending(pending) => Plan::Pending(PendingIo {
                 engine: self,
                 req,
                 pending,

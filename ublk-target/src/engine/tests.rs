@@ -1113,11 +1113,18 @@ fn each_request_is_planned_once_and_a_bad_one_is_done_at_once() {
     }
     assert_eq!(e.status().record_updates, updates);
     // Sectors that overflow a byte offset are refused, not wrapped.
-    assert!(Request::from_sectors(Op::Write, u64::MAX / 256, 8, false).is_err());
-    let flush = Request::from_sectors(Op::Flush, u64::MAX, 0, false).unwrap();
+    let wrapped = Request::from_sectors(Op::Write, u64::MAX / 256, 8, false);
+    match e.plan(wrapped) {
+        Plan::Done(Err(err)) => {
+            assert!(matches!(err, Error::OutOfRange { .. }), "{err}");
+            assert_eq!(ublk_result(&wrapped, Err(err)), -libc::EINVAL);
+        }
+        _ => panic!("{wrapped} was planned"),
+    }
+    let flush = Request::from_sectors(Op::Flush, u64::MAX, 0, false);
     assert_eq!(flush, Request::flush());
     assert_eq!(
-        Request::from_sectors(Op::Read, 16, 8, false).unwrap(),
+        Request::from_sectors(Op::Read, 16, 8, false),
         Request::read(8192, 4096)
     );
     // A read given no buffer, or too small a one, fails; nothing is moved.

@@ -31,7 +31,7 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 struct Held {
     file: RegionFile,
     image: Image,
-    owner: u64,
+    /// The ownership generation its owner holds (as in `IDENTITY.owner`).
     generation: u64,
     /// The last (generation, sequence) applied: a late retry of an older
     /// update never overwrites a newer one.
@@ -137,36 +137,35 @@ impl Holder {
             Some((_, held)) => held.max(hello.generation),
         };
         let mut map = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(h) = map.get(&hello.identity) {
-            let mut g = h.lock().unwrap_or_else(|e| e.into_inner());
-            if g.image.len() as u64 != geometry.regions() {
-                return Err(format!(
-                    "device {:016x} has {} regions here, {} at the owner",
-                    hello.identity,
-                    g.image.len(),
-                    geometry.regions()
-                ));
+        let h = match map.get(&hello.identity) {
+            Some(h) => h.clone(),
+            None => {
+                let (file, image) =
+                    open_record(&rec_path, &geometry, hello.identity).map_err(|e| e.to_string())?;
+                let h = Arc::new(Mutex::new(Held {
+                    file,
+                    image,
+                    generation,
+                    applied: (0, 0),
+                }));
+                map.insert(hello.identity, h.clone());
+                h
             }
-            if owner != Some((hello.node, generation)) {
-                write_owner(&owner_path, hello.node, generation).map_err(|e| e.to_string())?;
-            }
-            g.owner = hello.node;
-            g.generation = generation;
-            return Ok((h.clone(), generation));
+        };
+        let mut g = h.lock().unwrap_or_else(|e| e.into_inner());
+        if g.image.len() as u64 != geometry.regions() {
+            return Err(format!(
+                "device {:016x} has {} regions here, {} at the owner",
+                hello.identity,
+                g.image.len(),
+                geometry.regions()
+            ));
         }
-        let held = open_record(&rec_path, &geometry, hello.identity).map_err(|e| e.to_string())?;
         if owner != Some((hello.node, generation)) {
             write_owner(&owner_path, hello.node, generation).map_err(|e| e.to_string())?;
         }
-        let (file, image) = held;
-        let h = Arc::new(Mutex::new(Held {
-            file,
-            image,
-            owner: hello.node,
-            generation,
-            applied: (0, 0),
-        }));
-        map.insert(hello.identity, h.clone());
+        g.generation = generation;
+        drop(g);
         Ok((h, generation))
     }
 

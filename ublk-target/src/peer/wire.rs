@@ -86,16 +86,7 @@ const FETCH: u16 = 8;
 
 impl Frame {
     pub fn name(&self) -> &'static str {
-        match self {
-            Frame::Hello(_) => "hello",
-            Frame::Welcome { .. } => "welcome",
-            Frame::Pages(_) => "pages",
-            Frame::Done { .. } => "done",
-            Frame::Refused { .. } => "refused",
-            Frame::Ping => "ping",
-            Frame::Pong => "pong",
-            Frame::Fetch => "fetch",
-        }
+        kind_name(self.kind()).expect("every frame has a known type")
     }
 
     fn kind(&self) -> u16 {
@@ -255,8 +246,9 @@ impl Fields<'_> {
     }
 }
 
-fn decode(kind: u16, payload: &[u8]) -> Result<Frame, WireError> {
-    let name = match kind {
+/// The name of a frame type, `None` for a type this node does not know.
+fn kind_name(kind: u16) -> Option<&'static str> {
+    Some(match kind {
         HELLO => "hello",
         WELCOME => "welcome",
         PAGES => "pages",
@@ -265,8 +257,12 @@ fn decode(kind: u16, payload: &[u8]) -> Result<Frame, WireError> {
         PING => "ping",
         PONG => "pong",
         FETCH => "fetch",
-        k => return Err(WireError::Type(k)),
-    };
+        _ => return None,
+    })
+}
+
+fn decode(kind: u16, payload: &[u8]) -> Result<Frame, WireError> {
+    let name = kind_name(kind).ok_or(WireError::Type(kind))?;
     let mut f = Fields {
         frame: name,
         rest: payload,
