@@ -225,10 +225,18 @@ impl PeerStore {
     /// on: on the peer if it answers (and the local file set to every
     /// region), else in the local file.
     pub fn start(&mut self, image: &Image) -> Result<()> {
-        if self.try_pair(image).is_err() {
-            self.go_local(image)?;
+        self.pair_or_local(image)
+    }
+
+    /// Hands the peer the whole record, or holds it locally if the peer
+    /// cannot be reached. A refusal is an error: the peer holds a newer
+    /// generation, so this node no longer owns the device and must not go on.
+    fn pair_or_local(&mut self, image: &Image) -> Result<()> {
+        match self.try_pair(image) {
+            Ok(()) => Ok(()),
+            Err(Error::Stopped) => Err(self.refused_error()),
+            Err(_) => self.go_local(image),
         }
-        Ok(())
     }
 
     fn next_seq(&mut self) -> u64 {
@@ -367,11 +375,13 @@ impl PeerStore {
             }
             return Err(e);
         }
-        let mut every = image.clone();
-        every.fill(true);
-        self.local.write_pages(&every, &all)?;
-        write_state(&self.state_path, self.hello.generation, Holding::Peer)?;
         if self.holding != Holding::Peer {
+            // (Already paired, after a reconnect: the local file says every
+            // region and the state says `peer` since the pairing.)
+            let mut every = image.clone();
+            every.fill(true);
+            self.local.write_pages(&every, &all)?;
+            write_state(&self.state_path, self.hello.generation, Holding::Peer)?;
             log::info!(
                 "peer {} holds the record (generation {})",
                 self.address,
@@ -426,20 +436,19 @@ impl RecordStore for PeerStore {
                         self.note_error(e.to_string());
                         // One reconnect first: a broken connection with a
                         // live peer is not a reason to leave it.
-                        match self.try_pair(image) {
-                            Ok(()) => Ok(()),
-                            // The peer holds a newer generation: this node no
-                            // longer owns the device, and must not go on.
-                            Err(Error::Stopped) => Err(self.refused_error()),
-                            Err(_) => self.go_local(image),
-                        }
+                        self.pair_or_local(image)
                     }
                 }
             }
             Holding::Local => {
                 self.local.write_pages(image, pages)?;
-                if Instant::now() >= self.retry_at && self.try_pair(image).is_err() {
-                    self.retry_at = Instant::now() + RETRY_EVERY;
+                if Instant::now() >= self.retry_at {
+                    match self.try_pair(image) {
+                        Ok(()) => {}
+                        // Taken over while this node served directly.
+                        Err(Error::Stopped) => return Err(self.refused_error()),
+                        Err(_) => self.retry_at = Instant::now() + RETRY_EVERY,
+                    }
                 }
                 Ok(())
             }

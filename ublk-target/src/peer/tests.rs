@@ -212,6 +212,27 @@ fn a_node_whose_device_was_taken_over_is_refused_and_stops_admitting() {
 }
 
 #[test]
+fn a_node_serving_directly_stops_once_it_learns_of_a_takeover() {
+    let dir = tempfile::tempdir().unwrap();
+    let bdir = dir.path().join("b");
+    let b = Running::start(&bdir, 0);
+    let a = owner(dir.path(), b.port);
+    a.write(1).unwrap();
+    let port = b.kill();
+    a.write(2).unwrap();
+    assert_eq!(a.holding(), Holding::Local, "serving directly");
+    // Meanwhile another node took the device over.
+    std::fs::write(bdir.join(format!("{IDENTITY:016x}.owner")), "3 2\n").unwrap();
+    let b = Running::start(&bdir, port);
+    std::thread::sleep(super::store::RETRY_EVERY + Duration::from_millis(100));
+    // The retry meets the refusal: the miss fails instead of being served.
+    let err = a.write(9).unwrap_err().to_string();
+    assert!(err.contains("stale generation 1"), "{err}");
+    assert!(!a.record.states().is_recorded(9));
+    b.kill();
+}
+
+#[test]
 fn a_holder_survives_garbage_and_refuses_a_stale_generation_at_hello() {
     let dir = tempfile::tempdir().unwrap();
     let b = Running::start(&dir.path().join("b"), 0);
