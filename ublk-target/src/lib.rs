@@ -16,6 +16,7 @@ pub mod dev;
 pub mod engine;
 pub mod error;
 pub mod geometry;
+pub mod lease;
 pub mod mirror;
 pub mod peer;
 pub mod predict;
