@@ -69,6 +69,11 @@ pub struct LoadArgs {
     /// HOST:PORT of the peer that holds the record (this node is node 1).
     #[arg(long)]
     pub peer: Option<String>,
+    /// The device's lease (this node is node 1), with its timeout in ms.
+    #[arg(long)]
+    pub lease: Option<PathBuf>,
+    #[arg(long, default_value_t = 1000)]
+    pub lease_timeout_ms: u64,
 }
 
 impl LoadArgs {
@@ -89,6 +94,8 @@ impl LoadArgs {
             capacity: 4 << 20,
             mirror_threads: 2,
             peer: None,
+            lease: None,
+            lease_timeout_ms: 1000,
         }
     }
 
@@ -110,6 +117,11 @@ impl LoadArgs {
                 address: address.clone(),
                 node: 1,
                 state: peer_state(&self.record),
+            }),
+            lease: self.lease.as_ref().map(|path| tandem::lease::LeaseConfig {
+                path: path.clone(),
+                node: 1,
+                timeout: Duration::from_millis(self.lease_timeout_ms),
             }),
         }
     }
@@ -149,6 +161,12 @@ impl LoadArgs {
         if let Some(p) = &self.peer {
             v.push("--peer".into());
             v.push(p.into());
+        }
+        if let Some(p) = &self.lease {
+            v.push("--lease".into());
+            v.push(p.into());
+            v.push("--lease-timeout-ms".into());
+            v.push(self.lease_timeout_ms.to_string().into());
         }
         v
     }
@@ -305,6 +323,8 @@ mod tests {
             capacity: 4 << 20,
             mirror_threads: 1,
             peer: Some("127.0.0.1:7789".into()),
+            lease: Some("lease".into()),
+            lease_timeout_ms: 700,
         };
         let mut argv = vec![OsString::from("engine-load")];
         argv.extend(a.args());

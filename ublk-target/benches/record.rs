@@ -195,6 +195,7 @@ fn engine_hit(c: &mut Criterion) {
         record: Arc::new(MemDev::new("record", RegionFile::file_size(&geometry))),
         record_is_new: true,
         identity: pair_identity("primary", "secondary"),
+        lease: None,
     };
     let config = EngineConfig {
         assume_clean: true,

@@ -41,6 +41,9 @@ fn default_mirror_threads() -> usize {
 fn default_max_copy_size() -> Size {
     Size(DEFAULT_MAX_COPY_BYTES)
 }
+fn default_lease_timeout() -> TimeSpan {
+    TimeSpan(crate::lease::DEFAULT_TIMEOUT)
+}
 fn default_max_lag() -> TimeSpan {
     TimeSpan(DEFAULT_MAX_LAG)
 }
@@ -137,10 +140,22 @@ pub struct DeviceArgs {
     #[cfg_attr(feature = "cli", arg(long, value_name = "HOST:PORT"))]
     #[serde(default)]
     pub peer: Option<String>,
-    /// This node's id, unique in the pair (with `--peer`).
+    /// This node's id, unique in the pair (with `--peer` or `--lease`).
     #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default)]
     pub node_id: Option<u64>,
+    /// The device's lease: a small file or block device on storage that
+    /// both nodes reach (created blank when missing). Writes are
+    /// acknowledged only while this node holds it; the peer takes the device
+    /// over only once it has lapsed.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "PATH"))]
+    #[serde(default)]
+    pub lease: Option<PathBuf>,
+    /// How long the lease lasts without a renewal (renewed every quarter of
+    /// it); the peer waits half as long again before a takeover.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = default_lease_timeout()))]
+    #[serde(default = "default_lease_timeout")]
+    pub lease_timeout: TimeSpan,
 }
 
 impl DeviceArgs {
@@ -150,6 +165,9 @@ impl DeviceArgs {
     /// the same files.
     pub fn make_absolute(&mut self) -> Result<()> {
         for p in [&mut self.primary, &mut self.secondary, &mut self.record] {
+            *p = absolute(p)?;
+        }
+        if let Some(p) = &mut self.lease {
             *p = absolute(p)?;
         }
         Ok(())
@@ -184,13 +202,40 @@ impl DeviceArgs {
                 self.depth
             )));
         }
-        let peer = match (&self.peer, self.node_id) {
-            (None, None) => None,
-            (None, Some(id)) => {
+        let lease = match (&self.lease, self.node_id) {
+            (None, _) => None,
+            (Some(p), None) => {
                 return Err(Error::Config(format!(
-                    "--node-id {id} is for a device with --peer"
+                    "--lease {} needs --node-id (this node's id in the pair)",
+                    p.display()
                 )))
             }
+            (Some(_), Some(0)) => {
+                return Err(Error::Config("--node-id 0: node ids start at 1".into()))
+            }
+            (Some(p), Some(node)) => {
+                let timeout = self.lease_timeout.duration();
+                if timeout < Duration::from_millis(200) || timeout > Duration::from_secs(600) {
+                    return Err(Error::Config(format!(
+                        "--lease-timeout {}: must be from 200ms to 10min",
+                        self.lease_timeout
+                    )));
+                }
+                Some(crate::lease::LeaseConfig {
+                    path: p.clone(),
+                    node,
+                    timeout,
+                })
+            }
+        };
+        let peer = match (&self.peer, self.node_id) {
+            (None, None) => None,
+            (None, Some(id)) if lease.is_none() => {
+                return Err(Error::Config(format!(
+                    "--node-id {id} is for a device with --peer or --lease"
+                )))
+            }
+            (None, Some(_)) => None,
             (Some(addr), None) => {
                 return Err(Error::Config(format!(
                     "--peer {addr} needs --node-id (this node's id in the pair)"
@@ -214,6 +259,7 @@ impl DeviceArgs {
         };
         let config = EngineConfig {
             peer,
+            lease,
             region_size,
             capacity: self.capacity.bytes(),
             policy: self.policy.clone(),
@@ -274,6 +320,12 @@ impl DeviceArgs {
         if let Some(id) = self.node_id {
             v.push("--node-id".into());
             v.push(id.to_string().into());
+        }
+        if let Some(lease) = &self.lease {
+            v.push("--lease".into());
+            v.push(lease.into());
+            v.push("--lease-timeout".into());
+            v.push(self.lease_timeout.to_string().into());
         }
         v
     }
@@ -367,6 +419,8 @@ mod tests {
             passthrough: false,
             peer: None,
             node_id: None,
+            lease: None,
+            lease_timeout: default_lease_timeout(),
         }
     }
 
@@ -409,6 +463,25 @@ mod tests {
                     a.passthrough = true;
                 }),
                 "with --passthrough",
+            ),
+            (
+                Box::new(|a| a.lease = Some("/shared/lease".into())),
+                "--lease /shared/lease needs --node-id",
+            ),
+            (
+                Box::new(|a| {
+                    a.lease = Some("/shared/lease".into());
+                    a.node_id = Some(1);
+                    a.lease_timeout = "50ms".parse().unwrap();
+                }),
+                "--lease-timeout 50ms",
+            ),
+            (
+                Box::new(|a| {
+                    a.lease = Some("/shared/lease".into());
+                    a.node_id = Some(0);
+                }),
+                "--node-id 0",
             ),
         ];
         for (edit, needle) in cases {

@@ -288,7 +288,9 @@ mod tests {
                 assume_clean: true,
                 passthrough: false,
                 peer: None,
-                node_id: None,
+                node_id: Some(2),
+                lease: Some("/shared/lease".into()),
+                lease_timeout: "3s".parse().unwrap(),
             },
         };
         files.write_state(&st).unwrap();

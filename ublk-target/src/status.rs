@@ -24,6 +24,9 @@ pub enum State {
     /// The record cannot be updated: writes that would need an update are
     /// refused with an error, writes to recorded regions go on.
     RecordFailed,
+    /// The device's lease is lost or lapsed: writes are refused and nothing
+    /// is marked clean (another node may own the device now).
+    Fenced,
     /// Serving the primary alone, record and mirror off (benchmark baseline).
     Passthrough,
     /// The daemon is gone; host I/O waits for `tandemctl recover`.
@@ -38,6 +41,7 @@ impl State {
             State::Recovering => "recovering",
             State::Degraded => "degraded",
             State::RecordFailed => "record-failed",
+            State::Fenced => "fenced",
             State::Passthrough => "passthrough",
             State::Down => "down",
         }

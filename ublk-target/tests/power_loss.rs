@@ -120,6 +120,7 @@ impl World {
                 record: self.record.clone(),
                 record_is_new: new,
                 identity: pair_identity("primary", "secondary"),
+                lease: None,
             },
             &self.config,
         )

@@ -30,6 +30,8 @@ pub struct EngineConfig {
     pub cache: Cache,
     /// The peer that holds the record, if any.
     pub peer: Option<PeerConfig>,
+    /// The device's lease on shared storage, for a device two nodes reach.
+    pub lease: Option<crate::lease::LeaseConfig>,
 }
 
 /// Where the record is held when a peer holds it.
@@ -55,6 +57,7 @@ impl Default for EngineConfig {
             passthrough: false,
             cache: Cache::default(),
             peer: None,
+            lease: None,
         }
     }
 }

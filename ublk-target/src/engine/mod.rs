@@ -61,6 +61,8 @@ pub struct Engine {
     passthrough: bool,
     /// The link's figures, when a peer holds the record.
     peer: Option<Arc<std::sync::Mutex<crate::peer::PeerStatus>>>,
+    /// The device's lease: no write is acknowledged while it is not valid.
+    lease: Option<Arc<crate::lease::Lease>>,
 }
 
 impl Engine {
@@ -174,6 +176,25 @@ impl Engine {
             .sync()
             .map_err(|e| Error::io("flush primary", e))?;
         self.record.forget_clean();
-        self.record.destage()
+        self.record.destage()?;
+        if let Some(l) = &self.lease {
+            // Only after a clean stop: a lease that lapses instead lets the
+            // peer take the device over.
+            l.release();
+        }
+        Ok(())
+    }
+
+    /// The device's lease, when it has one.
+    pub fn lease(&self) -> Option<&Arc<crate::lease::Lease>> {
+        self.lease.as_ref()
+    }
+
+    /// `Ok` unless the lease forbids writing now.
+    fn check_lease(&self) -> Result<()> {
+        match &self.lease {
+            Some(l) => l.check(),
+            None => Ok(()),
+        }
     }
 }

@@ -8,6 +8,7 @@ use super::{Engine, EngineConfig, StartKind};
 use crate::dev::{Cache, Dev};
 use crate::error::{Error, Result};
 use crate::geometry::Geometry;
+use crate::lease::Lease;
 use crate::mirror::MirrorPool;
 use crate::peer::wire::Hello;
 use crate::peer::{PeerStatus, PeerStore};
@@ -27,7 +28,11 @@ pub struct Devices {
     /// The record device holds no record yet: create one.
     pub record_is_new: bool,
     /// Identifies the device pair; a record made for another pair is refused.
+    /// With a lease, the identity the lease names (both nodes then agree on
+    /// it, whatever their paths to the devices).
     pub identity: u64,
+    /// The device's lease, claimed (with `EngineConfig::lease`).
+    pub lease: Option<Arc<Lease>>,
 }
 
 /// A stable identity for a primary/secondary pair, from their names.
@@ -110,15 +115,25 @@ impl Paths {
                 create_size: record_is_new.then_some(layout),
             },
         )?);
+        let mut identity = pair_identity(
+            &primary_path.to_string_lossy(),
+            &secondary_path.to_string_lossy(),
+        );
+        let lease = match &config.lease {
+            None => None,
+            Some(lc) => {
+                let lease = Lease::claim(lc, identity, primary.size(), config.region_size)?;
+                identity = lease.identity();
+                Some(lease)
+            }
+        };
         Ok(Devices {
-            identity: pair_identity(
-                &primary_path.to_string_lossy(),
-                &secondary_path.to_string_lossy(),
-            ),
+            identity,
             primary,
             secondary,
             record,
             record_is_new,
+            lease,
         })
     }
 }
@@ -145,6 +160,7 @@ impl Engine {
             record: record_dev,
             record_is_new,
             identity,
+            lease,
         } = devices;
         let size = primary.size();
         if size == 0 {
@@ -194,7 +210,8 @@ impl Engine {
                 }
             }
         };
-        let (store, resync, peer) = hold(store, resync, config, identity, &geometry)?;
+        let generation = lease.as_ref().map(|l| l.generation());
+        let (store, resync, peer) = hold(store, resync, config, identity, &geometry, generation)?;
         let predictor =
             predict::by_name(&config.policy, geometry.regions(), geometry.region_size())?;
         let barrier_dev = primary.clone();
@@ -235,6 +252,9 @@ impl Engine {
             config.mirror.clone(),
             host_io.clone(),
         )?;
+        if let Some(l) = &lease {
+            mirror.fence_with(l.clone());
+        }
         mirror.enqueue_resync(&dirtied);
         let destager = if manual {
             None
@@ -258,6 +278,7 @@ impl Engine {
             capacity: config.capacity,
             passthrough: config.passthrough,
             peer,
+            lease,
         })
     }
 }
@@ -274,6 +295,7 @@ fn hold(
     config: &EngineConfig,
     identity: u64,
     geometry: &Geometry,
+    generation: Option<u64>,
 ) -> Result<(
     Box<dyn RecordStore>,
     Vec<u64>,
@@ -290,7 +312,7 @@ fn hold(
         region_size: geometry.region_size(),
     };
     let regions = geometry.regions();
-    let mut store = PeerStore::new(&pc.address, hello, &pc.state, file, regions)?;
+    let mut store = PeerStore::new(&pc.address, hello, &pc.state, file, regions, generation)?;
     match store.fetch(regions)? {
         Some(held) if !store.local_was_holding() => resync = held,
         Some(held) => {

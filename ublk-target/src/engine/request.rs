@@ -226,6 +226,11 @@ impl Engine {
         if !req.op.changes_data() {
             return ready(None, Some(self.host_io.enter()));
         }
+        if let Err(e) = self.check_lease() {
+            // Fenced: another node may be copying the device, so nothing
+            // is written to the primary.
+            return Plan::Done(Err(e));
+        }
         match self.start_write(req.offset, req.len) {
             WriteStart::Ready(guard) => ready(Some(guard), None),
             WriteStart::Pending(pending) => Plan::Pending(PendingIo {
@@ -354,8 +359,10 @@ impl<'a> Io<'a> {
         };
         match u64::try_from(res) {
             Err(_) => failed(-res),
-            Ok(n) if n == want => Ok(want as usize),
-            Ok(_) => failed(libc::EIO),
+            Ok(n) if n != want => failed(libc::EIO),
+            // A write, or a flush, is acknowledged only under a valid lease.
+            Ok(_) if req.op != Op::Read => engine.check_lease().map(|()| want as usize),
+            Ok(_) => Ok(want as usize),
         }
     }
 }

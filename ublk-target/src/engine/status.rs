@@ -77,6 +77,9 @@ pub struct EngineStatus {
     /// held now, the peer's node and generation, the round trip.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<crate::peer::PeerStatus>,
+    /// The device's lease on shared storage, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<crate::lease::LeaseStatus>,
 }
 
 impl Engine {
@@ -87,6 +90,8 @@ impl Engine {
         let record_error = self.record.store_error();
         let state = if self.passthrough {
             State::Passthrough
+        } else if self.lease.as_ref().is_some_and(|l| !l.valid()) {
+            State::Fenced
         } else if record_error.is_some() {
             State::RecordFailed
         } else if ms.degraded {
@@ -143,6 +148,7 @@ impl Engine {
                 .peer
                 .as_ref()
                 .map(|p| p.lock().unwrap_or_else(|e| e.into_inner()).clone()),
+            lease: self.lease.as_ref().map(|l| l.status()),
         }
     }
 

@@ -75,6 +75,7 @@ impl Rig {
             record: self.record.clone(),
             record_is_new: new,
             identity: self.identity,
+            lease: None,
         }
     }
 
@@ -1219,4 +1220,80 @@ fn a_completion_keeps_the_errno_and_never_takes_a_short_transfer_for_success() {
     assert_eq!(states.inflight(0), 0);
     pump_all(&e);
     assert!(rig.in_sync());
+}
+
+/// A lost lease fences the engine: writes fail and change nothing, copies
+/// mark nothing clean, the state says `fenced`; reads go on.
+#[test]
+fn an_engine_whose_lease_is_taken_over_writes_nothing_and_cleans_nothing() {
+    use crate::lease::{Block, LeaseArea, LeaseConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let rig = rig();
+    let lc = LeaseConfig {
+        path: dir.path().join("lease"),
+        node: 1,
+        timeout: std::time::Duration::from_millis(400),
+    };
+    let lease = crate::lease::Lease::claim(&lc, rig.identity, SIZE, REGION).unwrap();
+    let mut devices = rig.devices(true);
+    devices.lease = Some(lease.clone());
+    let e = Engine::open_manual(devices, &rig.config).unwrap();
+    e.write(&pattern(1, 4096), 0, false).unwrap();
+    assert_eq!(e.status().state, State::Live);
+    assert_eq!(e.status().lease.unwrap().generation, 1);
+    // Region 0 is dirty; another node takes the device over.
+    let stolen = Block {
+        owner: 2,
+        generation: 2,
+        ..lease.block()
+    };
+    LeaseArea::open(&lc.path).unwrap().write(&stolen).unwrap();
+    let t0 = std::time::Instant::now();
+    while lease.valid() {
+        assert!(t0.elapsed().as_secs() < 3, "the engine never noticed");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let before = rig.primary.contents();
+    let err = e.write(&pattern(2, 4096), REGION, false).unwrap_err();
+    assert!(matches!(err, Error::Fenced(_)), "{err}");
+    assert!(err.to_string().contains("taken over"), "{err}");
+    assert_eq!(err.errno(), -libc::EIO);
+    assert!(e.discard(0, REGION).is_err());
+    assert_eq!(
+        rig.primary.contents(),
+        before,
+        "a fenced write reached the primary"
+    );
+    // The copy of region 0 does not mark it clean.
+    for _ in 0..4 {
+        e.pump_mirror();
+    }
+    assert_eq!(dirty(&e), vec![0]);
+    let st = e.status();
+    assert_eq!(st.state, State::Fenced);
+    assert!(st.lease.unwrap().lost.is_some());
+    let mut buf = vec![0u8; 4096];
+    e.read(&mut buf, 0).unwrap();
+    assert_eq!(buf, pattern(1, 4096));
+}
+
+/// A clean stop releases the lease: it does not lapse into a takeover.
+#[test]
+fn a_clean_shutdown_releases_the_lease() {
+    use crate::lease::{LeaseConfig, Seen, Watch};
+    let dir = tempfile::tempdir().unwrap();
+    let rig = rig();
+    let lc = LeaseConfig {
+        path: dir.path().join("lease"),
+        node: 1,
+        timeout: std::time::Duration::from_millis(300),
+    };
+    let mut devices = rig.devices(true);
+    devices.lease = Some(crate::lease::Lease::claim(&lc, rig.identity, SIZE, REGION).unwrap());
+    let e = Engine::open_manual(devices, &rig.config).unwrap();
+    e.write(&pattern(1, 4096), 0, false).unwrap();
+    pump_all(&e);
+    e.shutdown().unwrap();
+    let mut watch = Watch::new(&lc.path).unwrap();
+    assert!(matches!(watch.poll().unwrap(), Seen::Released(b) if b.owner == 1));
 }

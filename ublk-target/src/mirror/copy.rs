@@ -68,11 +68,16 @@ impl Shared {
                 }
             }
         }
-        let result = result.and_then(|()| {
-            secondary
-                .sync()
-                .map_err(|e| Error::io(format!("sync secondary {}", secondary.describe()), e))
-        });
+        let result = result
+            .and_then(|()| {
+                secondary
+                    .sync()
+                    .map_err(|e| Error::io(format!("sync secondary {}", secondary.describe()), e))
+            })
+            .and_then(|()| match self.fence.get() {
+                Some(lease) => lease.check(),
+                None => Ok(()),
+            });
         if result.is_err() {
             for &(r, mask) in &taken {
                 states.restore_chunks(r, mask);

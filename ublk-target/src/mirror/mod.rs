@@ -115,6 +115,9 @@ struct Shared {
     pacer: Mutex<Pacer>,
     /// Whether copies are being held back for heavy host I/O right now.
     deferring: AtomicBool,
+    /// The device's lease: a copy marks nothing clean unless it is valid
+    /// (another node may be copying instead).
+    fence: std::sync::OnceLock<Arc<crate::lease::Lease>>,
 }
 
 /// A snapshot of the pool's figures.
@@ -223,6 +226,7 @@ impl MirrorPool {
             host_io,
             pacer: Mutex::new(Pacer::default()),
             deferring: AtomicBool::new(false),
+            fence: std::sync::OnceLock::new(),
             config,
         });
         let mut workers = Vec::new();
@@ -269,6 +273,12 @@ impl MirrorPool {
     /// Queues regions that turned dirty.
     pub fn enqueue(&self, regions: &[u64]) {
         self.shared.enqueue(regions);
+    }
+
+    /// Copies only under `lease`: a copy that ends while the lease is not
+    /// valid fails, and its regions stay dirty.
+    pub fn fence_with(&self, lease: Arc<crate::lease::Lease>) {
+        let _ = self.shared.fence.set(lease);
     }
 
     /// Queues regions found in the record at start-up and counts them as resync.

@@ -119,14 +119,8 @@ impl Holder {
         let (rec_path, owner_path) = self.paths(hello.identity);
         let owner = read_owner(&owner_path).map_err(|e| e.to_string())?;
         let generation = match owner {
-            None if hello.generation == 0 => 1,
-            None => {
-                return Err(format!(
-                    "this node holds no record of device {:016x}, but node {} has generation {}: \
-                     it was held elsewhere",
-                    hello.identity, hello.node, hello.generation
-                ))
-            }
+            // A first pairing (with a lease, at the lease's generation).
+            None => hello.generation.max(1),
             Some((_, held)) if hello.generation < held || (hello.generation == 0 && held > 0) => {
                 return Err(format!(
                     "stale generation {} for device {:016x}: this node holds generation {held} \

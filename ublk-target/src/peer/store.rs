@@ -136,9 +136,12 @@ impl PeerStore {
         state_path: &Path,
         local: RegionFile,
         regions: u64,
+        lease_generation: Option<u64>,
     ) -> Result<PeerStore> {
         let (generation, held_before) = read_state(state_path)?;
-        hello.generation = generation;
+        // The lease's generation, when there is a lease, is the one that
+        // counts: a takeover raises it on the shared storage.
+        hello.generation = lease_generation.unwrap_or(generation);
         let status = PeerStatus {
             address: address.to_string(),
             holding: Holding::Local,

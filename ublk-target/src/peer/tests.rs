@@ -85,6 +85,7 @@ fn owner(dir: &std::path::Path, port: u16) -> Owner {
         &dir.join("owner.peer"),
         file,
         g.regions(),
+        None,
     )
     .unwrap();
     let held = store.fetch(g.regions()).unwrap();
@@ -256,6 +257,7 @@ fn a_holder_survives_garbage_and_refuses_a_stale_generation_at_hello() {
         &dir.path().join("owner.peer"),
         file,
         g.regions(),
+        None,
     )
     .unwrap();
     let err = store.fetch(g.regions()).unwrap_err().to_string();
@@ -305,6 +307,7 @@ fn an_engine_recovers_from_what_its_peer_holds_and_from_everything_without_it() 
                 record: record.clone(),
                 record_is_new: new,
                 identity,
+                lease: None,
             },
             &config,
         )

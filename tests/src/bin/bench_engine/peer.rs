@@ -138,6 +138,7 @@ pub(crate) fn peer_bench(a: &PeerArgs) -> anyhow::Result<Value> {
         &dir.join("peer.state"),
         region_file("fallback.rec")?,
         REGIONS,
+        None,
     )?;
     store.start(&tandem::record::Image::repeat(false, REGIONS as usize))?;
     let status = store.status();

@@ -81,7 +81,7 @@ pub(crate) fn recovery_bench(a: &RecoveryArgs) -> anyhow::Result<Value> {
             region_size: EngineConfig::default().region_size,
             capacity,
             mirror_threads: MirrorConfig::default().threads,
-            peer: None,
+            ..LoadArgs::stamped(&a.dir, a.threads)
         };
         let mut child = Command::new(&child_exe)
             .args(load.args())
