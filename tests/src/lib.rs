@@ -137,6 +137,19 @@ pub fn sigkill(child: &mut std::process::Child) {
     );
 }
 
+/// A child killed when the guard drops (a test that fails midway leaves no
+/// process behind, holding its pipes open).
+pub struct Reaper(pub std::process::Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Waits for a child's `ready` line, then follows its `status N N ...` lines
 /// on a thread; the handle returns the numbers of the last one (empty if none
 /// came) once the child's stdout closes.

@@ -10,36 +10,53 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tandem::engine::Engine;
-use tandem::peer::Holding;
+use tandem::lease::LeaseConfig;
+use tandem::peer::{Holding, TakeoverReport};
 use tandem_tests::load::LoadArgs;
-use tandem_tests::{check_acknowledged, sigkill, watch_status};
+use tandem_tests::{check_acknowledged, sigkill, watch_status, Reaper};
 
 const DEVICE: u64 = 64 << 20;
 const THREADS: u32 = 4;
 
 /// Node B as its own process; returns it and the port it listens on.
-fn holder(dir: &Path) -> (Child, u16) {
+fn holder(dir: &Path) -> (Reaper, u16) {
+    let (child, port, _) = holder_with(dir, &[]);
+    (child, port)
+}
+
+/// Node B watching the leases in `specs` for takeovers; the third value
+/// receives each takeover's report.
+fn holder_with(dir: &Path, specs: &[String]) -> (Reaper, u16, Receiver<TakeoverReport>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_peer-holder"))
         .args(["127.0.0.1:0", dir.to_str().unwrap(), "2"])
+        .args(specs)
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn peer-holder");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    out.read_line(&mut line).unwrap();
     let port = line
         .trim()
         .strip_prefix("listening ")
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("peer-holder said {line:?}"));
-    (child, port)
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            if let Some(json) = line.strip_prefix("takeover ") {
+                let _ = tx.send(serde_json::from_str(json).expect("a takeover report"));
+            }
+        }
+    });
+    (Reaper(child), port, rx)
 }
 
 /// A TCP proxy on loopback to the holder's port: it can slow every chunk it
@@ -158,12 +175,14 @@ fn a_node_whose_record_is_held_by_its_peer_survives_a_slow_link_a_cut_and_a_dead
     for p in [&paths.primary, &paths.secondary] {
         std::fs::File::create(p).unwrap().set_len(DEVICE).unwrap();
     }
-    let mut a = Command::new(env!("CARGO_BIN_EXE_engine-load"))
-        .args(load.args())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn engine-load");
-    let latest = watch_status(a.stdout.take().unwrap()).unwrap_or_else(|e| panic!("{e}"));
+    let mut a = Reaper(
+        Command::new(env!("CARGO_BIN_EXE_engine-load"))
+            .args(load.args())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn engine-load"),
+    );
+    let latest = watch_status(a.0.stdout.take().unwrap()).unwrap_or_else(|e| panic!("{e}"));
     let w = writes_grow(&latest, 0, "paired");
     // A slow link: every forwarded chunk waits 2 ms. Writes that miss wait
     // for it; the rest do not.
@@ -179,7 +198,7 @@ fn a_node_whose_record_is_held_by_its_peer_survives_a_slow_link_a_cut_and_a_dead
     std::thread::sleep(tandem::peer::store::RETRY_EVERY * 2);
     let w = writes_grow(&latest, w, "link back");
     // B dies, and comes back from its directory on another port.
-    sigkill(&mut b);
+    sigkill(&mut b.0);
     let w = writes_grow(&latest, w, "peer dead");
     let (mut b, bport) = holder(&bdir);
     proxy.upstream.store(bport, Ordering::Release);
@@ -187,7 +206,7 @@ fn a_node_whose_record_is_held_by_its_peer_survives_a_slow_link_a_cut_and_a_dead
     writes_grow(&latest, w, "peer back");
     std::thread::sleep(Duration::from_millis(200));
     // A dies (a host crash of A's process: no clean stop).
-    sigkill(&mut a);
+    sigkill(&mut a.0);
     let config = load.config();
     let engine = Engine::open(paths.open(&config).unwrap(), &config).unwrap();
     let st = engine.status();
@@ -217,5 +236,130 @@ fn a_node_whose_record_is_held_by_its_peer_survives_a_slow_link_a_cut_and_a_dead
         "primary and secondary differ after resync"
     );
     println!("{checked} acknowledged blocks intact; primary and secondary identical");
-    sigkill(&mut b);
+    sigkill(&mut b.0);
+}
+
+/// A with a lease on the shared storage, B watching it. A cut link with
+/// both alive takes nothing over; A's death does: B takes the lease at the
+/// next generation, copies what it held, and the devices are identical. A,
+/// back, is refused; B serves the device with every acknowledged write.
+#[test]
+fn b_takes_over_when_a_dies_and_only_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let bdir = dir.path().join("b");
+    std::fs::create_dir(dir.path().join("logs")).unwrap();
+    let lease = dir.path().join("lease");
+    let load = LoadArgs {
+        lease: Some(lease.clone()),
+        lease_timeout_ms: 1000,
+        ..LoadArgs::stamped(dir.path(), THREADS)
+    };
+    let paths = load.paths();
+    for p in [&paths.primary, &paths.secondary] {
+        std::fs::File::create(p).unwrap().set_len(DEVICE).unwrap();
+    }
+    // Node B reaches the same files (two hosts' paths to shared storage).
+    let spec = format!(
+        "lease={},primary={},secondary={}",
+        lease.display(),
+        paths.primary.display(),
+        paths.secondary.display()
+    );
+    let (mut b, bport, takeovers) = holder_with(&bdir, &[spec]);
+    let proxy = Proxy::start(bport);
+    let load = LoadArgs {
+        peer: Some(format!("127.0.0.1:{}", proxy.port)),
+        ..load
+    };
+    let mut a = Reaper(
+        Command::new(env!("CARGO_BIN_EXE_engine-load"))
+            .args(load.args())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn engine-load"),
+    );
+    let latest = watch_status(a.0.stdout.take().unwrap()).unwrap_or_else(|e| panic!("{e}"));
+    let w = writes_grow(&latest, 0, "paired");
+    // The link is cut for twice the lease's expiry: both nodes are alive,
+    // A renews its lease, B takes nothing over, A's writes go on.
+    proxy.set_cut(true);
+    let w = writes_grow(&latest, w, "link cut");
+    assert!(
+        takeovers.recv_timeout(Duration::from_secs(3)).is_err(),
+        "B took the device over while A was alive"
+    );
+    proxy.set_cut(false);
+    std::thread::sleep(tandem::peer::store::RETRY_EVERY * 2);
+    writes_grow(&latest, w, "link back");
+    std::thread::sleep(Duration::from_millis(200));
+    let at_death = latest.lock().unwrap().clone();
+    sigkill(&mut a.0);
+    let died = Instant::now();
+    let report = takeovers
+        .recv_timeout(Duration::from_secs(60))
+        .expect("B takes the device over");
+    let took = died.elapsed();
+    println!(
+        "takeover {:.2} s after A died (lease 1 s + margin 0.5 s): waited {} ms, copied {} KiB of {} KiB in {} ms",
+        took.as_secs_f64(),
+        report.waited_ms,
+        report.bytes_resynced >> 10,
+        DEVICE >> 10,
+        report.copy_ms
+    );
+    println!(
+        "A's record just before its death: {} KiB ({} KiB dirty); B resynced {} KiB",
+        at_death[0] >> 10,
+        at_death[1] >> 10,
+        report.bytes_resynced >> 10
+    );
+    assert_eq!(
+        (report.from_node, report.from_generation, report.generation),
+        (1, 1, 2)
+    );
+    assert!(report.waited_ms >= 1500, "{report:?}");
+    assert!(
+        report.bytes_resynced > 0 && report.bytes_resynced < DEVICE,
+        "B copied what it held, not everything: {report:?}"
+    );
+    let checked = check_acknowledged(&paths.primary, &dir.path().join("logs"), THREADS);
+    assert!(checked > 0);
+    let p = std::fs::read(&paths.primary).unwrap();
+    let s = std::fs::read(&paths.secondary).unwrap();
+    assert!(
+        p == s[..p.len()],
+        "primary and secondary differ after the takeover"
+    );
+    // A comes back: its lease is gone, and it must not serve.
+    let config = load.config();
+    let err = match paths.open(&config) {
+        Ok(_) => panic!("A claimed its lease again after the takeover"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("belongs to node 2 at generation 2"), "{err}");
+    // A's stale open changed nothing: B serves (promote) from what it holds.
+    let mut config_b = load.config();
+    config_b.peer = None;
+    config_b.lease = Some(LeaseConfig {
+        path: lease.clone(),
+        node: 2,
+        timeout: Duration::from_millis(1000),
+    });
+    let paths_b = tandem::engine::Paths {
+        record: bdir.join(format!("{}.rec", report.identity)),
+        ..paths.clone()
+    };
+    let engine = Engine::open(paths_b.open(&config_b).unwrap(), &config_b).unwrap();
+    let st = engine.status();
+    assert_eq!(st.lease.as_ref().map(|l| l.generation), Some(2));
+    assert_eq!(
+        st.resync_total_bytes, 0,
+        "the takeover left nothing to copy"
+    );
+    let mut block = vec![0u8; 4096];
+    engine.read(&mut block, 0).unwrap();
+    engine.write(&block, 0, true).unwrap();
+    engine.shutdown().unwrap();
+    println!("{checked} acknowledged blocks intact; B serves at generation 2; A refused");
+    sigkill(&mut b.0);
 }

@@ -55,6 +55,11 @@ enum Cmd {
         /// This node's id, unique in the pair.
         #[arg(long)]
         node_id: u64,
+        /// A device to take over when its owner's lease expires:
+        /// lease=PATH,primary=PATH,secondary=PATH (this node's paths to the
+        /// shared storage). Repeat for each device.
+        #[arg(long, value_name = "SPEC")]
+        takeover: Vec<tandem::peer::TakeoverSpec>,
     },
 }
 
@@ -87,7 +92,8 @@ fn main() {
             listen,
             dir,
             node_id,
-        } => hold(&listen, &dir, node_id),
+            takeover,
+        } => hold(&listen, &dir, node_id, takeover),
     };
     if let Err(e) = r {
         eprintln!("tandem-target: {e:#}");
@@ -96,7 +102,12 @@ fn main() {
 }
 
 /// Serves the holder until SIGTERM or SIGINT.
-fn hold(listen: &str, dir: &std::path::Path, node: u64) -> anyhow::Result<()> {
+fn hold(
+    listen: &str,
+    dir: &std::path::Path,
+    node: u64,
+    takeover: Vec<tandem::peer::TakeoverSpec>,
+) -> anyhow::Result<()> {
     use anyhow::Context;
     use nix::sys::signal::{SigSet, Signal};
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -117,6 +128,17 @@ fn hold(listen: &str, dir: &std::path::Path, node: u64) -> anyhow::Result<()> {
         }
         s.store(true, Ordering::Release);
     });
+    for spec in takeover {
+        let (holder, stop) = (holder.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("tandem-takeover".into())
+            .spawn(move || {
+                if let Err(e) = holder.watch(&spec, &stop, |_| {}) {
+                    log::error!("takeover watch on {}: {e}", spec.lease.display());
+                }
+            })
+            .context("spawn a takeover watch")?;
+    }
     log::info!(
         "node {node} holds peer records in {} on {}",
         dir.display(),

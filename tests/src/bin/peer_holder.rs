@@ -3,7 +3,11 @@
 //! until killed (see `tandem::peer::Holder`; the daemon's `tandem-target
 //! hold` is the same holder).
 //!
-//! Usage: peer-holder ADDRESS DIR NODE_ID
+//! With takeover specs (`lease=PATH,primary=PATH,secondary=PATH`) it
+//! watches each device's lease, takes the device over when its owner's
+//! lease expires, and prints `takeover JSON` (a `TakeoverReport`).
+//!
+//! Usage: peer-holder ADDRESS DIR NODE_ID [SPEC...]
 
 use std::io::Write;
 use std::sync::atomic::AtomicBool;
@@ -14,7 +18,14 @@ use anyhow::Context;
 fn main() -> anyhow::Result<()> {
     env_logger::init();
     let args: Vec<String> = std::env::args().collect();
-    anyhow::ensure!(args.len() == 4, "usage: peer-holder ADDRESS DIR NODE_ID");
+    anyhow::ensure!(
+        args.len() >= 4,
+        "usage: peer-holder ADDRESS DIR NODE_ID [SPEC...]"
+    );
+    let specs = args[4..]
+        .iter()
+        .map(|s| s.parse::<tandem::peer::TakeoverSpec>())
+        .collect::<Result<Vec<_>, _>>()?;
     let node: u64 = args[3]
         .parse()
         .with_context(|| format!("node id {:?}", args[3]))?;
@@ -26,6 +37,17 @@ fn main() -> anyhow::Result<()> {
         std::path::Path::new(&args[2]),
         node,
     )?);
-    holder.serve(listener, Arc::new(AtomicBool::new(false)))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for spec in specs {
+        let (holder, stop) = (holder.clone(), stop.clone());
+        std::thread::spawn(move || {
+            holder.watch(&spec, &stop, |report| {
+                let json = serde_json::to_string(report).expect("a report serializes");
+                println!("takeover {json}");
+                let _ = std::io::stdout().flush();
+            })
+        });
+    }
+    holder.serve(listener, stop)?;
     Ok(())
 }

@@ -91,6 +91,24 @@ impl Holder {
         )
     }
 
+    pub fn node(&self) -> u64 {
+        self.node
+    }
+
+    /// Ends the owner's hold on `identity` for a takeover at `generation`:
+    /// the owner record names this node, and every session of an older
+    /// generation is refused from its next request. Returns the held
+    /// record's path, for the copy (it is no longer written by the holder).
+    pub fn surrender(&self, identity: u64, generation: u64) -> Result<PathBuf> {
+        let (rec_path, owner_path) = self.paths(identity);
+        let mut map = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = map.remove(&identity) {
+            h.lock().unwrap_or_else(|e| e.into_inner()).generation = generation;
+        }
+        write_owner(&owner_path, self.node, generation)?;
+        Ok(rec_path)
+    }
+
     /// Connections being served now.
     pub fn open_sessions(&self) -> usize {
         self.sessions
@@ -117,6 +135,9 @@ impl Holder {
         let geometry = Geometry::new(hello.device_size, hello.region_size)
             .map_err(|e| format!("device geometry: {e}"))?;
         let (rec_path, owner_path) = self.paths(hello.identity);
+        // The owner is read under the map's lock: a takeover changes both
+        // under it (`surrender`).
+        let mut map = self.held.lock().unwrap_or_else(|e| e.into_inner());
         let owner = read_owner(&owner_path).map_err(|e| e.to_string())?;
         let generation = match owner {
             // A first pairing (with a lease, at the lease's generation).
@@ -130,7 +151,6 @@ impl Holder {
             }
             Some((_, held)) => held.max(hello.generation),
         };
-        let mut map = self.held.lock().unwrap_or_else(|e| e.into_inner());
         let h = match map.get(&hello.identity) {
             Some(h) => h.clone(),
             None => {
@@ -254,24 +274,23 @@ impl Holder {
                 }
                 Err(e) => return Err(e),
             };
+            let mut h = held.lock().unwrap_or_else(|e| e.into_inner());
+            if h.generation != generation {
+                // Taken over (or handed on) since the hello: every request
+                // of the old generation is refused.
+                let reason = format!(
+                    "generation {generation} ended: this node now holds generation {} of device {:016x}",
+                    h.generation, hello.identity
+                );
+                drop(h);
+                write_frame(&mut wr, seq, &Frame::Refused { reason })?;
+                return Ok(());
+            }
             let answer = match frame {
-                Frame::Pages(pages) => {
-                    let mut h = held.lock().unwrap_or_else(|e| e.into_inner());
-                    if h.generation != generation {
-                        Frame::Refused {
-                            reason: format!(
-                                "generation {generation} ended: this node now holds {}",
-                                h.generation
-                            ),
-                        }
-                    } else {
-                        Frame::Done {
-                            errno: apply(&mut h, (generation, seq), &pages),
-                        }
-                    }
-                }
+                Frame::Pages(pages) => Frame::Done {
+                    errno: apply(&mut h, (generation, seq), &pages),
+                },
                 Frame::Fetch => {
-                    let h = held.lock().unwrap_or_else(|e| e.into_inner());
                     let pages = (h.image.len() as u64).div_ceil(REGIONS_PER_PAGE);
                     let all = (0..pages)
                         .map(|index| Page {
@@ -279,20 +298,18 @@ impl Holder {
                             words: page_words(&h.image, index),
                         })
                         .collect();
+                    drop(h);
                     write_frame(&mut wr, seq, &Frame::Pages(all))?;
                     Frame::Done { errno: 0 }
                 }
                 Frame::Ping => Frame::Pong,
                 other => {
+                    drop(h);
                     let reason = format!("unexpected {} frame from an owner", other.name());
                     return Err(refuse(&mut wr, seq, other.name(), reason));
                 }
             };
-            let refused = matches!(answer, Frame::Refused { .. });
             write_frame(&mut wr, seq, &answer)?;
-            if refused {
-                return Ok(());
-            }
         }
     }
 }

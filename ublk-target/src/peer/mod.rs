@@ -6,9 +6,12 @@
 //! - `store`: node A's side, a `RecordStore` that waits for the peer's
 //!   acknowledgement, and falls back to the local region file (direct
 //!   service) while the peer cannot be reached.
+//! - `takeover`: node B's watch on the device's lease, and the copy of the
+//!   held record once the owner's lease expired.
 
 pub mod holder;
 pub mod store;
+pub mod takeover;
 pub mod wire;
 
 #[cfg(test)]
@@ -16,6 +19,7 @@ mod tests;
 
 pub use holder::Holder;
 pub use store::{Holding, PeerStatus, PeerStore};
+pub use takeover::{TakeoverReport, TakeoverSpec};
 
 use crate::error::{Error, Result};
 
