@@ -25,7 +25,7 @@ use crate::record::{
 
 /// A connection that sends nothing for this long is closed (owners ping
 /// more often).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One held record.
 struct Held {

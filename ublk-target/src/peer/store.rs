@@ -27,6 +27,8 @@ use crate::record::{page_words, set_page_words, Image, RecordStore, RegionFile, 
 pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a node serving directly tries its peer again.
 pub const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// A link with no exchange for this long is checked with a ping.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 
 /// Where the record is held now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -76,6 +78,8 @@ pub struct PeerStore {
     local: RegionFile,
     holding: Holding,
     retry_at: Instant,
+    /// When the peer last answered.
+    last_answer: Instant,
     status: Arc<Mutex<PeerStatus>>,
     pages: u64,
 }
@@ -161,6 +165,7 @@ impl PeerStore {
             local,
             holding: Holding::Local,
             retry_at: Instant::now(),
+            last_answer: Instant::now(),
             status: Arc::new(Mutex::new(status)),
             pages: regions.div_ceil(REGIONS_PER_PAGE),
         })
@@ -333,6 +338,7 @@ impl PeerStore {
         loop {
             match read_frame(&mut link.rd) {
                 Ok((s, Frame::Done { errno })) if s == seq => {
+                    self.last_answer = Instant::now();
                     lock(&self.status).rtt_us = Some(t0.elapsed().as_micros() as u64);
                     return match errno {
                         0 => Ok(()),
@@ -351,6 +357,36 @@ impl PeerStore {
                 Ok((_, other)) => {
                     return Err(Error::Peer(format!(
                         "peer {} answered an update with {}",
+                        self.address,
+                        other.name()
+                    )))
+                }
+                Err(e) => return Err(Error::Peer(format!("peer {}: {e}", self.address))),
+            }
+        }
+    }
+
+    /// A heartbeat on the current link: a ping, its pong awaited.
+    fn ping(&mut self) -> Result<()> {
+        let seq = self.next_seq();
+        let link = self.link.as_mut().ok_or(Error::Stopped)?;
+        let t0 = Instant::now();
+        write_frame(&mut link.wr, seq, &Frame::Ping).map_err(|e| link_err("send a ping", e))?;
+        loop {
+            match read_frame(&mut link.rd) {
+                Ok((s, Frame::Pong)) if s == seq => {
+                    self.last_answer = Instant::now();
+                    lock(&self.status).rtt_us = Some(t0.elapsed().as_micros() as u64);
+                    return Ok(());
+                }
+                Ok((s, _)) if s < seq => continue,
+                Ok((_, Frame::Refused { reason })) => {
+                    self.note_error(reason);
+                    return Err(Error::Stopped);
+                }
+                Ok((_, other)) => {
+                    return Err(Error::Peer(format!(
+                        "peer {} answered a ping with {}",
                         self.address,
                         other.name()
                     )))
@@ -424,6 +460,38 @@ fn link_err(what: &str, e: std::io::Error) -> Error {
 impl RecordStore for PeerStore {
     fn regions_per_page(&self) -> u64 {
         REGIONS_PER_PAGE
+    }
+
+    /// The heartbeat: while paired and idle, a ping now and then (a dead
+    /// link is found before a write needs it: the record goes local at
+    /// once); while serving directly, the peer tried again.
+    fn tick(&mut self, held: &Image) -> Result<()> {
+        match self.holding {
+            Holding::Peer if self.last_answer.elapsed() >= HEARTBEAT_EVERY => match self.ping() {
+                Ok(()) => Ok(()),
+                Err(Error::Stopped) => {
+                    let e = self.refused_error();
+                    log::error!("{e}");
+                    Err(e)
+                }
+                Err(e) => {
+                    self.link = None;
+                    log::warn!("peer {}: heartbeat: {e}", self.address);
+                    self.note_error(format!("heartbeat: {e}"));
+                    self.pair_or_local(held)
+                }
+            },
+            Holding::Peer => Ok(()),
+            Holding::Local if Instant::now() >= self.retry_at => match self.try_pair(held) {
+                Ok(()) => Ok(()),
+                Err(Error::Stopped) => Err(self.refused_error()),
+                Err(_) => {
+                    self.retry_at = Instant::now() + RETRY_EVERY;
+                    Ok(())
+                }
+            },
+            Holding::Local => Ok(()),
+        }
     }
 
     fn write_pages(&mut self, image: &Image, pages: &[u64]) -> Result<()> {

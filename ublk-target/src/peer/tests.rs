@@ -193,6 +193,42 @@ fn a_dead_peer_means_direct_service_and_a_returning_one_gets_the_record_back() {
     b.kill();
 }
 
+/// Heartbeats: an idle owner finds a dead peer by itself, holding its
+/// record locally before any write needs it, and pairs again by itself
+/// when the peer returns; a takeover is learnt from a ping.
+#[test]
+fn heartbeats_find_a_dead_peer_and_a_takeover_without_a_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let bdir = dir.path().join("b");
+    let b = Running::start(&bdir, 0);
+    let a = owner(dir.path(), b.port);
+    a.write(5).unwrap();
+    // Idle and paired: a ping now and then, answered.
+    std::thread::sleep(super::store::HEARTBEAT_EVERY + Duration::from_millis(50));
+    a.record.tick().unwrap();
+    assert_eq!(a.holding(), Holding::Peer);
+    let port = b.kill();
+    std::thread::sleep(super::store::HEARTBEAT_EVERY + Duration::from_millis(50));
+    a.record.tick().unwrap();
+    assert_eq!(
+        a.holding(),
+        Holding::Local,
+        "the heartbeat found the peer gone"
+    );
+    assert!(a.local_regions().contains(&5));
+    let b = Running::start(&bdir, port);
+    std::thread::sleep(super::store::RETRY_EVERY + Duration::from_millis(50));
+    a.record.tick().unwrap();
+    assert_eq!(a.holding(), Holding::Peer, "paired again with no write");
+    assert!(b.holder.regions(IDENTITY).unwrap().contains(&5));
+    // The holder gives the device to another node: the next ping is refused.
+    b.holder.surrender(IDENTITY, 2).unwrap();
+    std::thread::sleep(super::store::HEARTBEAT_EVERY + Duration::from_millis(50));
+    let err = a.record.tick().unwrap_err().to_string();
+    assert!(err.contains("generation 1 ended"), "{err}");
+    b.kill();
+}
+
 #[test]
 fn a_node_whose_device_was_taken_over_is_refused_and_stops_admitting() {
     let dir = tempfile::tempdir().unwrap();

@@ -84,6 +84,8 @@ impl DestageThread {
                     if let Err(e) = destager.step(&record) {
                         log::warn!("destaging the record failed (will retry): {e}");
                     }
+                    // The peer's heartbeat (the store logs what it means).
+                    let _ = record.tick();
                 }
             })
             .map_err(|e| Error::io("start the destage thread", e))?;

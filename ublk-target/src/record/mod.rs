@@ -40,6 +40,12 @@ pub trait RecordStore: Send {
     fn regions_per_page(&self) -> u64;
     /// Makes `pages` of `image` durable; returns only once they are (one flush).
     fn write_pages(&mut self, image: &Image, pages: &[u64]) -> Result<()>;
+    /// Called now and then with what the store holds (or is about to): a
+    /// store that talks to a peer sends its heartbeat, or tries the peer
+    /// again. Local stores do nothing.
+    fn tick(&mut self, _held: &Image) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A store that keeps nothing and counts what it would write: the trace
@@ -489,6 +495,14 @@ impl Record {
             }
         }
         self.write_changed(inner)
+    }
+
+    /// Lets the store send a heartbeat (see `RecordStore::tick`), with the
+    /// image it holds: removals are in it only once past the barrier.
+    pub fn tick(&self) -> Result<()> {
+        let mut inner = self.lock_inner();
+        let inner = &mut *inner;
+        inner.store.tick(&inner.file_image)
     }
 
     /// Why the record's last write to its store failed, while no later one
