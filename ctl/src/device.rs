@@ -413,12 +413,23 @@ pub fn format_status(v: &DeviceStatus) -> String {
             .map(|us| format!(", round trip {us} us"))
             .unwrap_or_default();
         s.push_str(&format!(
-            "  peer {} ({node}generation {}): record held {held}{rtt}\n",
-            p.address, p.generation
+            "  {} with peer {} ({node}generation {}): record held {held}{rtt}\n",
+            p.role, p.address, p.generation
         ));
         if let Some(err) = &p.last_error {
             s.push_str(&format!("  peer error: {err}\n"));
         }
+    }
+    if let Some(l) = &e.lease {
+        let held = match &l.lost {
+            Some(why) => format!("lost: {why}"),
+            None if l.valid => format!("valid for {} ms more", l.remaining_ms),
+            None => "lapsed (not renewed in time)".into(),
+        };
+        s.push_str(&format!(
+            "  lease {} (node {}, generation {}): {held}; {} renewals, {} failed\n",
+            l.path, l.node, l.generation, l.renewals, l.failed_renewals
+        ));
     }
     s
 }

@@ -3,9 +3,11 @@
 //! command is testable without spawning a process.
 //!
 //! - [`device`]: add, list, status, wait-synced, del, recover.
+//! - [`pair`]: lease, promote, fence (two appliances).
 //! - [`simulate`]: replays a block trace through the record and its policies.
 
 pub mod device;
+pub mod pair;
 pub mod simulate;
 
 use std::path::PathBuf;
@@ -64,6 +66,49 @@ pub enum Cli {
     /// host I/O resumes, and the record drives the resync.
     Recover {
         name: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Show what a device's lease says: its owner, generation, whether it
+    /// is held or released.
+    Lease {
+        /// The lease file or device.
+        path: PathBuf,
+        /// Print JSON instead of text (`null` for a blank lease).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve here a device that the peer node owned: once its lease is this
+    /// node's (taken over by the holder, or here once the owner's lease has
+    /// expired: never while it is alive), the record held for it becomes
+    /// `--record` and the device is added as `add` does.
+    Promote {
+        name: String,
+        /// The holder's directory (`tandem-target hold --dir`).
+        #[arg(long)]
+        holder_dir: PathBuf,
+        /// Seconds to wait for the owner's lease to expire.
+        #[arg(long, default_value_t = 120)]
+        wait: u64,
+        #[command(flatten)]
+        args: Box<tandem::args::DeviceArgs>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Show this node's record holder (`tandem-target hold`): the records it
+    /// holds for its peers, the leases it watches, the takeovers it made.
+    Holder {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Fence a device now: its daemon gives up the lease and acknowledges
+    /// no write from then on (for a cluster manager, as Pacemaker fences
+    /// DRBD). `tandemctl del` then stops it.
+    Fence {
+        name: String,
+        /// Why, for the device's log and status.
+        #[arg(long, default_value = "tandemctl fence")]
+        reason: String,
         #[command(flatten)]
         common: Common,
     },
@@ -143,7 +188,11 @@ impl Cli {
             | Cli::Status { common, .. }
             | Cli::WaitSynced { common, .. }
             | Cli::Del { common, .. }
-            | Cli::Recover { common, .. } => common.json,
+            | Cli::Recover { common, .. }
+            | Cli::Promote { common, .. }
+            | Cli::Fence { common, .. }
+            | Cli::Holder { common } => common.json,
+            Cli::Lease { json, .. } => *json,
             Cli::Simulate(a) => a.json,
         }
     }

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use std::time::Duration;
 
-use tandemctl::{device, simulate, Cli};
+use tandemctl::{device, pair, simulate, Cli};
 
 fn main() -> ExitCode {
     env_logger::init();
@@ -124,6 +124,54 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             device::del(&name, &common.run_dir, Duration::from_secs(timeout))?;
             if common.json {
                 print_json(&serde_json::json!({"name": name, "deleted": true}))?;
+            }
+        }
+        Cli::Lease { path, json } => {
+            let b = pair::lease(&path)?;
+            if json {
+                print_json(&b)?;
+            } else {
+                print!("{}", pair::format_lease(&path, &b));
+            }
+        }
+        Cli::Promote {
+            name,
+            holder_dir,
+            wait,
+            mut args,
+            common,
+        } => {
+            args.make_absolute()?;
+            let run_dir = tandem::args::absolute(&common.run_dir)?;
+            let started = pair::promote(
+                &name,
+                &args,
+                &holder_dir,
+                &run_dir,
+                Duration::from_secs(wait),
+            )?;
+            if common.json {
+                print_json(&started)?;
+            } else {
+                println!("{}", started.device);
+            }
+        }
+        Cli::Holder { common } => {
+            let st = pair::holder(&common.run_dir)?;
+            if common.json {
+                print_json(&st)?;
+            } else {
+                print!("{}", pair::format_holder(&st));
+            }
+        }
+        Cli::Fence {
+            name,
+            reason,
+            common,
+        } => {
+            let v = pair::fence(&name, &common.run_dir, &reason)?;
+            if common.json {
+                print_json(&v)?;
             }
         }
         Cli::Simulate(args) => {

@@ -76,12 +76,21 @@ impl DeviceStatus {
     }
 }
 
+/// The control socket of the node's record holder (`tandem-target hold`),
+/// in the run directory.
+pub const HOLDER_SOCKET: &str = "hold.sock";
+
 /// A request to a daemon.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
     Status,
     Stop,
+    /// Give up the device's lease now: no write is acknowledged from then
+    /// on (a cluster manager's fence).
+    Fence {
+        reason: String,
+    },
 }
 
 /// Creates the run directory, readable by its owner alone (mode 0700): its
@@ -252,6 +261,7 @@ mod tests {
             Arc::new(|req| match req {
                 Request::Status => serde_json::json!({"state": "live"}),
                 Request::Stop => serde_json::json!({"stopping": true}),
+                Request::Fence { reason } => serde_json::json!({ "fenced": reason }),
             }),
         )
         .unwrap();
@@ -259,6 +269,13 @@ mod tests {
         assert_eq!(v["state"], "live");
         let v = request(&files.socket, &Request::Stop).unwrap();
         assert_eq!(v["stopping"], true);
+        let fence = Request::Fence {
+            reason: "node lost quorum".into(),
+        };
+        assert_eq!(
+            request(&files.socket, &fence).unwrap()["fenced"],
+            "node lost quorum"
+        );
     }
 
     #[test]

@@ -60,6 +60,10 @@ enum Cmd {
         /// shared storage). Repeat for each device.
         #[arg(long, value_name = "SPEC")]
         takeover: Vec<tandem::peer::TakeoverSpec>,
+        /// Where the holder's control socket (`hold.sock`) goes, for
+        /// `tandemctl holder`.
+        #[arg(long, default_value = tandem::args::DEFAULT_RUN_DIR, env = "TANDEM_RUN_DIR")]
+        run_dir: PathBuf,
     },
 }
 
@@ -93,7 +97,8 @@ fn main() {
             dir,
             node_id,
             takeover,
-        } => hold(&listen, &dir, node_id, takeover),
+            run_dir,
+        } => hold(&listen, &dir, node_id, takeover, &run_dir),
     };
     if let Err(e) = r {
         eprintln!("tandem-target: {e:#}");
@@ -107,6 +112,7 @@ fn hold(
     dir: &std::path::Path,
     node: u64,
     takeover: Vec<tandem::peer::TakeoverSpec>,
+    run_dir: &std::path::Path,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     use nix::sys::signal::{SigSet, Signal};
@@ -128,6 +134,23 @@ fn hold(
         }
         s.store(true, Ordering::Release);
     });
+    tandem::control::make_run_dir(run_dir)?;
+    let (h, s) = (holder.clone(), stop.clone());
+    tandem::control::serve(
+        &run_dir.join(tandem::control::HOLDER_SOCKET),
+        Arc::new(move |req| match req {
+            tandem::control::Request::Status => {
+                serde_json::to_value(h.status()).expect("a holder status serializes")
+            }
+            tandem::control::Request::Stop => {
+                s.store(true, Ordering::Release);
+                serde_json::json!({"stopping": true})
+            }
+            tandem::control::Request::Fence { .. } => {
+                serde_json::json!({"error": "a holder serves no device and has no lease to give up"})
+            }
+        }),
+    )?;
     for spec in takeover {
         let (holder, stop) = (holder.clone(), stop.clone());
         std::thread::Builder::new()

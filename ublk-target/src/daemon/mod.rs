@@ -326,6 +326,15 @@ fn start_control(
                 stop();
                 serde_json::json!({"name": state.name, "stopping": true})
             }
+            Request::Fence { reason } => match engine.lease() {
+                Some(lease) => {
+                    lease.fence(format!("fenced by request: {reason}"));
+                    serde_json::json!({"name": state.name, "fenced": true})
+                }
+                None => serde_json::json!({
+                    "error": format!("device {:?} has no lease (--lease) to give up", state.name)
+                }),
+            },
         }),
     )?;
     Ok(())

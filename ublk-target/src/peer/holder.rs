@@ -31,6 +31,10 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 struct Held {
     file: RegionFile,
     image: Image,
+    /// The node that owns the device (the last hello's).
+    owner: u64,
+    /// When the owner last sent an update or a ping.
+    last_heard: std::time::Instant,
     /// The ownership generation its owner holds (as in `IDENTITY.owner`).
     generation: u64,
     /// The last (generation, sequence) applied: a late retry of an older
@@ -46,6 +50,48 @@ pub struct Holder {
     /// Open connections by number, shut down when `serve` stops; each
     /// leaves when its session ends (so its descriptor is closed).
     sessions: Mutex<HashMap<u64, TcpStream>>,
+    /// What each takeover watch saw last, by lease path.
+    pub(super) watches: Mutex<HashMap<PathBuf, WatchStatus>>,
+    /// The takeovers this holder made.
+    pub(super) takeovers: Mutex<Vec<super::TakeoverReport>>,
+}
+
+/// One held record, for the status.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HeldStatus {
+    pub identity: String,
+    /// The owning node and its generation.
+    pub owner: u64,
+    pub generation: u64,
+    /// Regions in the held record.
+    pub regions: u64,
+    /// Milliseconds since the owner was last heard.
+    pub last_heard_ms: u64,
+}
+
+/// A takeover watch, for the status.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WatchStatus {
+    pub lease: String,
+    /// `blank`, `alive`, `released`, `expired`, or `error`.
+    pub seen: String,
+    pub owner: Option<u64>,
+    pub generation: Option<u64>,
+    pub error: Option<String>,
+}
+
+/// What `tandemctl holder` shows.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HolderStatus {
+    pub node: u64,
+    /// Always `holder`: this node holds its peers' records.
+    pub role: String,
+    pub dir: String,
+    /// Owners connected now.
+    pub sessions: usize,
+    pub held: Vec<HeldStatus>,
+    pub watches: Vec<WatchStatus>,
+    pub takeovers: Vec<super::TakeoverReport>,
 }
 
 /// The owner record of a held device: `NODE GENERATION`.
@@ -81,7 +127,51 @@ impl Holder {
             node,
             held: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
+            watches: Mutex::new(HashMap::new()),
+            takeovers: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The holder's status: what it holds, for whom, what it watches.
+    pub fn status(&self) -> HolderStatus {
+        let mut held: Vec<HeldStatus> = self
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, h)| {
+                let h = h.lock().unwrap_or_else(|e| e.into_inner());
+                HeldStatus {
+                    identity: format!("{id:016x}"),
+                    owner: h.owner,
+                    generation: h.generation,
+                    regions: h.image.count_ones() as u64,
+                    last_heard_ms: h.last_heard.elapsed().as_millis() as u64,
+                }
+            })
+            .collect();
+        held.sort_by(|a, b| a.identity.cmp(&b.identity));
+        let mut watches: Vec<WatchStatus> = self
+            .watches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        watches.sort_by(|a, b| a.lease.cmp(&b.lease));
+        HolderStatus {
+            node: self.node,
+            role: "holder".into(),
+            dir: self.dir.display().to_string(),
+            sessions: self.open_sessions(),
+            held,
+            watches,
+            takeovers: self
+                .takeovers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
     }
 
     fn paths(&self, identity: u64) -> (PathBuf, PathBuf) {
@@ -159,6 +249,8 @@ impl Holder {
                 let h = Arc::new(Mutex::new(Held {
                     file,
                     image,
+                    owner: hello.node,
+                    last_heard: std::time::Instant::now(),
                     generation,
                     applied: (0, 0),
                 }));
@@ -179,6 +271,8 @@ impl Holder {
             write_owner(&owner_path, hello.node, generation).map_err(|e| e.to_string())?;
         }
         g.generation = generation;
+        g.owner = hello.node;
+        g.last_heard = std::time::Instant::now();
         drop(g);
         Ok((h, generation))
     }
@@ -286,6 +380,7 @@ impl Holder {
                 write_frame(&mut wr, seq, &Frame::Refused { reason })?;
                 return Ok(());
             }
+            h.last_heard = std::time::Instant::now();
             let answer = match frame {
                 Frame::Pages(pages) => Frame::Done {
                     errno: apply(&mut h, (generation, seq), &pages),

@@ -17,7 +17,7 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
-pub use holder::Holder;
+pub use holder::{HeldStatus, Holder, HolderStatus, WatchStatus};
 pub use store::{Holding, PeerStatus, PeerStore};
 pub use takeover::{TakeoverReport, TakeoverSpec};
 

@@ -43,6 +43,10 @@ pub enum Holding {
 /// What the link reports, for the status.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PeerStatus {
+    /// This node's role: `owner` (it serves the device; the peer holds its
+    /// record). A holder shows its own status (`tandemctl holder`).
+    #[serde(default)]
+    pub role: String,
     /// The peer's address as configured.
     pub address: String,
     pub holding: Holding,
@@ -147,6 +151,7 @@ impl PeerStore {
         // counts: a takeover raises it on the shared storage.
         hello.generation = lease_generation.unwrap_or(generation);
         let status = PeerStatus {
+            role: "owner".into(),
             address: address.to_string(),
             holding: Holding::Local,
             node: None,

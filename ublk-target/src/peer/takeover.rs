@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use super::holder::WatchStatus;
 use super::Holder;
 use crate::engine::{Engine, EngineConfig, Paths};
 use crate::error::{Error, Result};
@@ -98,10 +99,17 @@ impl Holder {
                 Ok(s) => s,
                 Err(e) => {
                     log::warn!("watch lease {}: {e}", spec.lease.display());
+                    self.note_watch(spec, "error", None, Some(e.to_string()));
                     std::thread::sleep(Duration::from_millis(500));
                     continue;
                 }
             };
+            match &seen {
+                Seen::Blank => self.note_watch(spec, "blank", None, None),
+                Seen::Alive(b) => self.note_watch(spec, "alive", Some(b), None),
+                Seen::Released(b) => self.note_watch(spec, "released", Some(b), None),
+                Seen::Expired(b) => self.note_watch(spec, "expired", Some(b), None),
+            }
             let pause = match &seen {
                 Seen::Alive(b) | Seen::Expired(b) | Seen::Released(b) => {
                     (b.timeout() / 8).clamp(Duration::from_millis(10), Duration::from_millis(500))
@@ -115,7 +123,10 @@ impl Holder {
                         .map(|(_, at)| at.elapsed())
                         .unwrap_or_default();
                     match self.take_over(spec, &b, waited) {
-                        Ok(report) => done(&report),
+                        Ok(report) => {
+                            lock(&self.takeovers).push(report.clone());
+                            done(&report)
+                        }
                         Err(e) => log::error!(
                             "take over device {:016x} from node {}: {e}",
                             b.identity,
@@ -134,6 +145,25 @@ impl Holder {
             std::thread::sleep(pause);
         }
         Ok(())
+    }
+
+    fn note_watch(
+        &self,
+        spec: &TakeoverSpec,
+        seen: &str,
+        b: Option<&Block>,
+        error: Option<String>,
+    ) {
+        lock(&self.watches).insert(
+            spec.lease.clone(),
+            WatchStatus {
+                lease: spec.lease.display().to_string(),
+                seen: seen.into(),
+                owner: b.map(|b| b.owner),
+                generation: b.map(|b| b.generation),
+                error,
+            },
+        );
     }
 
     /// Takes the device over from the owner whose lease `seen` expired:
@@ -216,4 +246,8 @@ impl Holder {
         );
         Ok(report)
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
