@@ -51,9 +51,10 @@ KERNEL_DIR="$VM_CACHE/kernel"
 # Where static test binaries are looked for (and built by build_static_bins).
 RUST_TARGET=x86_64-unknown-linux-gnu
 BIN_DIR="${TANDEM_BIN_DIR:-${CARGO_TARGET_DIR:-$REPO/target}/$RUST_TARGET/release}"
-TANDEM_BINS=(tandem-target tandemctl)
+TANDEM_BINS=(tandem-target tandemctl link-proxy)
 
-# build_static_bins: builds tandem-target and tandemctl statically linked for the VM.
+# build_static_bins: builds tandem-target and tandemctl statically linked for the VM,
+# and the tests' link-proxy (the link between two nodes, cut or slowed by a test).
 # The explicit --target keeps build scripts dynamic, so bindgen (libublk) can load
 # libclang.
 build_static_bins() {
@@ -63,8 +64,9 @@ build_static_bins() {
         ensure_apt_packages libclang1-14
     fi
     log "building static tandem-target and tandemctl (cargo build --release --target $RUST_TARGET)"
-    (cd "$REPO" && RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static" \
-        cargo build --release --target "$RUST_TARGET" -p tandem -p tandemctl) \
+    (cd "$REPO" && export RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static" &&
+        cargo build --release --target "$RUST_TARGET" -p tandem -p tandemctl &&
+        cargo build --release --target "$RUST_TARGET" -p tandem-tests --bin link-proxy) \
         || die "cargo build of the static test binaries failed"
 }
 

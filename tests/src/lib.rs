@@ -3,6 +3,7 @@
 //! stamps it writes.
 
 pub mod load;
+pub mod proxy;
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};

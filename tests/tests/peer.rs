@@ -7,19 +7,19 @@
 //! acknowledged write is on the primary, the resync covers part of the
 //! device, and the two devices end identical.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tandem::engine::Engine;
 use tandem::lease::LeaseConfig;
 use tandem::peer::{Holding, TakeoverReport};
 use tandem_tests::load::LoadArgs;
+use tandem_tests::proxy::Proxy;
 use tandem_tests::{check_acknowledged, sigkill, watch_status, Reaper};
 
 const DEVICE: u64 = 64 << 20;
@@ -57,90 +57,6 @@ fn holder_with(dir: &Path, specs: &[String]) -> (Reaper, u16, Receiver<TakeoverR
         }
     });
     (Reaper(child), port, rx)
-}
-
-/// A TCP proxy on loopback to the holder's port: it can slow every chunk it
-/// forwards, and cut every connection (refusing new ones while cut).
-struct Proxy {
-    port: u16,
-    upstream: Arc<AtomicU16>,
-    delay_us: Arc<AtomicU64>,
-    cut: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<TcpStream>>>,
-}
-
-impl Proxy {
-    fn start(upstream: u16) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let p = Proxy {
-            port,
-            upstream: Arc::new(AtomicU16::new(upstream)),
-            delay_us: Arc::new(AtomicU64::new(0)),
-            cut: Arc::new(AtomicBool::new(false)),
-            conns: Arc::new(Mutex::new(Vec::new())),
-        };
-        let (up, delay, cut, conns) = (
-            p.upstream.clone(),
-            p.delay_us.clone(),
-            p.cut.clone(),
-            p.conns.clone(),
-        );
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { continue };
-                if cut.load(Ordering::Acquire) {
-                    drop(client);
-                    continue;
-                }
-                let Ok(server) = TcpStream::connect(("127.0.0.1", up.load(Ordering::Acquire)))
-                else {
-                    drop(client);
-                    continue;
-                };
-                let mut c = conns.lock().unwrap();
-                c.push(client.try_clone().unwrap());
-                c.push(server.try_clone().unwrap());
-                drop(c);
-                for (from, to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
-                ] {
-                    let delay = delay.clone();
-                    std::thread::spawn(move || pump(from, to, &delay));
-                }
-            }
-        });
-        p
-    }
-
-    fn set_cut(&self, cut: bool) {
-        self.cut.store(cut, Ordering::Release);
-        if cut {
-            for s in self.conns.lock().unwrap().drain(..) {
-                let _ = s.shutdown(Shutdown::Both);
-            }
-        }
-    }
-}
-
-fn pump(mut from: TcpStream, mut to: TcpStream, delay_us: &AtomicU64) {
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        let d = delay_us.load(Ordering::Relaxed);
-        if d > 0 {
-            std::thread::sleep(Duration::from_micros(d));
-        }
-        if to.write_all(&buf[..n]).is_err() {
-            break;
-        }
-    }
-    let _ = to.shutdown(Shutdown::Both);
-    let _ = from.shutdown(Shutdown::Both);
 }
 
 /// Waits until the child's write count grows past `than`.

@@ -74,6 +74,14 @@ need_bin() {
     [ -x "/usr/local/bin/$1" ] || skip_case "$1 is not in the VM (build it: vm-run --build)"
 }
 
+# shared_disk SERIAL: the /dev/vdX whose serial is SERIAL (vm-shared disks).
+shared_disk() {
+    for _s in /sys/block/vd*/serial; do
+        [ "$(cat "$_s" 2>/dev/null)" = "$1" ] && { echo "/dev/$(basename "$(dirname "$_s")")"; return 0; }
+    done
+    echo "/dev/missing-$1"
+}
+
 # wait_for PATH [SECS]: waits until PATH exists (default 10 s); fails otherwise.
 wait_for() {
     _i=0
