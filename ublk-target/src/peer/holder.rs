@@ -37,9 +37,13 @@ struct Held {
     last_heard: std::time::Instant,
     /// The ownership generation its owner holds (as in `IDENTITY.owner`).
     generation: u64,
-    /// The last (generation, sequence) applied: a late retry of an older
-    /// update never overwrites a newer one.
+    /// The last (generation, sequence) applied in the current session: a
+    /// late retry of an older update never overwrites a newer one.
     applied: (u64, u64),
+    /// The current session (one more at each hello): only it may write.
+    /// An owner's new process numbers its requests from 1 again, and a
+    /// connection it left behind must not write after it.
+    session: u64,
 }
 
 /// The records this node holds for its peers.
@@ -219,9 +223,9 @@ impl Holder {
     }
 
     /// Opens (or creates) the record for the device an owner says hello
-    /// about, after checking its generation. Returns the record and the
-    /// generation the owner now holds.
-    fn open(&self, hello: &Hello) -> std::result::Result<(Arc<Mutex<Held>>, u64), String> {
+    /// about, after checking its generation. Returns the record, the
+    /// generation the owner now holds, and the new session's number.
+    fn open(&self, hello: &Hello) -> std::result::Result<(Arc<Mutex<Held>>, u64, u64), String> {
         let geometry = Geometry::new(hello.device_size, hello.region_size)
             .map_err(|e| format!("device geometry: {e}"))?;
         let (rec_path, owner_path) = self.paths(hello.identity);
@@ -253,6 +257,7 @@ impl Holder {
                     last_heard: std::time::Instant::now(),
                     generation,
                     applied: (0, 0),
+                    session: 0,
                 }));
                 map.insert(hello.identity, h.clone());
                 h
@@ -273,8 +278,11 @@ impl Holder {
         g.generation = generation;
         g.owner = hello.node;
         g.last_heard = std::time::Instant::now();
+        g.session += 1;
+        g.applied = (0, 0);
+        let session = g.session;
         drop(g);
-        Ok((h, generation))
+        Ok((h, generation, session))
     }
 
     /// Accepts owners on `listener` until `stop` is set, a thread per
@@ -339,7 +347,7 @@ impl Holder {
             let reason = format!("expected hello, got {}", first.name());
             return Err(refuse(&mut wr, seq, "hello", reason));
         };
-        let (held, generation) = match self.open(&hello) {
+        let (held, generation, session) = match self.open(&hello) {
             Ok(x) => x,
             Err(reason) => {
                 log::warn!("node {} refused: {reason}", hello.node);
@@ -369,6 +377,15 @@ impl Holder {
                 Err(e) => return Err(e),
             };
             let mut h = held.lock().unwrap_or_else(|e| e.into_inner());
+            if h.session != session && h.generation == generation {
+                let reason = format!(
+                    "this connection of node {} was superseded by a newer one",
+                    hello.node
+                );
+                drop(h);
+                write_frame(&mut wr, seq, &Frame::Refused { reason })?;
+                return Ok(());
+            }
             if h.generation != generation {
                 // Taken over (or handed on) since the hello: every request
                 // of the old generation is refused.

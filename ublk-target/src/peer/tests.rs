@@ -193,6 +193,37 @@ fn a_dead_peer_means_direct_service_and_a_returning_one_gets_the_record_back() {
     b.kill();
 }
 
+/// An owner that restarts (a new process, its sequence numbers from 1
+/// again) while its holder runs on: its updates are held, not taken for
+/// late retries of the old process's, and the old connection, if it is
+/// still open, can no longer write.
+#[test]
+fn a_restarted_owner_is_held_again_and_its_old_connection_is_superseded() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Running::start(&dir.path().join("b"), 0);
+    let a = owner(dir.path(), b.port);
+    for r in 0..20 {
+        a.write(r).unwrap();
+    }
+    // The owner's process dies; a new one starts (the old connection stays
+    // open meanwhile, as a half-open TCP connection would).
+    let again = owner(dir.path(), b.port);
+    again.write(50).unwrap();
+    let held = b.holder.regions(IDENTITY).unwrap();
+    assert!(
+        held.contains(&50),
+        "the restarted owner's update was dropped: {held:?}"
+    );
+    // The old process's connection no longer writes.
+    let err = a.write(60);
+    let held = b.holder.regions(IDENTITY).unwrap();
+    assert!(
+        !held.contains(&60),
+        "a superseded connection wrote: {held:?} ({err:?})"
+    );
+    b.kill();
+}
+
 /// Heartbeats: an idle owner finds a dead peer by itself, holding its
 /// record locally before any write needs it, and pairs again by itself
 /// when the peer returns; a takeover is learnt from a ping.
