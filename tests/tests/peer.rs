@@ -279,3 +279,71 @@ fn b_takes_over_when_a_dies_and_only_then() {
     println!("{checked} acknowledged blocks intact; B serves at generation 2; A refused");
     sigkill(&mut b.0);
 }
+
+/// A dies while serving directly (the link cut): what it added since is in
+/// its local file only, so B, taking over, copies the whole device; every
+/// acknowledged write is there and the devices are identical.
+#[test]
+fn a_takeover_after_direct_service_copies_the_whole_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let bdir = dir.path().join("b");
+    std::fs::create_dir(dir.path().join("logs")).unwrap();
+    let lease = dir.path().join("lease");
+    let load = LoadArgs {
+        lease: Some(lease.clone()),
+        lease_timeout_ms: 2000,
+        ..LoadArgs::stamped(dir.path(), THREADS)
+    };
+    let paths = load.paths();
+    for p in [&paths.primary, &paths.secondary] {
+        std::fs::File::create(p).unwrap().set_len(DEVICE).unwrap();
+    }
+    let spec = format!(
+        "lease={},primary={},secondary={}",
+        lease.display(),
+        paths.primary.display(),
+        paths.secondary.display()
+    );
+    let (mut b, bport, takeovers) = holder_with(&bdir, &[spec]);
+    let proxy = Proxy::start(bport);
+    let load = LoadArgs {
+        peer: Some(format!("127.0.0.1:{}", proxy.port)),
+        ..load
+    };
+    let mut a = Reaper(
+        Command::new(env!("CARGO_BIN_EXE_engine-load"))
+            .args(load.args())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn engine-load"),
+    );
+    let latest = watch_status(a.0.stdout.take().unwrap()).unwrap_or_else(|e| panic!("{e}"));
+    let w = writes_grow(&latest, 0, "paired");
+    proxy.set_cut(true);
+    writes_grow(&latest, w, "link cut");
+    let direct = tandem::lease::LeaseArea::open(&lease)
+        .unwrap()
+        .read()
+        .unwrap()
+        .unwrap();
+    assert!(
+        direct.direct,
+        "serving directly, the lease says so: {direct:?}"
+    );
+    sigkill(&mut a.0);
+    let report = takeovers
+        .recv_timeout(Duration::from_secs(60))
+        .expect("B takes the device over");
+    println!("A died serving directly: {report:?}");
+    assert!(report.whole_device, "{report:?}");
+    assert_eq!(report.bytes_resynced, DEVICE);
+    let checked = check_acknowledged(&paths.primary, &dir.path().join("logs"), THREADS);
+    assert!(checked > 0);
+    let p = std::fs::read(&paths.primary).unwrap();
+    let s = std::fs::read(&paths.secondary).unwrap();
+    assert!(
+        p == s[..p.len()],
+        "primary and secondary differ after the takeover"
+    );
+    sigkill(&mut b.0);
+}

@@ -58,6 +58,10 @@ pub struct Block {
     pub released: bool,
     /// The owner's lease timeout in milliseconds.
     pub timeout_ms: u64,
+    /// The owner serves directly (its peer unreachable): the record its
+    /// peer holds may lack regions, so a takeover copies the whole device.
+    #[serde(default)]
+    pub direct: bool,
 }
 
 impl Block {
@@ -84,6 +88,7 @@ impl Block {
             self.counter,
             u64::from(self.released),
             self.timeout_ms,
+            u64::from(self.direct),
         ];
         for (i, w) in words.iter().enumerate() {
             b[8 + i * 8..16 + i * 8].copy_from_slice(&w.to_le_bytes());
@@ -125,6 +130,7 @@ impl Block {
             counter: w(5),
             released: w(6) != 0,
             timeout_ms: w(7),
+            direct: w(8) != 0,
         }))
     }
 }
@@ -223,6 +229,9 @@ pub struct Lease {
     failed: AtomicU64,
     stop: (Mutex<bool>, Condvar),
     released: AtomicBool,
+    /// Serialises the lease's read-check-write cycles (the renewal thread
+    /// and `set_direct`).
+    io: Mutex<()>,
 }
 
 impl Lease {
@@ -248,6 +257,7 @@ impl Lease {
                 counter: 1,
                 released: false,
                 timeout_ms,
+                direct: false,
             },
             Some(b) if b.device_size != device_size || b.region_size != region_size => {
                 return Err(Error::Config(format!(
@@ -322,6 +332,7 @@ impl Lease {
             failed: AtomicU64::new(0),
             stop: (Mutex::new(false), Condvar::new()),
             released: AtomicBool::new(false),
+            io: Mutex::new(()),
         });
         log::info!(
             "node {} holds lease {} at generation {}",
@@ -405,8 +416,40 @@ impl Lease {
         }
     }
 
+    /// Says durably in the lease whether this node serves directly (its
+    /// peer's record may lack regions: a takeover must copy everything).
+    /// Returns once the block is written.
+    pub fn set_direct(&self, direct: bool) -> Result<()> {
+        let _io = lock(&self.io);
+        let mine = self.block();
+        if mine.direct == direct {
+            return Ok(());
+        }
+        match self.area.read()? {
+            Some(b) if b.owner == mine.owner && b.generation == mine.generation => {
+                let next = Block {
+                    counter: b.counter + 1,
+                    direct,
+                    ..mine
+                };
+                self.area.write(&next)?;
+                *lock(&self.block) = next;
+                Ok(())
+            }
+            other => {
+                let why = format!(
+                    "lease {} was taken over: it now says {other:?}",
+                    self.area.path().display()
+                );
+                self.fence(why.clone());
+                Err(Error::Fenced(why))
+            }
+        }
+    }
+
     /// One renewal: read, check, write.
     fn renew_once(&self) {
+        let _io = lock(&self.io);
         let began = self.now_ns();
         let mine = self.block();
         let result = self.area.read().and_then(|seen| match seen {
@@ -462,6 +505,7 @@ impl Lease {
         if lock(&self.lost).is_some() {
             return;
         }
+        let _io = lock(&self.io);
         let mine = self.block();
         match self.area.read() {
             Ok(Some(b)) if b.owner == mine.owner && b.generation == mine.generation => {
@@ -584,6 +628,7 @@ mod tests {
             counter: 99,
             released: true,
             timeout_ms: 1500,
+            direct: true,
         };
         let p = Path::new("x");
         let mut raw = b.encode();

@@ -210,8 +210,8 @@ impl Engine {
                 }
             }
         };
-        let generation = lease.as_ref().map(|l| l.generation());
-        let (store, resync, peer) = hold(store, resync, config, identity, &geometry, generation)?;
+        let (store, resync, peer) =
+            hold(store, resync, config, identity, &geometry, lease.clone())?;
         let predictor =
             predict::by_name(&config.policy, geometry.regions(), geometry.region_size())?;
         let barrier_dev = primary.clone();
@@ -295,7 +295,7 @@ fn hold(
     config: &EngineConfig,
     identity: u64,
     geometry: &Geometry,
-    generation: Option<u64>,
+    lease: Option<Arc<Lease>>,
 ) -> Result<(
     Box<dyn RecordStore>,
     Vec<u64>,
@@ -312,7 +312,7 @@ fn hold(
         region_size: geometry.region_size(),
     };
     let regions = geometry.regions();
-    let mut store = PeerStore::new(&pc.address, hello, &pc.state, file, regions, generation)?;
+    let mut store = PeerStore::new(&pc.address, hello, &pc.state, file, regions, lease)?;
     match store.fetch(regions)? {
         Some(held) if !store.local_was_holding() => resync = held,
         Some(held) => {

@@ -15,6 +15,8 @@ pub mod takeover;
 pub mod wire;
 
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;
 
 pub use holder::{HeldStatus, Holder, HolderStatus, WatchStatus};

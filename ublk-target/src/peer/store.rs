@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use super::wire::{read_frame, write_frame, Frame, Hello, Page};
 use crate::error::{Error, Result};
+use crate::lease::Lease;
 use crate::record::{page_words, set_page_words, Image, RecordStore, RegionFile, REGIONS_PER_PAGE};
 
 /// How long one exchange may take before the peer counts as unreachable.
@@ -84,6 +85,8 @@ pub struct PeerStore {
     retry_at: Instant,
     /// When the peer last answered.
     last_answer: Instant,
+    /// The device's lease, which says when this node serves directly.
+    lease: Option<Arc<Lease>>,
     status: Arc<Mutex<PeerStatus>>,
     pages: u64,
 }
@@ -144,12 +147,12 @@ impl PeerStore {
         state_path: &Path,
         local: RegionFile,
         regions: u64,
-        lease_generation: Option<u64>,
+        lease: Option<Arc<Lease>>,
     ) -> Result<PeerStore> {
         let (generation, held_before) = read_state(state_path)?;
         // The lease's generation, when there is a lease, is the one that
         // counts: a takeover raises it on the shared storage.
-        hello.generation = lease_generation.unwrap_or(generation);
+        hello.generation = lease.as_ref().map_or(generation, |l| l.generation());
         let status = PeerStatus {
             role: "owner".into(),
             address: address.to_string(),
@@ -171,6 +174,7 @@ impl PeerStore {
             holding: Holding::Local,
             retry_at: Instant::now(),
             last_answer: Instant::now(),
+            lease,
             status: Arc::new(Mutex::new(status)),
             pages: regions.div_ceil(REGIONS_PER_PAGE),
         })
@@ -426,6 +430,14 @@ impl PeerStore {
             every.fill(true);
             self.local.write_pages(&every, &all)?;
             write_state(&self.state_path, self.hello.generation, Holding::Peer)?;
+            if let Some(l) = &self.lease {
+                // The peer holds every region again: a takeover may trust
+                // its record. (Should this fail, the lease still says
+                // direct, and a takeover copies everything: safe.)
+                if let Err(e) = l.set_direct(false) {
+                    log::warn!("lease: {e}");
+                }
+            }
             log::info!(
                 "peer {} holds the record (generation {})",
                 self.address,
@@ -439,9 +451,14 @@ impl PeerStore {
         Ok(())
     }
 
-    /// Direct service: the whole record into the local file, durably.
+    /// Direct service: the lease says so first (a takeover then copies the
+    /// whole device: the peer's record lacks what is added from now on),
+    /// then the whole record goes into the local file, durably.
     fn go_local(&mut self, image: &Image) -> Result<()> {
         let all: Vec<u64> = (0..self.pages).collect();
+        if let Some(l) = &self.lease {
+            l.set_direct(true)?;
+        }
         write_state(&self.state_path, self.hello.generation, Holding::Local)?;
         self.local.write_pages(image, &all)?;
         if self.holding != Holding::Local {

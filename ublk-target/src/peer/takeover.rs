@@ -81,6 +81,9 @@ pub struct TakeoverReport {
     /// Bytes copied from the primary to the secondary.
     pub bytes_resynced: u64,
     pub copy_ms: u64,
+    /// The owner served directly when it died: the whole device was copied.
+    #[serde(default)]
+    pub whole_device: bool,
 }
 
 impl Holder {
@@ -190,6 +193,21 @@ impl Holder {
             waited.as_millis()
         );
         let record = self.surrender(seen.identity, lease.generation())?;
+        if seen.direct {
+            // The owner served directly: what it added since is in its
+            // local file only, out of reach. The whole device is copied.
+            log::warn!(
+                "node {} served device {:016x} directly: its record here may lack regions; copying the whole device",
+                seen.owner,
+                seen.identity
+            );
+            match std::fs::remove_file(&record) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io(format!("remove {}", record.display()), e))
+                }
+                _ => {}
+            }
+        }
         let config = EngineConfig {
             region_size: seen.region_size,
             assume_clean: false,
@@ -237,6 +255,7 @@ impl Holder {
             held_regions,
             bytes_resynced,
             copy_ms: t0.elapsed().as_millis() as u64,
+            whole_device: seen.direct,
         };
         log::warn!(
             "takeover of device {} done: {} bytes copied in {} ms; the primary and the secondary are identical",
