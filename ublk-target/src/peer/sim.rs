@@ -22,6 +22,9 @@
 //! removal before the primary flush, and a holder that keeps one sequence
 //! across an owner's restarts (the bug it found in the holder).
 
+// Regions index several parallel arrays (primary, secondary, records).
+#![allow(clippy::needless_range_loop)]
+
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use rand::{Rng, SeedableRng};
