@@ -41,6 +41,7 @@ mod load;
 mod micro;
 mod peer;
 mod recovery;
+mod takeover;
 mod util;
 
 use catchup::*;
@@ -48,6 +49,7 @@ use load::*;
 use micro::*;
 use peer::*;
 use recovery::*;
+use takeover::*;
 use util::*;
 
 const MIB: f64 = (1u64 << 20) as f64;
@@ -74,6 +76,8 @@ enum Cmd {
     Recovery(RecoveryArgs),
     /// A miss with the record held by a peer over loopback against a local miss.
     Peer(PeerArgs),
+    /// Node A killed under load: node B's takeover, its time and its copy.
+    Takeover(PeerArgs),
 }
 
 #[derive(Args, Clone)]
@@ -273,6 +277,7 @@ fn main() -> anyhow::Result<()> {
                 dir: a.disk_dir.clone(),
             };
             report["peer"] = peer_bench(&peer)?;
+            report["takeover"] = takeover_bench(&peer)?;
             write_json(&a.common, &report)
         }
         Cmd::Load(a) => {
@@ -290,6 +295,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Peer(a) => {
             let r = peer_bench(&a)?;
             write_json(&a.common, &json!({ "peer": r }))
+        }
+        Cmd::Takeover(a) => {
+            let r = takeover_bench(&a)?;
+            write_json(&a.common, &json!({ "takeover": r }))
         }
     }
 }
