@@ -212,6 +212,9 @@ for a, b in (("tandem", "tandem-sleep"), ("passthrough", "passthrough-sleep")):
 for dev in ("tandem", "md-write-behind"):
     for wl in workloads:
         ratio(dev, "disk", wl, None)
+for a, b in (("tandem-paired", "tandem"), ("tandem-paired-churn", "tandem-churn")):
+    for wl in workloads:
+        ratio(a, b, wl, None)
 
 lagging = [r for r in rows if "catchup_s_median" in r]
 if lagging:

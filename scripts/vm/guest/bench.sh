@@ -9,6 +9,8 @@
 # --passthrough), tandem-writeback and passthrough-writeback (the same with
 # --cache writeback), tandem-sleep and passthrough-sleep (the same with --poll 0),
 # tandem-churn (--capacity 16MiB --max-lag 0: writes keep missing the record),
+# tandem-paired and tandem-paired-churn (the same two with the record held by a
+# holder on loopback: tandem-target hold, --peer),
 # loop (losetup --direct-io=on over vda), md-bitmap (raid1, internal bitmap),
 # md-write-behind (raid1, internal bitmap, vdb --write-mostly, --write-behind), disk
 # (the bare primary, /dev/vda). Rounds interleave: round r runs every device (order
@@ -98,6 +100,33 @@ teardown_tandem() {
     tandemctl status bench-tandem 2>&1 | sed 's/^/bench: tandem status: /'
     tandem_del bench-tandem
 }
+
+# Two appliances in one VM: the record held by a holder on loopback (node 2),
+# every miss waiting for its acknowledgement; and the same with churn.
+start_holder() {
+    rm -rf "$REC_DIR/held"
+    tandem-target hold --listen 127.0.0.1:7789 --dir "$REC_DIR/held" --node-id 2 \
+        >"$W/holder.log" 2>&1 &
+    HOLDER=$!
+    _i=0
+    until grep -q 'holds peer records' "$W/holder.log"; do
+        _i=$((_i + 1))
+        [ $_i -le 100 ] || { cat "$W/holder.log" >>"$W/setup.log"; return 1; }
+        sleep 0.1
+    done
+}
+stop_holder() { kill "$HOLDER" 2>/dev/null; wait "$HOLDER" 2>/dev/null; :; }
+setup_tandem_paired() {
+    start_holder && tandem_add bench-tandem --assume-clean --peer 127.0.0.1:7789 --node-id 1
+}
+settle_tandem_paired() { settle_tandem; }
+teardown_tandem_paired() { teardown_tandem; _rc=$?; stop_holder; return $_rc; }
+setup_tandem_paired_churn() {
+    start_holder && tandem_add bench-tandem --assume-clean --capacity 16MiB --max-lag 0 \
+        --peer 127.0.0.1:7789 --node-id 1
+}
+settle_tandem_paired_churn() { settle_tandem; }
+teardown_tandem_paired_churn() { teardown_tandem_paired; }
 
 setup_passthrough() { tandem_add bench-pt --passthrough; }
 settle_passthrough() { :; }
