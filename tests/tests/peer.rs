@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tandem::engine::Engine;
@@ -155,6 +155,69 @@ fn a_node_whose_record_is_held_by_its_peer_survives_a_slow_link_a_cut_and_a_dead
     sigkill(&mut b.0);
 }
 
+/// Node A (`engine-load`, with a lease and its record held through the
+/// proxy) and node B (`peer-holder` watching A's lease through the same
+/// files: two hosts' paths to shared storage), running.
+struct Pair {
+    load: LoadArgs,
+    paths: tandem::engine::Paths,
+    lease: std::path::PathBuf,
+    bdir: std::path::PathBuf,
+    b: Reaper,
+    takeovers: Receiver<TakeoverReport>,
+    proxy: Proxy,
+    a: Reaper,
+    latest: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Pair {
+    fn start(dir: &Path) -> Pair {
+        let bdir = dir.join("b");
+        std::fs::create_dir(dir.join("logs")).unwrap();
+        let lease = dir.join("lease");
+        let load = LoadArgs {
+            lease: Some(lease.clone()),
+            lease_timeout_ms: 2000,
+            ..LoadArgs::stamped(dir, THREADS)
+        };
+        let paths = load.paths();
+        for p in [&paths.primary, &paths.secondary] {
+            std::fs::File::create(p).unwrap().set_len(DEVICE).unwrap();
+        }
+        let spec = format!(
+            "lease={},primary={},secondary={}",
+            lease.display(),
+            paths.primary.display(),
+            paths.secondary.display()
+        );
+        let (b, bport, takeovers) = holder_with(&bdir, &[spec]);
+        let proxy = Proxy::start(bport);
+        let load = LoadArgs {
+            peer: Some(format!("127.0.0.1:{}", proxy.port)),
+            ..load
+        };
+        let mut a = Reaper(
+            Command::new(env!("CARGO_BIN_EXE_engine-load"))
+                .args(load.args())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn engine-load"),
+        );
+        let latest = watch_status(a.0.stdout.take().unwrap()).unwrap_or_else(|e| panic!("{e}"));
+        Pair {
+            load,
+            paths,
+            lease,
+            bdir,
+            b,
+            takeovers,
+            proxy,
+            a,
+            latest,
+        }
+    }
+}
+
 /// A with a lease on the shared storage, B watching it. A cut link with
 /// both alive takes nothing over; A's death does: B takes the lease at the
 /// next generation, copies what it held, and the devices are identical. A,
@@ -162,39 +225,17 @@ fn a_node_whose_record_is_held_by_its_peer_survives_a_slow_link_a_cut_and_a_dead
 #[test]
 fn b_takes_over_when_a_dies_and_only_then() {
     let dir = tempfile::tempdir().unwrap();
-    let bdir = dir.path().join("b");
-    std::fs::create_dir(dir.path().join("logs")).unwrap();
-    let lease = dir.path().join("lease");
-    let load = LoadArgs {
-        lease: Some(lease.clone()),
-        lease_timeout_ms: 2000,
-        ..LoadArgs::stamped(dir.path(), THREADS)
-    };
-    let paths = load.paths();
-    for p in [&paths.primary, &paths.secondary] {
-        std::fs::File::create(p).unwrap().set_len(DEVICE).unwrap();
-    }
-    // Node B reaches the same files (two hosts' paths to shared storage).
-    let spec = format!(
-        "lease={},primary={},secondary={}",
-        lease.display(),
-        paths.primary.display(),
-        paths.secondary.display()
-    );
-    let (mut b, bport, takeovers) = holder_with(&bdir, &[spec]);
-    let proxy = Proxy::start(bport);
-    let load = LoadArgs {
-        peer: Some(format!("127.0.0.1:{}", proxy.port)),
-        ..load
-    };
-    let mut a = Reaper(
-        Command::new(env!("CARGO_BIN_EXE_engine-load"))
-            .args(load.args())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn engine-load"),
-    );
-    let latest = watch_status(a.0.stdout.take().unwrap()).unwrap_or_else(|e| panic!("{e}"));
+    let Pair {
+        load,
+        paths,
+        lease,
+        bdir,
+        mut b,
+        takeovers,
+        proxy,
+        mut a,
+        latest,
+    } = Pair::start(dir.path());
     let w = writes_grow(&latest, 0, "paired");
     // The link is cut for longer than the lease's expiry: both nodes are alive,
     // A renews its lease, B takes nothing over, A's writes go on.
@@ -286,38 +327,16 @@ fn b_takes_over_when_a_dies_and_only_then() {
 #[test]
 fn a_takeover_after_direct_service_copies_the_whole_device() {
     let dir = tempfile::tempdir().unwrap();
-    let bdir = dir.path().join("b");
-    std::fs::create_dir(dir.path().join("logs")).unwrap();
-    let lease = dir.path().join("lease");
-    let load = LoadArgs {
-        lease: Some(lease.clone()),
-        lease_timeout_ms: 2000,
-        ..LoadArgs::stamped(dir.path(), THREADS)
-    };
-    let paths = load.paths();
-    for p in [&paths.primary, &paths.secondary] {
-        std::fs::File::create(p).unwrap().set_len(DEVICE).unwrap();
-    }
-    let spec = format!(
-        "lease={},primary={},secondary={}",
-        lease.display(),
-        paths.primary.display(),
-        paths.secondary.display()
-    );
-    let (mut b, bport, takeovers) = holder_with(&bdir, &[spec]);
-    let proxy = Proxy::start(bport);
-    let load = LoadArgs {
-        peer: Some(format!("127.0.0.1:{}", proxy.port)),
-        ..load
-    };
-    let mut a = Reaper(
-        Command::new(env!("CARGO_BIN_EXE_engine-load"))
-            .args(load.args())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn engine-load"),
-    );
-    let latest = watch_status(a.0.stdout.take().unwrap()).unwrap_or_else(|e| panic!("{e}"));
+    let Pair {
+        paths,
+        lease,
+        mut b,
+        takeovers,
+        proxy,
+        mut a,
+        latest,
+        ..
+    } = Pair::start(dir.path());
     let w = writes_grow(&latest, 0, "paired");
     proxy.set_cut(true);
     writes_grow(&latest, w, "link cut");

@@ -19,14 +19,7 @@ start_nodes() {
     mount /dev/vdb /mnt/a
     mount /dev/vdc /mnt/b
     mkdir -p /mnt/b/held
-    tandem-target hold --listen 127.0.0.1:7789 --dir /mnt/b/held --node-id 2 \
-        > /tmp/holder.log 2>&1 &
-    _i=0
-    until grep -q 'holds peer records' /tmp/holder.log; do
-        _i=$((_i + 1))
-        [ $_i -le 100 ] || { cat /tmp/holder.log; return 1; }
-        sleep 0.1
-    done
+    start_holder_with /tmp/holder.log --listen 127.0.0.1:7789 --dir /mnt/b/held --node-id 2
     # shellcheck disable=SC2086
     tandemctl add pa --primary $A_PRIMARY --secondary /dev/vda --record /mnt/a/pa.rec \
         --assume-clean --region-size 256KiB --capacity 8MiB --lease $A_LEASE \

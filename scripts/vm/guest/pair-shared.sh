@@ -51,16 +51,8 @@ fresh() {
 
 # start_holder: node B, watching A's lease through its own paths.
 start_holder() {
-    : > $W/holder.log
-    tandem-target hold --listen 127.0.0.1:$PORT --dir $W/b --node-id 2 \
-        --takeover lease=$B_LEASE,primary=$B_PRIMARY,secondary=$SECONDARY >>$W/holder.log 2>&1 &
-    HOLDER=$!
-    _i=0
-    until grep -q 'holds peer records' $W/holder.log; do
-        _i=$((_i + 1))
-        [ $_i -le 100 ] || { cat $W/holder.log; echo "the holder did not start" >&2; return 1; }
-        sleep 0.1
-    done
+    start_holder_with $W/holder.log --listen 127.0.0.1:$PORT --dir $W/b --node-id 2 \
+        --takeover lease=$B_LEASE,primary=$B_PRIMARY,secondary=$SECONDARY
 }
 
 # add_a: node A's device (prints its path).
@@ -68,20 +60,6 @@ add_a() {
     # shellcheck disable=SC2086
     tandemctl add pa --primary $A_PRIMARY --secondary $SECONDARY --record $W/pa.rec \
         --assume-clean $DEVARGS --lease $A_LEASE --node-id 1 --peer 127.0.0.1:$LINK
-}
-
-# wait_field NAME FIELD VALUE SECS
-wait_field() {
-    _i=0
-    while [ "$(tandemctl status "$1" --field "$2")" != "$3" ]; do
-        _i=$((_i + 1))
-        [ $_i -le $(($4 * 10)) ] || {
-            tandemctl status "$1"
-            echo "$2 of $1 is $(tandemctl status "$1" --field "$2"), not $3" >&2
-            return 1
-        }
-        sleep 0.1
-    done
 }
 
 # identical A B: the two paths hold the same bytes (page caches dropped first).

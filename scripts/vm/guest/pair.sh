@@ -16,29 +16,7 @@ W=/tmp/pair
 
 # start_holder: node B, until killed; waits until it listens.
 start_holder() {
-    : > $W/holder.log
-    tandem-target hold --listen 127.0.0.1:$PORT --dir $W/b --node-id 2 >>$W/holder.log 2>&1 &
-    HOLDER=$!
-    _i=0
-    until grep -q 'holds peer records' $W/holder.log; do
-        _i=$((_i + 1))
-        [ $_i -le 100 ] || { cat $W/holder.log; echo "the holder did not start" >&2; return 1; }
-        sleep 0.1
-    done
-}
-
-# wait_field NAME FIELD VALUE SECS
-wait_field() {
-    _i=0
-    while [ "$(tandemctl status "$1" --field "$2")" != "$3" ]; do
-        _i=$((_i + 1))
-        [ $_i -le $(($4 * 10)) ] || {
-            tandemctl status "$1"
-            echo "$2 of $1 is $(tandemctl status "$1" --field "$2"), not $3" >&2
-            return 1
-        }
-        sleep 0.1
-    done
+    start_holder_with $W/holder.log --listen 127.0.0.1:$PORT --dir $W/b --node-id 2
 }
 
 pair_case() {

@@ -74,3 +74,32 @@ fio_ok() {
     if grep -q 'err= *[1-9]' "$1"; then cat "$1"; echo "fio reported an error" >&2; return 1; fi
     grep -q 'verify' "$1" || { cat "$1"; echo "fio did not verify" >&2; return 1; }
 }
+
+# start_holder_with LOG ARGS...: node B's record holder (tandem-target hold ARGS) in
+# the background, its output in LOG; returns once it listens, with its pid in HOLDER.
+start_holder_with() {
+    _log="$1"; shift
+    : > "$_log"
+    tandem-target hold "$@" >>"$_log" 2>&1 &
+    HOLDER=$!
+    _i=0
+    until grep -q 'holds peer records' "$_log"; do
+        _i=$((_i + 1))
+        [ $_i -le 100 ] || { cat "$_log"; echo "the holder did not start" >&2; return 1; }
+        sleep 0.1
+    done
+}
+
+# wait_field NAME FIELD VALUE SECS: waits until the status field says VALUE.
+wait_field() {
+    _i=0
+    while [ "$(tandemctl status "$1" --field "$2")" != "$3" ]; do
+        _i=$((_i + 1))
+        [ $_i -le $(($4 * 10)) ] || {
+            tandemctl status "$1"
+            echo "$2 of $1 is $(tandemctl status "$1" --field "$2"), not $3" >&2
+            return 1
+        }
+        sleep 0.1
+    done
+}
