@@ -63,7 +63,6 @@ pub fn promote(
         .ok_or_else(|| anyhow!("promote needs --node-id (this node's id in the pair)"))?;
     let mut watch = Watch::new(lease_path)?;
     let deadline = Instant::now() + wait;
-    let mut first: Option<(Block, Instant)> = None;
     let block = loop {
         match watch.poll()? {
             Seen::Blank => bail!(
@@ -94,10 +93,7 @@ pub fn promote(
                     primary: args.primary.clone(),
                     secondary: args.secondary.clone(),
                 };
-                let waited = first
-                    .filter(|(f, _)| *f == b)
-                    .map(|(_, at)| at.elapsed())
-                    .unwrap_or_default();
+                let waited = watch.unchanged_for();
                 let holder = Holder::new(holder_dir, node)?;
                 let report = holder
                     .take_over(&spec, &b, waited)
@@ -116,9 +112,6 @@ pub fn promote(
                         b.owner,
                         b.generation
                     );
-                }
-                if first.as_ref().is_none_or(|(f, _)| *f != b) {
-                    first = Some((b, Instant::now()));
                 }
                 std::thread::sleep((b.timeout() / 8).max(Duration::from_millis(10)));
             }

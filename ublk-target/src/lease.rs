@@ -577,6 +577,11 @@ impl Watch {
         self.area.path()
     }
 
+    /// How long the block has been seen unchanged (zero before it was read).
+    pub fn unchanged_for(&self) -> Duration {
+        self.last.map(|(_, at)| at.elapsed()).unwrap_or_default()
+    }
+
     /// Reads the block and says what it means now.
     pub fn poll(&mut self) -> Result<Seen> {
         let now = Instant::now();

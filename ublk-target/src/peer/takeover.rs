@@ -96,7 +96,6 @@ impl Holder {
         mut done: impl FnMut(&TakeoverReport),
     ) -> Result<()> {
         let mut watch = Watch::new(&spec.lease)?;
-        let mut first_seen: Option<(Block, Instant)> = None;
         while !stop.load(Ordering::Acquire) {
             let seen = match watch.poll() {
                 Ok(s) => s,
@@ -121,11 +120,7 @@ impl Holder {
             };
             match seen {
                 Seen::Expired(b) if b.owner != self.node() => {
-                    let waited = first_seen
-                        .filter(|(f, _)| *f == b)
-                        .map(|(_, at)| at.elapsed())
-                        .unwrap_or_default();
-                    match self.take_over(spec, &b, waited) {
+                    match self.take_over(spec, &b, watch.unchanged_for()) {
                         Ok(report) => {
                             lock(&self.takeovers).push(report.clone());
                             done(&report)
@@ -136,14 +131,8 @@ impl Holder {
                             b.owner
                         ),
                     }
-                    first_seen = None;
                 }
-                Seen::Alive(b) => {
-                    if first_seen.as_ref().is_none_or(|(f, _)| *f != b) {
-                        first_seen = Some((b, Instant::now()));
-                    }
-                }
-                _ => first_seen = None,
+                _ => {}
             }
             std::thread::sleep(pause);
         }
