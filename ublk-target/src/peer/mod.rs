@@ -15,6 +15,8 @@ pub mod takeover;
 pub mod wire;
 
 #[cfg(test)]
+mod dual_sim;
+#[cfg(test)]
 mod sim;
 #[cfg(test)]
 mod tests;

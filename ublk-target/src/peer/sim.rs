@@ -750,10 +750,9 @@ proptest! {
     }
 }
 
-/// Random runs of a planted bug until one breaks a rule.
-fn caught(bug: Bug) -> String {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let strategy = prop::collection::vec(act(), 20..160);
+/// Values of `strategy`, one a call, the same ones for the same seed.
+pub(super) fn seeded<S: Strategy>(strategy: S, seed: u64) -> impl FnMut() -> S::Value {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut runner = proptest::test_runner::TestRunner::new_with_rng(
         ProptestConfig::default(),
         proptest::test_runner::TestRng::from_seed(
@@ -761,8 +760,14 @@ fn caught(bug: Bug) -> String {
             &rng.gen::<[u8; 32]>(),
         ),
     );
+    move || strategy.new_tree(&mut runner).unwrap().current()
+}
+
+/// Random runs of a planted bug until one breaks a rule.
+fn caught(bug: Bug) -> String {
+    let mut next = seeded(prop::collection::vec(act(), 20..160), 7);
     for _ in 0..20_000 {
-        let acts = strategy.new_tree(&mut runner).unwrap().current();
+        let acts = next();
         if let Err(e) = run(bug, &acts) {
             return e;
         }
