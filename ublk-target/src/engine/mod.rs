@@ -24,6 +24,7 @@ use crate::record::destage::DestageThread;
 use crate::record::Record;
 use crate::stats::{Counter, Gauge};
 
+mod answer;
 mod config;
 mod open;
 mod request;
@@ -59,6 +60,8 @@ pub struct Engine {
     started: Instant,
     capacity: u64,
     passthrough: bool,
+    /// The data devices go through the host page cache (`--cache writeback`).
+    writeback: bool,
     /// The link's figures, when a peer holds the record.
     peer: Option<Arc<std::sync::Mutex<crate::peer::PeerStatus>>>,
     /// The device's lease: no write is acknowledged while it is not valid.

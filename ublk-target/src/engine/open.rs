@@ -267,6 +267,7 @@ impl Engine {
             primary,
             secondary,
             committer: Committer::new(record.clone()),
+            writeback: config.cache == Cache::Writeback,
             record,
             mirror,
             host_io,

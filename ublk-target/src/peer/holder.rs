@@ -27,6 +27,63 @@ use crate::record::{
 /// more often).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What a node that serves a device answers the other node of a
+/// dual-active pair (the engine): status checks and copy grants.
+pub trait Answerer: Send + Sync {
+    /// The device's geometry: a checking node must agree.
+    fn geometry(&self) -> Geometry;
+    /// Returns once no write to `region` is in flight here and nothing of
+    /// it is cached dirty.
+    fn status(&self, region: u64) -> Result<()>;
+    /// Grants the copy of `region`, quiet and written back (its write
+    /// sequence), or `None`: this node copies it now.
+    fn grant(&self, region: u64) -> Result<Option<u64>>;
+    /// Ends a grant; returns whether no write started on the region since.
+    fn end(&self, region: u64, seq: u64, landed: bool) -> bool;
+}
+
+/// Grants of a checks session, ended when the session ends (once they
+/// have expired: the copier lands a copy only within `COPY_LIMIT` of
+/// asking).
+struct Grants {
+    answerer: Arc<dyn Answerer>,
+    given: HashMap<u64, std::time::Instant>,
+}
+
+impl Grants {
+    fn expire(&mut self) {
+        let answerer = &self.answerer;
+        self.given.retain(|&r, at| {
+            let live = at.elapsed() < super::GRANT_EXPIRY;
+            if !live {
+                answerer.end(r, u64::MAX, false);
+            }
+            live
+        });
+    }
+}
+
+impl Drop for Grants {
+    fn drop(&mut self) {
+        if self.given.is_empty() {
+            return;
+        }
+        let given = std::mem::take(&mut self.given);
+        let answerer = self.answerer.clone();
+        let ended = std::thread::Builder::new()
+            .name("tandem-grants".into())
+            .spawn(move || {
+                for (r, at) in given {
+                    std::thread::sleep(super::GRANT_EXPIRY.saturating_sub(at.elapsed()));
+                    answerer.end(r, u64::MAX, false);
+                }
+            });
+        if let Err(e) = ended {
+            log::error!("end the grants of a closed connection: {e}");
+        }
+    }
+}
+
 /// One held record.
 struct Held {
     file: RegionFile,
@@ -58,6 +115,9 @@ pub struct Holder {
     pub(super) watches: Mutex<HashMap<PathBuf, WatchStatus>>,
     /// The takeovers this holder made.
     pub(super) takeovers: Mutex<Vec<super::TakeoverReport>>,
+    /// The devices this node serves itself (dual-active), by identity: it
+    /// answers the other node's checks about them.
+    answerers: Mutex<HashMap<u64, Arc<dyn Answerer>>>,
 }
 
 /// One held record, for the status.
@@ -133,7 +193,17 @@ impl Holder {
             sessions: Mutex::new(HashMap::new()),
             watches: Mutex::new(HashMap::new()),
             takeovers: Mutex::new(Vec::new()),
+            answerers: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Answers the other node's status checks and copy requests about
+    /// device `identity` with `answerer` (this node serves it too).
+    pub fn answer_for(&self, identity: u64, answerer: Arc<dyn Answerer>) {
+        self.answerers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(identity, answerer);
     }
 
     /// The holder's status: what it holds, for whom, what it watches.
@@ -343,9 +413,13 @@ impl Holder {
         let mut rd = BufReader::new(stream.try_clone()?);
         let mut wr = BufWriter::new(stream);
         let (seq, first) = read_frame(&mut rd)?;
-        let Frame::Hello(hello) = first else {
-            let reason = format!("expected hello, got {}", first.name());
-            return Err(refuse(&mut wr, seq, "hello", reason));
+        let hello = match first {
+            Frame::Hello(hello) => hello,
+            Frame::Checks(hello) => return self.checks(hello, seq, rd, wr),
+            other => {
+                let reason = format!("expected hello, got {}", other.name());
+                return Err(refuse(&mut wr, seq, "hello", reason));
+            }
         };
         let (held, generation, session) = match self.open(&hello) {
             Ok(x) => x,
@@ -369,12 +443,8 @@ impl Holder {
             },
         )?;
         loop {
-            let (seq, frame) = match read_frame(&mut rd) {
-                Ok(f) => f,
-                Err(WireError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    return Ok(())
-                }
-                Err(e) => return Err(e),
+            let Some((seq, frame)) = next_frame(&mut rd)? else {
+                return Ok(());
             };
             let mut h = held.lock().unwrap_or_else(|e| e.into_inner());
             if h.session != session && h.generation == generation {
@@ -423,6 +493,127 @@ impl Holder {
             };
             write_frame(&mut wr, seq, &answer)?;
         }
+    }
+}
+
+impl Holder {
+    /// A checks session: the other node of a dual-active pair asks about
+    /// regions of a device this node serves too.
+    fn checks(
+        &self,
+        hello: Hello,
+        seq: u64,
+        mut rd: impl std::io::Read,
+        mut wr: impl Write,
+    ) -> std::result::Result<(), WireError> {
+        let answerer = self
+            .answerers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&hello.identity)
+            .cloned();
+        let Some(answerer) = answerer else {
+            let reason = format!(
+                "node {} does not serve device {:016x}: it has nothing to check",
+                self.node, hello.identity
+            );
+            return Err(refuse(&mut wr, seq, "checks", reason));
+        };
+        let g = answerer.geometry();
+        if (g.device_size(), g.region_size()) != (hello.device_size, hello.region_size) {
+            let reason = format!(
+                "device {:016x} is {} bytes in regions of {} here, {} bytes in regions of {} at node {}",
+                hello.identity,
+                g.device_size(),
+                g.region_size(),
+                hello.device_size,
+                hello.region_size,
+                hello.node
+            );
+            return Err(refuse(&mut wr, seq, "checks", reason));
+        }
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&hello.identity)
+            .map(|h| h.lock().unwrap_or_else(|e| e.into_inner()).generation);
+        if let Some(held) = held.filter(|&h| h > hello.generation) {
+            let reason = format!(
+                "stale generation {} for device {:016x}: this node holds generation {held}",
+                hello.generation, hello.identity
+            );
+            return Err(refuse(&mut wr, seq, "checks", reason));
+        }
+        write_frame(
+            &mut wr,
+            seq,
+            &Frame::Welcome {
+                node: self.node,
+                generation: hello.generation,
+            },
+        )?;
+        let regions = g.regions();
+        let mut grants = Grants {
+            answerer: answerer.clone(),
+            given: HashMap::new(),
+        };
+        loop {
+            let Some((seq, frame)) = next_frame(&mut rd)? else {
+                return Ok(());
+            };
+            grants.expire();
+            let region = match frame {
+                Frame::Check { region }
+                | Frame::CopyBegin { region }
+                | Frame::CopyEnd { region, .. } => Some(region),
+                _ => None,
+            };
+            if let Some(r) = region.filter(|&r| r >= regions) {
+                let reason = format!("region {r} of a device of {regions} regions");
+                return Err(refuse(&mut wr, seq, frame.name(), reason));
+            }
+            let errno = |e: Error| Frame::Done { errno: -e.errno() };
+            let answer = match frame {
+                Frame::Check { region } => match answerer.status(region) {
+                    Ok(()) => Frame::Done { errno: 0 },
+                    Err(e) => errno(e),
+                },
+                Frame::CopyBegin { region } => match answerer.grant(region) {
+                    Ok(Some(seq)) => {
+                        grants.given.insert(region, std::time::Instant::now());
+                        Frame::Grant { seq }
+                    }
+                    Ok(None) => Frame::Busy,
+                    Err(e) => errno(e),
+                },
+                Frame::CopyEnd {
+                    region,
+                    seq,
+                    landed,
+                } => {
+                    grants.given.remove(&region);
+                    Frame::Ended {
+                        unchanged: answerer.end(region, seq, landed),
+                    }
+                }
+                Frame::Ping => Frame::Pong,
+                other => {
+                    let reason = format!("unexpected {} frame in a checks session", other.name());
+                    return Err(refuse(&mut wr, seq, other.name(), reason));
+                }
+            };
+            write_frame(&mut wr, seq, &answer)?;
+        }
+    }
+}
+
+/// The next frame of a session, `None` once the other end closed it.
+fn next_frame(rd: &mut impl std::io::Read) -> std::result::Result<Option<(u64, Frame)>, WireError> {
+    match read_frame(rd) {
+        Ok(f) => Ok(Some(f)),
+        Err(WireError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

@@ -21,7 +21,14 @@ mod sim;
 #[cfg(test)]
 mod tests;
 
-pub use holder::{HeldStatus, Holder, HolderStatus, WatchStatus};
+pub use holder::{Answerer, HeldStatus, Holder, HolderStatus, WatchStatus};
+
+/// Dual-active: a node lands a granted copy on the secondary only within
+/// this long of asking for the grant.
+pub const COPY_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// A grant that is not ended expires after this long (its copier can no
+/// longer land it).
+pub const GRANT_EXPIRY: std::time::Duration = std::time::Duration::from_secs(4);
 pub use store::{Holding, PeerStatus, PeerStore};
 pub use takeover::{TakeoverReport, TakeoverSpec};
 

@@ -405,3 +405,213 @@ fn an_engine_recovers_from_what_its_peer_holds_and_from_everything_without_it() 
     assert_eq!(e.status().resync_total_bytes, DEV);
     assert_eq!(e.status().peer.unwrap().holding, Holding::Local);
 }
+
+/// Dual-active: an engine that serves the device answers the other node's
+/// checks and copy requests through its holder.
+mod answers {
+    use super::*;
+    use crate::engine::{Devices, Engine, EngineConfig, Plan, Request};
+    use crate::peer::wire::{read_frame, write_frame, Frame};
+
+    fn engine() -> Engine {
+        let g = geometry();
+        let devices = Devices {
+            primary: Arc::new(MemDev::new("primary", SIZE)),
+            secondary: Arc::new(MemDev::new("secondary", SIZE)),
+            record: Arc::new(MemDev::new("record", RegionFile::file_size(&g))),
+            record_is_new: true,
+            identity: IDENTITY,
+            lease: None,
+        };
+        let config = EngineConfig {
+            region_size: REGION,
+            capacity: 8 * REGION,
+            policy: "lru".into(),
+            assume_clean: true,
+            ..EngineConfig::default()
+        };
+        Engine::open_manual(devices, &config).unwrap()
+    }
+
+    /// A checks session of node 1 with the holder at `port`.
+    struct Asker {
+        rd: std::io::BufReader<TcpStream>,
+        wr: std::io::BufWriter<TcpStream>,
+        seq: u64,
+    }
+
+    impl Asker {
+        fn open(port: u16, identity: u64) -> std::result::Result<Asker, String> {
+            let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let mut a = Asker {
+                rd: std::io::BufReader::new(s.try_clone().unwrap()),
+                wr: std::io::BufWriter::new(s),
+                seq: 0,
+            };
+            match a.ask(Frame::Checks(Hello {
+                identity,
+                ..hello()
+            })) {
+                Frame::Welcome { .. } => Ok(a),
+                Frame::Refused { reason } => Err(reason),
+                other => panic!("hello answered by {other:?}"),
+            }
+        }
+
+        fn send(&mut self, f: Frame) -> u64 {
+            self.seq += 1;
+            write_frame(&mut self.wr, self.seq, &f).unwrap();
+            self.seq
+        }
+
+        fn answer(&mut self, seq: u64) -> Frame {
+            let (s, f) = read_frame(&mut self.rd).unwrap();
+            assert_eq!(s, seq, "answered in order");
+            f
+        }
+
+        fn ask(&mut self, f: Frame) -> Frame {
+            let seq = self.send(f);
+            self.answer(seq)
+        }
+    }
+
+    fn serving() -> (tempfile::TempDir, Running, Arc<Engine>) {
+        let dir = tempfile::tempdir().unwrap();
+        let run = Running::start(dir.path(), 0);
+        let engine = Arc::new(engine());
+        run.holder.answer_for(IDENTITY, engine.clone());
+        (dir, run, engine)
+    }
+
+    #[test]
+    fn a_check_waits_for_the_write_in_flight() {
+        let (_dir, run, engine) = serving();
+        let mut a = Asker::open(run.port, IDENTITY).unwrap();
+        assert_eq!(a.ask(Frame::Check { region: 3 }), Frame::Done { errno: 0 });
+        // A write to region 3, issued and not completed.
+        let buf = vec![7u8; 4096];
+        let mut plan = engine.plan(Request::write(3 * REGION, 4096, false));
+        let io = loop {
+            plan = match plan {
+                Plan::Pending(p) => p.submit(Box::new(|| {})).finish(),
+                Plan::Ready(io) => break io,
+                Plan::Done(r) => panic!("{:?}", r.err()),
+            };
+        };
+        let seq = a.send(Frame::Check { region: 3 });
+        // No answer while the write is in flight.
+        a.rd.get_ref()
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        let early = std::io::Read::read(&mut a.rd, &mut byte);
+        assert!(
+            early.is_err(),
+            "the check was answered while a write to its region was in flight"
+        );
+        a.rd.get_ref().set_read_timeout(None).unwrap();
+        let res = io.run(crate::engine::Data::From(&buf));
+        io.complete(res).unwrap();
+        assert_eq!(a.answer(seq), Frame::Done { errno: 0 });
+        run.kill();
+    }
+
+    #[test]
+    fn a_grant_holds_back_this_nodes_copy_and_marks_clean_when_quiet() {
+        let (_dir, run, engine) = serving();
+        let mut a = Asker::open(run.port, IDENTITY).unwrap();
+        let states = engine.record().states();
+        engine.write(&vec![1u8; 4096], 5 * REGION, false).unwrap();
+        assert!(states.is_dirty(5));
+        let Frame::Grant { seq } = a.ask(Frame::CopyBegin { region: 5 }) else {
+            panic!("not granted")
+        };
+        assert!(
+            !engine.pump_mirror(),
+            "this node copied a region granted to the other"
+        );
+        // Ended with no write since: clean here too.
+        let end = Frame::CopyEnd {
+            region: 5,
+            seq,
+            landed: true,
+        };
+        assert_eq!(a.ask(end), Frame::Ended { unchanged: true });
+        assert!(!states.is_dirty(5));
+        // A write during the grant: neither side may mark it clean.
+        engine.write(&vec![2u8; 4096], 5 * REGION, false).unwrap();
+        let Frame::Grant { seq } = a.ask(Frame::CopyBegin { region: 5 }) else {
+            panic!("not granted")
+        };
+        engine.write(&vec![3u8; 4096], 5 * REGION, false).unwrap();
+        let end = Frame::CopyEnd {
+            region: 5,
+            seq,
+            landed: true,
+        };
+        assert_eq!(a.ask(end), Frame::Ended { unchanged: false });
+        assert!(states.is_dirty(5));
+        // The grant over, this node copies it again.
+        assert!(engine.pump_mirror());
+        assert!(!states.is_dirty(5));
+        // A region this node copies now is refused to the other.
+        engine.write(&vec![4u8; 4096], 6 * REGION, false).unwrap();
+        let claim = states.claim_copy(6).unwrap();
+        assert_eq!(a.ask(Frame::CopyBegin { region: 6 }), Frame::Busy);
+        states.finish_copy(6, claim, false);
+        run.kill();
+    }
+
+    #[test]
+    fn a_grant_left_by_a_closed_connection_expires() {
+        let (_dir, run, engine) = serving();
+        let mut a = Asker::open(run.port, IDENTITY).unwrap();
+        engine.write(&vec![1u8; 4096], 2 * REGION, false).unwrap();
+        assert!(matches!(
+            a.ask(Frame::CopyBegin { region: 2 }),
+            Frame::Grant { .. }
+        ));
+        drop(a);
+        std::thread::sleep(GRANT_EXPIRY / 2);
+        assert!(
+            engine.record().states().is_granted(2),
+            "a grant ended before its copier's time to land ran out"
+        );
+        std::thread::sleep(GRANT_EXPIRY / 2 + Duration::from_millis(500));
+        assert!(!engine.record().states().is_granted(2));
+        assert!(engine.pump_mirror(), "the region is copied here again");
+        run.kill();
+    }
+
+    #[test]
+    fn bad_checks_are_refused_with_the_reason() {
+        let (_dir, run, _engine) = serving();
+        let e = Asker::open(run.port, IDENTITY + 1).err().unwrap();
+        assert!(e.contains("does not serve device"), "{e}");
+        let mut a = Asker::open(run.port, IDENTITY).unwrap();
+        let regions = SIZE / REGION;
+        match a.ask(Frame::Check { region: regions }) {
+            Frame::Refused { reason } => {
+                assert!(
+                    reason.contains(&format!(
+                        "region {regions} of a device of {regions} regions"
+                    )),
+                    "{reason}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut a = Asker::open(run.port, IDENTITY).unwrap();
+        match a.ask(Frame::Pages(Vec::new())) {
+            Frame::Refused { reason } => {
+                assert!(reason.contains("unexpected pages frame"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // The holder serves on.
+        let mut a = Asker::open(run.port, IDENTITY).unwrap();
+        assert_eq!(a.ask(Frame::Check { region: 0 }), Frame::Done { errno: 0 });
+        run.kill();
+    }
+}

@@ -73,6 +73,34 @@ pub enum Frame {
     Pong,
     /// Send me the whole record you hold (answered by `Pages`, then `Done`).
     Fetch,
+    /// Opens a session of status checks and copy grants (dual-active), not
+    /// of record updates: answered by `Welcome` or `Refused`.
+    Checks(Hello),
+    /// Dual-active: is the region safe to serve? Answered by `Done` once the
+    /// answering node has no write in flight to it and nothing of it cached.
+    Check {
+        region: u64,
+    },
+    /// Dual-active: may I copy the region? Answered by `Grant` or `Busy`.
+    CopyBegin {
+        region: u64,
+    },
+    /// Copy it: your write sequence of it now (quiet, cache written back).
+    Grant {
+        seq: u64,
+    },
+    /// I copy it myself: try later.
+    Busy,
+    /// The granted copy is over (`landed`: it reached the secondary).
+    CopyEnd {
+        region: u64,
+        seq: u64,
+        landed: bool,
+    },
+    /// Whether no write started on the region since the grant.
+    Ended {
+        unchanged: bool,
+    },
 }
 
 const HELLO: u16 = 1;
@@ -83,6 +111,13 @@ const REFUSED: u16 = 5;
 const PING: u16 = 6;
 const PONG: u16 = 7;
 const FETCH: u16 = 8;
+const CHECKS: u16 = 9;
+const CHECK: u16 = 10;
+const COPY_BEGIN: u16 = 11;
+const GRANT: u16 = 12;
+const BUSY: u16 = 13;
+const COPY_END: u16 = 14;
+const ENDED: u16 = 15;
 
 impl Frame {
     pub fn name(&self) -> &'static str {
@@ -99,6 +134,13 @@ impl Frame {
             Frame::Ping => PING,
             Frame::Pong => PONG,
             Frame::Fetch => FETCH,
+            Frame::Checks(_) => CHECKS,
+            Frame::Check { .. } => CHECK,
+            Frame::CopyBegin { .. } => COPY_BEGIN,
+            Frame::Grant { .. } => GRANT,
+            Frame::Busy => BUSY,
+            Frame::CopyEnd { .. } => COPY_END,
+            Frame::Ended { .. } => ENDED,
         }
     }
 
@@ -110,7 +152,7 @@ impl Frame {
             }
         };
         match self {
-            Frame::Hello(h) => u64s(
+            Frame::Hello(h) | Frame::Checks(h) => u64s(
                 &mut p,
                 &[
                     h.node,
@@ -133,7 +175,18 @@ impl Frame {
             }
             Frame::Done { errno } => p.extend_from_slice(&errno.to_le_bytes()),
             Frame::Refused { reason } => p.extend_from_slice(reason.as_bytes()),
-            Frame::Ping | Frame::Pong | Frame::Fetch => {}
+            Frame::Check { region } | Frame::CopyBegin { region } => u64s(&mut p, &[*region]),
+            Frame::Grant { seq } => u64s(&mut p, &[*seq]),
+            Frame::CopyEnd {
+                region,
+                seq,
+                landed,
+            } => {
+                u64s(&mut p, &[*region, *seq]);
+                p.push(u8::from(*landed));
+            }
+            Frame::Ended { unchanged } => p.push(u8::from(*unchanged)),
+            Frame::Ping | Frame::Pong | Frame::Fetch | Frame::Busy => {}
         }
         p
     }
@@ -234,6 +287,18 @@ impl Fields<'_> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
     }
 
+    /// A flag: one byte, 0 or 1.
+    fn flag(&mut self, what: &str) -> Result<bool, WireError> {
+        match self.take(1)?[0] {
+            0 => Ok(false),
+            1 => Ok(true),
+            v => Err(WireError::Payload {
+                frame: self.frame,
+                why: format!("{what} is {v}, not 0 or 1"),
+            }),
+        }
+    }
+
     fn end(self) -> Result<(), WireError> {
         if self.rest.is_empty() {
             Ok(())
@@ -257,6 +322,13 @@ fn kind_name(kind: u16) -> Option<&'static str> {
         PING => "ping",
         PONG => "pong",
         FETCH => "fetch",
+        CHECKS => "checks",
+        CHECK => "check",
+        COPY_BEGIN => "copy-begin",
+        GRANT => "grant",
+        BUSY => "busy",
+        COPY_END => "copy-end",
+        ENDED => "ended",
         _ => return None,
     })
 }
@@ -267,14 +339,30 @@ fn decode(kind: u16, payload: &[u8]) -> Result<Frame, WireError> {
         frame: name,
         rest: payload,
     };
-    let frame = match kind {
-        HELLO => Frame::Hello(Hello {
+    let hello = |f: &mut Fields| -> Result<Hello, WireError> {
+        Ok(Hello {
             node: f.u64()?,
             identity: f.u64()?,
             generation: f.u64()?,
             device_size: f.u64()?,
             region_size: f.u64()?,
-        }),
+        })
+    };
+    let frame = match kind {
+        HELLO => Frame::Hello(hello(&mut f)?),
+        CHECKS => Frame::Checks(hello(&mut f)?),
+        CHECK => Frame::Check { region: f.u64()? },
+        COPY_BEGIN => Frame::CopyBegin { region: f.u64()? },
+        GRANT => Frame::Grant { seq: f.u64()? },
+        BUSY => Frame::Busy,
+        COPY_END => Frame::CopyEnd {
+            region: f.u64()?,
+            seq: f.u64()?,
+            landed: f.flag("landed")?,
+        },
+        ENDED => Frame::Ended {
+            unchanged: f.flag("unchanged")?,
+        },
         WELCOME => Frame::Welcome {
             node: f.u64()?,
             generation: f.u64()?,
@@ -314,7 +402,8 @@ fn decode(kind: u16, payload: &[u8]) -> Result<Frame, WireError> {
         }
         PING => Frame::Ping,
         PONG => Frame::Pong,
-        _ => Frame::Fetch,
+        FETCH => Frame::Fetch,
+        _ => unreachable!("every named type is decoded"),
     };
     f.end()?;
     Ok(frame)
@@ -358,6 +447,25 @@ mod tests {
             Just(Frame::Ping),
             Just(Frame::Pong),
             Just(Frame::Fetch),
+            (any::<u64>(), any::<u64>()).prop_map(|(node, identity)| Frame::Checks(Hello {
+                node,
+                identity,
+                generation: 3,
+                device_size: 1 << 30,
+                region_size: 1 << 20,
+            })),
+            any::<u64>().prop_map(|region| Frame::Check { region }),
+            any::<u64>().prop_map(|region| Frame::CopyBegin { region }),
+            any::<u64>().prop_map(|seq| Frame::Grant { seq }),
+            Just(Frame::Busy),
+            (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(region, seq, landed)| {
+                Frame::CopyEnd {
+                    region,
+                    seq,
+                    landed,
+                }
+            }),
+            any::<bool>().prop_map(|unchanged| Frame::Ended { unchanged }),
         ]
     }
 
@@ -386,7 +494,7 @@ mod tests {
         }
 
         #[test]
-        fn a_well_framed_but_bad_payload_is_named(kind in 1u16..9, payload in proptest::collection::vec(any::<u8>(), 0..60)) {
+        fn a_well_framed_but_bad_payload_is_named(kind in 1u16..16, payload in proptest::collection::vec(any::<u8>(), 0..60)) {
             // A valid header and checksum around an arbitrary payload.
             let mut b = Vec::new();
             b.extend_from_slice(&MAGIC);
@@ -431,5 +539,12 @@ mod tests {
         b[16..20].copy_from_slice(&(MAX_PAYLOAD + 1).to_le_bytes());
         let e = read_frame(&mut &b[..]).unwrap_err().to_string();
         assert!(e.contains("exceeds"), "{e}");
+        // A flag that is neither 0 nor 1.
+        let mut b = Frame::Ended { unchanged: true }.encode(1);
+        b[24] = 7;
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&b[..20]), &b[24..]);
+        b[20..24].copy_from_slice(&crc.to_le_bytes());
+        let e = read_frame(&mut &b[..]).unwrap_err().to_string();
+        assert!(e.contains("ended frame: unchanged is 7"), "{e}");
     }
 }
