@@ -88,6 +88,8 @@ impl Drop for Grants {
 struct Held {
     file: RegionFile,
     image: Image,
+    /// Dual-active: the engine's view of it, kept equal to `image`.
+    view: Option<Arc<super::HeldView>>,
     /// The node that owns the device (the last hello's).
     owner: u64,
     /// When the owner last sent an update or a ping.
@@ -118,6 +120,8 @@ pub struct Holder {
     /// The devices this node serves itself (dual-active), by identity: it
     /// answers the other node's checks about them.
     answerers: Mutex<HashMap<u64, Arc<dyn Answerer>>>,
+    /// The engines' views of held records, by identity (dual-active).
+    views: Mutex<HashMap<u64, Arc<super::HeldView>>>,
 }
 
 /// One held record, for the status.
@@ -194,7 +198,33 @@ impl Holder {
             watches: Mutex::new(HashMap::new()),
             takeovers: Mutex::new(Vec::new()),
             answerers: Mutex::new(HashMap::new()),
+            views: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Dual-active: the view of the record held for `identity` (of
+    /// `regions` regions), kept equal to it from now on; every region
+    /// counts until the other node has said hello.
+    pub fn view(&self, identity: u64, regions: u64) -> Arc<super::HeldView> {
+        let view = self
+            .views
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(identity)
+            .or_insert_with(|| Arc::new(super::HeldView::new(regions)))
+            .clone();
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&identity)
+            .cloned();
+        if let Some(h) = held {
+            let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
+            view.load(&h.image);
+            h.view = Some(view.clone());
+        }
+        view
     }
 
     /// Answers the other node's status checks and copy requests about
@@ -328,6 +358,7 @@ impl Holder {
                     generation,
                     applied: (0, 0),
                     session: 0,
+                    view: None,
                 }));
                 map.insert(hello.identity, h.clone());
                 h
@@ -344,6 +375,18 @@ impl Holder {
         }
         if owner != Some((hello.node, generation)) {
             write_owner(&owner_path, hello.node, generation).map_err(|e| e.to_string())?;
+        }
+        if g.view.is_none() {
+            let view = self
+                .views
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&hello.identity)
+                .cloned();
+            if let Some(v) = view {
+                v.load(&g.image);
+                g.view = Some(v);
+            }
         }
         g.generation = generation;
         g.owner = hello.node;
@@ -652,6 +695,13 @@ fn apply(h: &mut Held, at: (u64, u64), pages: &[Page]) -> i32 {
     let indices: Vec<u64> = pages.iter().map(|p| p.index).collect();
     match h.file.write_pages(&h.image, &indices) {
         Ok(()) => {
+            if let Some(v) = &h.view {
+                // Before the answer: the other node's write is issued only
+                // after it, and this node asks about the region from now.
+                for &p in &indices {
+                    v.update(&h.image, p * REGIONS_PER_PAGE..(p + 1) * REGIONS_PER_PAGE);
+                }
+            }
             h.applied = at;
             0
         }

@@ -6,12 +6,15 @@
 //! - `store`: node A's side, a `RecordStore` that waits for the peer's
 //!   acknowledgement, and falls back to the local region file (direct
 //!   service) while the peer cannot be reached.
+//! - `view`: dual-active, this node's view of the other node's record as
+//!   held here, which the engine reads on every read and write.
 //! - `takeover`: node B's watch on the device's lease, and the copy of the
 //!   held record once the owner's lease expired.
 
 pub mod holder;
 pub mod store;
 pub mod takeover;
+pub mod view;
 pub mod wire;
 
 #[cfg(test)]
@@ -31,6 +34,7 @@ pub const COPY_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 pub const GRANT_EXPIRY: std::time::Duration = std::time::Duration::from_secs(4);
 pub use store::{Holding, PeerStatus, PeerStore};
 pub use takeover::{TakeoverReport, TakeoverSpec};
+pub use view::HeldView;
 
 use crate::error::{Error, Result};
 

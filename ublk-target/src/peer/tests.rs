@@ -585,6 +585,34 @@ mod answers {
     }
 
     #[test]
+    fn the_view_follows_the_held_record_before_each_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = Running::start(dir.path(), 0);
+        let regions = SIZE / REGION;
+        let view = run.holder.view(IDENTITY, regions);
+        assert!(
+            !view.is_fresh() && view.lists(9),
+            "no hello yet: every region counts"
+        );
+        let changed = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let c = changed.clone();
+        view.on_change(Box::new(move |r| c.lock().unwrap().push(r)));
+        let owner = owner(dir.path(), run.port);
+        assert!(view.is_fresh());
+        owner.write(9).unwrap();
+        // The update is acknowledged: the view has it already.
+        assert!(view.lists(9));
+        assert!(!view.lists(10));
+        assert_eq!(
+            changed.lock().unwrap().first(),
+            Some(&None),
+            "loaded whole first"
+        );
+        assert!(changed.lock().unwrap().contains(&Some(9)));
+        run.kill();
+    }
+
+    #[test]
     fn bad_checks_are_refused_with_the_reason() {
         let (_dir, run, _engine) = serving();
         let e = Asker::open(run.port, IDENTITY + 1).err().unwrap();
