@@ -398,6 +398,20 @@ impl BlockDev for FileDev {
         self.dio_align
     }
 
+    fn drop_cache(&self, offset: u64, len: u64) -> io::Result<()> {
+        if self.dio_align.is_some() {
+            return Ok(());
+        }
+        let off = |v: u64| libc::off_t::try_from(v).unwrap_or(libc::off_t::MAX);
+        nix::fcntl::posix_fadvise(
+            self.file.as_raw_fd(),
+            off(offset),
+            off(len),
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        )
+        .map_err(io::Error::from)
+    }
+
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.check(offset, buf.len() as u64)?;
         if buf.is_empty() {

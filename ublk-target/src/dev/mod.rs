@@ -105,6 +105,13 @@ pub trait BlockDev: Send + Sync {
     fn direct(&self) -> bool {
         false
     }
+    /// Drops what the host's page cache holds clean of a range, so that the
+    /// next read comes from the device (another host may have written it).
+    /// Dirty pages are written back, not lost. Nothing to do without a cache.
+    fn drop_cache(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
     /// A description for messages: usually the path.
     fn describe(&self) -> String;
     /// The file descriptor, for callers that submit I/O on their own ring

@@ -26,6 +26,7 @@ use crate::stats::{Counter, Gauge};
 
 mod answer;
 mod config;
+mod dual;
 mod open;
 mod request;
 mod status;
@@ -34,6 +35,7 @@ mod tests;
 mod write;
 
 pub use config::{EngineConfig, PeerConfig, DEFAULT_CAPACITY};
+pub use dual::DualStatus;
 pub use open::{pair_identity, Devices, Paths};
 pub use request::{ublk_result, Data, Io, IoTicket, Issue, Op, PendingIo, Plan, Request};
 pub use status::{EngineStatus, StartKind};
@@ -62,6 +64,10 @@ pub struct Engine {
     passthrough: bool,
     /// The data devices go through the host page cache (`--cache writeback`).
     writeback: bool,
+    /// The device's identity (both nodes of a pair agree on it).
+    identity: u64,
+    /// Dual-active service, once `go_dual` has started it.
+    dual: std::sync::OnceLock<dual::Dual>,
     /// The link's figures, when a peer holds the record.
     peer: Option<Arc<std::sync::Mutex<crate::peer::PeerStatus>>>,
     /// The device's lease: no write is acknowledged while it is not valid.

@@ -268,6 +268,8 @@ impl Engine {
             secondary,
             committer: Committer::new(record.clone()),
             writeback: config.cache == Cache::Writeback,
+            identity,
+            dual: std::sync::OnceLock::new(),
             record,
             mirror,
             host_io,

@@ -19,7 +19,8 @@ use std::io;
 use super::write::{AdmitTicket, PendingWrite, WriteGuard, WriteStart};
 use super::Engine;
 use crate::dev::Dev;
-use crate::error::{Error, Result};
+use crate::error::{Error, Failure, Result};
+use crate::record::committer::Outcome;
 use crate::stats::GaugeGuard;
 
 /// What a host request asks of the device.
@@ -189,26 +190,48 @@ pub struct Io<'a> {
     _host_io: Option<GaugeGuard<'a>>,
 }
 
-/// A request waiting for its regions to be admitted to the durable record.
+/// A request waiting for its regions to be admitted to the durable record,
+/// or (dual-active) for the other node's answer about them.
 #[must_use = "a pending request must be admitted or dropped"]
 pub struct PendingIo<'a> {
     engine: &'a Engine,
     req: Request,
-    pending: PendingWrite<'a>,
+    wait: Wait<'a>,
 }
 
-/// A pending request in the hands of the record committer thread.
+enum Wait<'a> {
+    Record(PendingWrite<'a>),
+    /// Regions the other node's record lists: ask it first.
+    Check(Vec<u64>),
+}
+
+/// A pending request in the hands of the record committer thread, or of
+/// the status check thread.
 #[must_use = "a ticket must be finished"]
 pub struct IoTicket<'a> {
     engine: &'a Engine,
     req: Request,
-    ticket: AdmitTicket<'a>,
+    ticket: Ticket<'a>,
+}
+
+enum Ticket<'a> {
+    Record(AdmitTicket<'a>),
+    Check {
+        outcome: std::sync::mpsc::Receiver<Outcome>,
+        seen: Option<Outcome>,
+    },
 }
 
 impl Engine {
-    /// Plans a request: checks its range and, for a request that changes
-    /// data, registers it with the record. Never blocks.
+    /// Plans a request: checks its range, waits for a status check of the
+    /// regions the other node's record lists (dual-active) and, for a
+    /// request that changes data, registers it with the record. Never
+    /// blocks.
     pub fn plan(&self, req: Request) -> Plan<'_> {
+        self.plan_with(req, false)
+    }
+
+    fn plan_with(&self, req: Request, checked: bool) -> Plan<'_> {
         let ready = |write, host_io| {
             Plan::Ready(Io {
                 engine: self,
@@ -223,6 +246,18 @@ impl Engine {
         if let Err(e) = self.geometry.check_range(req.offset, req.len) {
             return Plan::Done(Err(e));
         }
+        if !checked {
+            // Before the write registers as in flight: the other node's
+            // answer may wait for this node's writes in flight, never for
+            // one that waits for it.
+            if let Some(regions) = self.to_check(req.offset, req.len) {
+                return Plan::Pending(PendingIo {
+                    engine: self,
+                    req,
+                    wait: Wait::Check(regions),
+                });
+            }
+        }
         if !req.op.changes_data() {
             return ready(None, Some(self.host_io.enter()));
         }
@@ -236,7 +271,7 @@ impl Engine {
             WriteStart::Pending(pending) => Plan::Pending(PendingIo {
                 engine: self,
                 req,
-                pending,
+                wait: Wait::Record(pending),
             }),
         }
     }
@@ -373,20 +408,35 @@ impl<'a> PendingIo<'a> {
     }
 
     /// Admits the regions on this thread (sharing the record's group commit
-    /// with concurrent callers).
+    /// with concurrent callers), or asks the other node about them.
     pub fn admit(self) -> Plan<'a> {
         let (engine, req) = (self.engine, self.req);
-        admitted(engine, req, self.pending.admit())
+        match self.wait {
+            Wait::Record(pending) => admitted(engine, req, pending.admit()),
+            Wait::Check(regions) => {
+                let outcome = engine.submit_check(regions, Box::new(|| {})).recv();
+                checked(engine, req, outcome.ok())
+            }
+        }
     }
 
-    /// Hands the admission to the record committer thread, which calls
-    /// `done` (on its own thread) once the outcome is ready; admissions
-    /// queued while one is written share the next update.
+    /// Hands the admission to the record committer thread (or the regions
+    /// to the status check thread), which calls `done` (on its own thread)
+    /// once the outcome is ready; admissions queued while one is written
+    /// share the next update, and checks queued while one is asked the
+    /// next exchange.
     pub fn submit(self, done: Box<dyn FnOnce() + Send>) -> IoTicket<'a> {
+        let ticket = match self.wait {
+            Wait::Record(pending) => Ticket::Record(pending.submit(done)),
+            Wait::Check(regions) => Ticket::Check {
+                outcome: self.engine.submit_check(regions, done),
+                seen: None,
+            },
+        };
         IoTicket {
             engine: self.engine,
             req: self.req,
-            ticket: self.pending.submit(done),
+            ticket,
         }
     }
 }
@@ -394,13 +444,50 @@ impl<'a> PendingIo<'a> {
 impl<'a> IoTicket<'a> {
     /// Whether the committer has answered (`finish` will not block).
     pub fn is_ready(&mut self) -> bool {
-        self.ticket.is_ready()
+        match &mut self.ticket {
+            Ticket::Record(t) => t.is_ready(),
+            Ticket::Check { outcome, seen } => {
+                if seen.is_none() {
+                    *seen = match outcome.try_recv() {
+                        Ok(o) => Some(o),
+                        Err(std::sync::mpsc::TryRecvError::Empty) => None,
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                            Some(Err(Failure::eio("the status check thread is gone")))
+                        }
+                    };
+                }
+                seen.is_some()
+            }
+        }
     }
 
     /// Ready to issue once the regions are durable in the record, or done
-    /// with the reason they are not. Blocks until the committer answered.
+    /// with the reason they are not; after a status check, planned again.
+    /// Blocks until the committer (or the check thread) answered.
     pub fn finish(self) -> Plan<'a> {
-        admitted(self.engine, self.req, self.ticket.finish())
+        let (engine, req) = (self.engine, self.req);
+        match self.ticket {
+            Ticket::Record(t) => admitted(engine, req, t.finish()),
+            Ticket::Check { outcome, seen } => {
+                let o = seen.or_else(|| outcome.recv().ok());
+                checked(engine, req, o)
+            }
+        }
+    }
+}
+
+/// The request planned again once the other node has answered about its
+/// regions, or done with why it could not be asked.
+fn checked(engine: &Engine, req: Request, outcome: Option<Outcome>) -> Plan<'_> {
+    match outcome {
+        Some(Ok(())) => engine.plan_with(req, true),
+        Some(Err(f)) => Plan::Done(Err(Error::io(
+            format!("status check before the {req}: {}", f.message),
+            io::Error::from_raw_os_error(-f.errno),
+        ))),
+        None => Plan::Done(Err(Error::Peer(format!(
+            "status check before the {req}: the check thread is gone"
+        )))),
     }
 }
 

@@ -575,19 +575,9 @@ impl Holder {
             );
             return Err(refuse(&mut wr, seq, "checks", reason));
         }
-        let held = self
-            .held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&hello.identity)
-            .map(|h| h.lock().unwrap_or_else(|e| e.into_inner()).generation);
-        if let Some(held) = held.filter(|&h| h > hello.generation) {
-            let reason = format!(
-                "stale generation {} for device {:016x}: this node holds generation {held}",
-                hello.generation, hello.identity
-            );
-            return Err(refuse(&mut wr, seq, "checks", reason));
-        }
+        // No generation is checked: an answer only tells what this node
+        // does, and a node whose device was taken over cannot write (its
+        // record updates are refused).
         write_frame(
             &mut wr,
             seq,

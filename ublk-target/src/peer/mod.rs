@@ -6,11 +6,14 @@
 //! - `store`: node A's side, a `RecordStore` that waits for the peer's
 //!   acknowledgement, and falls back to the local region file (direct
 //!   service) while the peer cannot be reached.
+//! - `checks`: dual-active, this node's checks session with the other
+//!   node (status checks, copy grants), asked again until answered.
 //! - `view`: dual-active, this node's view of the other node's record as
 //!   held here, which the engine reads on every read and write.
 //! - `takeover`: node B's watch on the device's lease, and the copy of the
 //!   held record once the owner's lease expired.
 
+pub mod checks;
 pub mod holder;
 pub mod store;
 pub mod takeover;
@@ -50,6 +53,16 @@ pub fn check_address(addr: &str) -> Result<()> {
             "--peer {addr:?}: expected HOST:PORT (e.g. 127.0.0.1:7789 or [::1]:7789)"
         ))),
     }
+}
+
+/// The first socket address `address` (`HOST:PORT`) names.
+fn resolve(address: &str) -> Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    address
+        .to_socket_addrs()
+        .map_err(|e| Error::Config(format!("peer address {address:?}: {e}")))?
+        .next()
+        .ok_or_else(|| Error::Config(format!("peer address {address:?}: no address")))
 }
 
 /// Replaces the small file `path` with `text` durably: written to a

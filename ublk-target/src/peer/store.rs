@@ -14,7 +14,7 @@
 //! region that may differ recorded nowhere durable.
 
 use std::io::{BufReader, BufWriter};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -277,12 +277,7 @@ impl PeerStore {
     /// `Error::Stopped`: this node must not go on owning the device.
     fn connect(&mut self) -> Result<()> {
         self.link = None;
-        let addr = self
-            .address
-            .to_socket_addrs()
-            .map_err(|e| Error::Config(format!("peer address {:?}: {e}", self.address)))?
-            .next()
-            .ok_or_else(|| Error::Config(format!("peer address {:?}: no address", self.address)))?;
+        let addr = super::resolve(&self.address)?;
         let stream = TcpStream::connect_timeout(&addr, EXCHANGE_TIMEOUT)
             .map_err(|e| link_err("connect", e))?;
         stream

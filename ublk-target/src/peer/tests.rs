@@ -35,9 +35,13 @@ struct Running {
 
 impl Running {
     fn start(dir: &std::path::Path, port: u16) -> Running {
+        Running::start_as(dir, port, 2)
+    }
+
+    fn start_as(dir: &std::path::Path, port: u16, node: u64) -> Running {
         let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let port = listener.local_addr().unwrap().port();
-        let holder = Arc::new(Holder::new(dir, 2).unwrap());
+        let holder = Arc::new(Holder::new(dir, node).unwrap());
         let stop = Arc::new(AtomicBool::new(false));
         let (h, s) = (holder.clone(), stop.clone());
         let thread = std::thread::spawn(move || h.serve(listener, s).unwrap());
@@ -641,5 +645,149 @@ mod answers {
         let mut a = Asker::open(run.port, IDENTITY).unwrap();
         assert_eq!(a.ask(Frame::Check { region: 0 }), Frame::Done { errno: 0 });
         run.kill();
+    }
+}
+
+/// Dual-active over loopback: two engines serve one shared primary, each
+/// record held by the other node, and a request to a region in the other's
+/// record waits for its answer.
+mod dual {
+    use super::*;
+    use crate::engine::{Devices, Engine, EngineConfig, PeerConfig, Plan, Request};
+
+    struct Node {
+        engine: Arc<Engine>,
+        run: Running,
+        _dir: tempfile::TempDir,
+    }
+
+    /// Nodes 1 and 2 over `primary`, each holder on its own port.
+    fn pair(primary: &Arc<MemDev>, secondary: &Arc<MemDev>) -> (Node, Node) {
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let runs = [
+            Running::start_as(&dirs[0].path().join("held"), 0, 1),
+            Running::start_as(&dirs[1].path().join("held"), 0, 2),
+        ];
+        let g = geometry();
+        let engines: Vec<Arc<Engine>> = (0..2)
+            .map(|i| {
+                let other = runs[1 - i].port;
+                let config = EngineConfig {
+                    region_size: REGION,
+                    capacity: 8 * REGION,
+                    policy: "lru".into(),
+                    assume_clean: true,
+                    peer: Some(PeerConfig {
+                        address: format!("127.0.0.1:{other}"),
+                        node: i as u64 + 1,
+                        state: dirs[i].path().join("record.peer"),
+                    }),
+                    ..EngineConfig::default()
+                };
+                let devices = Devices {
+                    primary: primary.clone(),
+                    secondary: secondary.clone(),
+                    record: Arc::new(MemDev::new("record", RegionFile::file_size(&g))),
+                    record_is_new: true,
+                    identity: IDENTITY,
+                    lease: None,
+                };
+                Arc::new(Engine::open_manual(devices, &config).unwrap())
+            })
+            .collect();
+        for i in 0..2 {
+            let other = runs[1 - i].port;
+            let hello = Hello {
+                node: i as u64 + 1,
+                ..hello()
+            };
+            let link = checks::CheckLink::new(
+                &format!("127.0.0.1:{other}"),
+                hello,
+                Arc::new(AtomicBool::new(false)),
+            )
+            .unwrap();
+            engines[i].go_dual(&runs[i].holder, link).unwrap();
+        }
+        let [d0, d1] = dirs;
+        let [r0, r1] = runs;
+        let mut e = engines.into_iter();
+        (
+            Node {
+                engine: e.next().unwrap(),
+                run: r0,
+                _dir: d0,
+            },
+            Node {
+                engine: e.next().unwrap(),
+                run: r1,
+                _dir: d1,
+            },
+        )
+    }
+
+    fn checked(n: &Node) -> u64 {
+        n.engine.dual_status().unwrap().checked_requests
+    }
+
+    #[test]
+    fn a_read_through_the_other_node_waits_for_its_write() {
+        let primary = Arc::new(MemDev::new("shared-primary", SIZE));
+        let secondary = Arc::new(MemDev::new("secondary", SIZE));
+        let (a, b) = pair(&primary, &secondary);
+        // A writes region 3: its record, held by B, lists it.
+        a.engine
+            .write(&vec![0xa1; 4096], 3 * REGION, false)
+            .unwrap();
+        let view = b.run.holder.view(IDENTITY, SIZE / REGION);
+        assert!(view.is_fresh() && view.lists(3) && !view.lists(4));
+        // B reads it after asking A; a region A never wrote needs no check.
+        let before = checked(&b);
+        let mut buf = vec![0u8; 4096];
+        b.engine.read(&mut buf, 3 * REGION).unwrap();
+        assert_eq!(buf, vec![0xa1; 4096]);
+        assert_eq!(checked(&b), before + 1);
+        b.engine.read(&mut buf, 4 * REGION).unwrap();
+        assert_eq!(
+            checked(&b),
+            before + 1,
+            "a region A's record does not list was checked"
+        );
+        // A write in flight at A: B's read waits for it.
+        let mut plan = a.engine.plan(Request::write(3 * REGION, 4096, false));
+        let io = loop {
+            plan = match plan {
+                Plan::Pending(p) => p.admit(),
+                Plan::Ready(io) => break io,
+                Plan::Done(r) => panic!("{:?}", r.err()),
+            };
+        };
+        let reader = {
+            let e = b.engine.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 4096];
+                e.read(&mut buf, 3 * REGION).unwrap();
+                buf
+            })
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !reader.is_finished(),
+            "B read while A's write was in flight"
+        );
+        let data = vec![0xa2; 4096];
+        let res = io.run(crate::engine::Data::From(&data));
+        io.complete(res).unwrap();
+        assert_eq!(reader.join().unwrap(), data);
+        // And the other way: B writes region 7, A asks before its read.
+        b.engine
+            .write(&vec![0xb1; 4096], 7 * REGION, false)
+            .unwrap();
+        let before = checked(&a);
+        a.engine.read(&mut buf, 7 * REGION).unwrap();
+        assert_eq!(buf, vec![0xb1; 4096]);
+        assert_eq!(checked(&a), before + 1);
+        a.run.kill();
+        b.run.kill();
     }
 }
