@@ -72,6 +72,10 @@ impl Engine {
         }));
         holder.answer_for(self.identity, self.clone());
         let link = Arc::new(link);
+        self.mirror.gate_with(Arc::new(Gate {
+            view: view.clone(),
+            link: link.clone(),
+        }));
         let (tx, rx) = mpsc::channel::<Job>();
         let (l, p) = (link.clone(), self.primary.clone());
         std::thread::Builder::new()
@@ -144,6 +148,30 @@ impl Engine {
             checked_regions: d.checked_regions.get(),
             last_answer_ms: d.link.heard_ago().map(|t| t.as_millis() as u64),
         })
+    }
+}
+
+/// The mirror's copies of regions that the other node's record lists ask
+/// it for a grant first.
+struct Gate {
+    view: Arc<HeldView>,
+    link: Arc<CheckLink>,
+}
+
+impl crate::mirror::CopyGate for Gate {
+    fn theirs(&self, r: u64) -> bool {
+        !skip_checks() && self.view.lists(r)
+    }
+
+    fn begin(&self, r: u64) -> Result<Option<u64>> {
+        Ok(match self.link.copy_begin(r)? {
+            crate::peer::checks::Copy::Granted { seq } => Some(seq),
+            crate::peer::checks::Copy::Busy => None,
+        })
+    }
+
+    fn end(&self, r: u64, seq: u64, landed: bool) -> Result<bool> {
+        self.link.copy_end(r, seq, landed)
     }
 }
 

@@ -3,7 +3,10 @@
 //! regions are marked clean only where no write started since the claim.
 
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// A region the other node copies now is asked about again after this.
+const GRANT_RETRY: Duration = Duration::from_millis(50);
 
 use super::queue::{Batch, Entry};
 use super::{lock, Shared};
@@ -46,9 +49,23 @@ impl Shared {
                 format!("secondary {} is gone", secondary.describe()),
                 std::io::Error::from_raw_os_error(libc::ENODEV),
             );
-            self.finish(batch, Err(err));
+            self.finish(batch, Err(err), &[]);
             return;
         }
+        // Dual-active: the regions the other node's record lists are copied
+        // only under its grant, landed only within the grant's time.
+        let asked = Instant::now();
+        let grants = match self.grants(&batch) {
+            Ok(Some(g)) => g,
+            Ok(None) => {
+                self.release_after(batch, GRANT_RETRY);
+                return;
+            }
+            Err(e) => {
+                self.finish(batch, Err(e), &[]);
+                return;
+            }
+        };
         let mut copied = 0u64;
         let mut result = Ok(());
         let mut taken: Vec<(u64, ChunkMask)> = Vec::new();
@@ -58,10 +75,18 @@ impl Shared {
                 for &(r, mask) in &taken {
                     states.restore_chunks(r, mask);
                 }
+                self.end_grants(&grants, false);
                 self.release(batch);
                 return;
             }
             for (start, end) in self.dirty_extents(run, &mut taken) {
+                if !grants.is_empty() && asked.elapsed() > crate::peer::COPY_LIMIT {
+                    result = Err(Error::Peer(format!(
+                        "a granted copy was not landed within {} s of asking: copied again",
+                        crate::peer::COPY_LIMIT.as_secs()
+                    )));
+                    break 'runs;
+                }
                 result = self.copy(&secondary, start, end, buf).map(|n| copied += n);
                 if result.is_err() {
                     break 'runs;
@@ -83,7 +108,58 @@ impl Shared {
                 states.restore_chunks(r, mask);
             }
         }
-        self.finish(batch, result.map(|()| copied));
+        // Clean only where no write started at the other node either.
+        let changed = self.end_grants(&grants, result.is_ok());
+        for &r in &changed {
+            if let Some(&(_, mask)) = taken.iter().find(|(t, _)| *t == r) {
+                states.restore_chunks(r, mask);
+            }
+        }
+        self.finish(batch, result.map(|()| copied), &changed);
+    }
+
+    /// The other node's grants for the batch's regions that its record
+    /// lists: `None` when one is busy (the grants given are ended).
+    fn grants(&self, batch: &Batch) -> Result<Option<Vec<(u64, u64)>>> {
+        let Some(gate) = self.gate.get() else {
+            return Ok(Some(Vec::new()));
+        };
+        let mut given = Vec::new();
+        for (run, _) in batch {
+            for &(r, _) in run.iter().filter(|(r, _)| gate.theirs(*r)) {
+                match gate.begin(r) {
+                    Ok(Some(seq)) => given.push((r, seq)),
+                    Ok(None) => {
+                        self.end_grants(&given, false);
+                        return Ok(None);
+                    }
+                    Err(e) => {
+                        self.end_grants(&given, false);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(Some(given))
+    }
+
+    /// Ends the grants; returns the regions written at the other node since
+    /// (or whose end could not be told): they are not clean.
+    fn end_grants(&self, grants: &[(u64, u64)], landed: bool) -> Vec<u64> {
+        let Some(gate) = self.gate.get() else {
+            return Vec::new();
+        };
+        grants
+            .iter()
+            .filter(|&&(r, seq)| match gate.end(r, seq, landed) {
+                Ok(unchanged) => !unchanged,
+                Err(e) => {
+                    log::warn!("end the other node's grant of region {r}: {e}");
+                    true
+                }
+            })
+            .map(|&(r, _)| r)
+            .collect()
     }
 
     /// Takes the written chunks of a claimed run (noting them in `taken`) and
@@ -155,6 +231,11 @@ impl Shared {
 
     /// Drops the claims of a batch that was not copied; its regions stay dirty.
     pub(super) fn release(&self, batch: Batch) {
+        self.release_after(batch, Duration::ZERO);
+    }
+
+    /// Like `release`, the regions copied again no sooner than `wait`.
+    fn release_after(&self, batch: Batch, wait: Duration) {
         let states = self.record.states();
         let mut q = lock(&self.queue);
         for (run, since) in &batch {
@@ -163,7 +244,7 @@ impl Shared {
                 q.entries.push_back(Entry {
                     region: r,
                     since: *since,
-                    not_before: Instant::now(),
+                    not_before: Instant::now() + wait,
                 });
             }
             if let Some(i) = q.copying.iter().position(|t| t == since) {
@@ -172,7 +253,10 @@ impl Shared {
         }
     }
 
-    pub(super) fn finish(&self, batch: Batch, result: Result<u64>) {
+    /// Settles a batch's claims: clean where the copy is durable, no write
+    /// started since the claim, and the region is not in `changed` (written
+    /// at the other node during its grant).
+    pub(super) fn finish(&self, batch: Batch, result: Result<u64>, changed: &[u64]) {
         let states = self.record.states();
         let g = *self.record.geometry();
         let durable = result.is_ok();
@@ -180,7 +264,7 @@ impl Shared {
         let mut cleaned = Vec::new();
         for (run, since) in &batch {
             for &(r, claim) in run {
-                if states.finish_copy(r, claim, durable) {
+                if states.finish_copy(r, claim, durable && !changed.contains(&r)) {
                     cleaned.push(r);
                 } else {
                     requeue.push(Entry {

@@ -83,6 +83,16 @@ struct Counters {
     resync_done: AtomicU64,
 }
 
+/// Dual-active: what the other node says about copying a region.
+pub trait CopyGate: Send + Sync {
+    /// Whether the other node's record may list `r` (its copy needs a grant).
+    fn theirs(&self, r: u64) -> bool;
+    /// Asks to copy `r`: its write sequence there, or `None` (busy).
+    fn begin(&self, r: u64) -> crate::error::Result<Option<u64>>;
+    /// Ends the grant; whether no write started on `r` there since.
+    fn end(&self, r: u64, seq: u64, landed: bool) -> crate::error::Result<bool>;
+}
+
 struct Shared {
     record: Arc<Record>,
     primary: Dev,
@@ -118,6 +128,9 @@ struct Shared {
     /// The device's lease: a copy marks nothing clean unless it is valid
     /// (another node may be copying instead).
     fence: std::sync::OnceLock<Arc<crate::lease::Lease>>,
+    /// Dual-active: the other node's grants for the regions its record
+    /// lists.
+    gate: std::sync::OnceLock<Arc<dyn CopyGate>>,
 }
 
 /// A snapshot of the pool's figures.
@@ -227,6 +240,7 @@ impl MirrorPool {
             pacer: Mutex::new(Pacer::default()),
             deferring: AtomicBool::new(false),
             fence: std::sync::OnceLock::new(),
+            gate: std::sync::OnceLock::new(),
             config,
         });
         let mut workers = Vec::new();
@@ -279,6 +293,12 @@ impl MirrorPool {
     /// valid fails, and its regions stay dirty.
     pub fn fence_with(&self, lease: Arc<crate::lease::Lease>) {
         let _ = self.shared.fence.set(lease);
+    }
+
+    /// Dual-active: copies regions that the other node's record lists only
+    /// under its grant (`gate`).
+    pub fn gate_with(&self, gate: Arc<dyn CopyGate>) {
+        let _ = self.shared.gate.set(gate);
     }
 
     /// Queues regions found in the record at start-up and counts them as resync.

@@ -429,7 +429,7 @@ fn a_write_between_claim_and_finish_keeps_the_region_dirty() {
     // ...a host write lands after the copy read the primary...
     rig.write(REGION, &new);
     // ...and the claim is settled.
-    rig.shared().finish(batch, Ok(n));
+    rig.shared().finish(batch, Ok(n), &[]);
     assert_eq!(rig.dirty(), vec![1], "the copy missed a write: still dirty");
     assert_eq!(
         &rig.secondary.contents()[REGION as usize..2 * REGION as usize],
@@ -634,8 +634,8 @@ fn resync_counts_real_bytes_and_completes() {
     rig.write(0, &pattern(7, 4096));
     // Settle only region 0's extent: the rest of the batch is put back.
     let (first, rest): (Batch, Batch) = batch.into_iter().partition(|(run, _)| run[0].0 == 0);
-    rig.shared().finish(first, Ok(n));
-    rig.shared().finish(rest, Err(Error::Stopped));
+    rig.shared().finish(first, Ok(n), &[]);
+    rig.shared().finish(rest, Err(Error::Stopped), &[]);
     assert_eq!(rig.pool.stats().resync_done_bytes, 0);
 
     rig.pump_all();

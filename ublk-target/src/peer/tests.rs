@@ -661,8 +661,11 @@ mod dual {
         _dir: tempfile::TempDir,
     }
 
-    /// Nodes 1 and 2 over `primary`, each holder on its own port.
-    fn pair(primary: &Arc<MemDev>, secondary: &Arc<MemDev>) -> (Node, Node) {
+    /// Nodes 1 and 2 over one shared primary and secondary, each holder on
+    /// its own port; and the secondary.
+    fn pair() -> (Node, Node, Arc<MemDev>) {
+        let primary = Arc::new(MemDev::new("shared-primary", SIZE));
+        let secondary = Arc::new(MemDev::new("secondary", SIZE));
         let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
         let runs = [
             Running::start_as(&dirs[0].path().join("held"), 0, 1),
@@ -712,7 +715,7 @@ mod dual {
         let [d0, d1] = dirs;
         let [r0, r1] = runs;
         let mut e = engines.into_iter();
-        (
+        let nodes = (
             Node {
                 engine: e.next().unwrap(),
                 run: r0,
@@ -723,7 +726,8 @@ mod dual {
                 run: r1,
                 _dir: d1,
             },
-        )
+        );
+        (nodes.0, nodes.1, secondary)
     }
 
     fn checked(n: &Node) -> u64 {
@@ -732,9 +736,7 @@ mod dual {
 
     #[test]
     fn a_read_through_the_other_node_waits_for_its_write() {
-        let primary = Arc::new(MemDev::new("shared-primary", SIZE));
-        let secondary = Arc::new(MemDev::new("secondary", SIZE));
-        let (a, b) = pair(&primary, &secondary);
+        let (a, b, _) = pair();
         // A writes region 3: its record, held by B, lists it.
         a.engine
             .write(&vec![0xa1; 4096], 3 * REGION, false)
@@ -787,6 +789,38 @@ mod dual {
         a.engine.read(&mut buf, 7 * REGION).unwrap();
         assert_eq!(buf, vec![0xb1; 4096]);
         assert_eq!(checked(&a), before + 1);
+        a.run.kill();
+        b.run.kill();
+    }
+
+    #[test]
+    fn a_region_both_nodes_wrote_is_copied_under_the_others_grant() {
+        let (a, b, secondary) = pair();
+        a.engine
+            .write(&vec![0xa1; 4096], 3 * REGION, false)
+            .unwrap();
+        b.engine
+            .write(&vec![0xb1; 4096], 3 * REGION + 8192, false)
+            .unwrap();
+        let (sa, sb) = (a.engine.record().states(), b.engine.record().states());
+        assert!(sa.is_dirty(3) && sb.is_dirty(3));
+        // B copies the region itself now: A is told busy, and copies later.
+        let claim = sb.claim_copy(3).unwrap();
+        a.engine.pump_mirror();
+        assert!(sa.is_dirty(3), "A copied a region B was copying");
+        sb.finish_copy(3, claim, false);
+        std::thread::sleep(Duration::from_millis(100));
+        // Granted: A's copy lands both writes, and both sides turn clean.
+        assert!(a.engine.pump_mirror());
+        assert!(!sa.is_dirty(3), "A's granted copy did not mark it clean");
+        assert!(
+            !sb.is_dirty(3),
+            "B's data was copied but B still has it dirty"
+        );
+        let mut got = vec![0u8; 12288];
+        crate::dev::BlockDev::read_at(&*secondary, &mut got, 3 * REGION).unwrap();
+        assert_eq!(&got[..4096], &vec![0xa1; 4096][..]);
+        assert_eq!(&got[8192..], &vec![0xb1; 4096][..]);
         a.run.kill();
         b.run.kill();
     }
