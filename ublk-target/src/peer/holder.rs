@@ -88,8 +88,12 @@ impl Drop for Grants {
 struct Held {
     file: RegionFile,
     image: Image,
-    /// Dual-active: the engine's view of it, kept equal to `image`.
+    /// Dual-active: the engine's view of it, kept equal to `image` once a
+    /// session has handed the whole record over (`whole`); until then, and
+    /// once its session ends (the owner may serve directly from then on,
+    /// adding regions this node does not see), every region counts.
     view: Option<Arc<super::HeldView>>,
+    whole: bool,
     /// The node that owns the device (the last hello's).
     owner: u64,
     /// When the owner last sent an update or a ping.
@@ -221,7 +225,9 @@ impl Holder {
             .cloned();
         if let Some(h) = held {
             let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
-            view.load(&h.image);
+            if h.whole {
+                view.load(&h.image);
+            }
             h.view = Some(view.clone());
         }
         view
@@ -359,6 +365,7 @@ impl Holder {
                     applied: (0, 0),
                     session: 0,
                     view: None,
+                    whole: false,
                 }));
                 map.insert(hello.identity, h.clone());
                 h
@@ -377,16 +384,17 @@ impl Holder {
             write_owner(&owner_path, hello.node, generation).map_err(|e| e.to_string())?;
         }
         if g.view.is_none() {
-            let view = self
+            g.view = self
                 .views
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .get(&hello.identity)
                 .cloned();
-            if let Some(v) = view {
-                v.load(&g.image);
-                g.view = Some(v);
-            }
+        }
+        // A new session: the view waits for the whole record.
+        g.whole = false;
+        if let Some(v) = &g.view {
+            v.forget();
         }
         g.generation = generation;
         g.owner = hello.node;
@@ -485,6 +493,10 @@ impl Holder {
                 generation,
             },
         )?;
+        let _ended = SessionEnd {
+            held: &held,
+            session,
+        };
         loop {
             let Some((seq, frame)) = next_frame(&mut rd)? else {
                 return Ok(());
@@ -641,6 +653,25 @@ impl Holder {
     }
 }
 
+/// Ends a record session: unless a newer one took over, the view of the
+/// record waits for the next whole record (the owner may serve directly).
+struct SessionEnd<'a> {
+    held: &'a Mutex<Held>,
+    session: u64,
+}
+
+impl Drop for SessionEnd<'_> {
+    fn drop(&mut self) {
+        let mut h = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if h.session == self.session {
+            h.whole = false;
+            if let Some(v) = &h.view {
+                v.forget();
+            }
+        }
+    }
+}
+
 /// The next frame of a session, `None` once the other end closed it.
 fn next_frame(rd: &mut impl std::io::Read) -> std::result::Result<Option<(u64, Frame)>, WireError> {
     match read_frame(rd) {
@@ -685,11 +716,18 @@ fn apply(h: &mut Held, at: (u64, u64), pages: &[Page]) -> i32 {
     let indices: Vec<u64> = pages.iter().map(|p| p.index).collect();
     match h.file.write_pages(&h.image, &indices) {
         Ok(()) => {
+            if pages.len() as u64 == count {
+                h.whole = true;
+            }
             if let Some(v) = &h.view {
                 // Before the answer: the other node's write is issued only
                 // after it, and this node asks about the region from now.
-                for &p in &indices {
-                    v.update(&h.image, p * REGIONS_PER_PAGE..(p + 1) * REGIONS_PER_PAGE);
+                if pages.len() as u64 == count {
+                    v.load(&h.image);
+                } else {
+                    for &p in &indices {
+                        v.update(&h.image, p * REGIONS_PER_PAGE..(p + 1) * REGIONS_PER_PAGE);
+                    }
                 }
             }
             h.applied = at;
