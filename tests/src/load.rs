@@ -118,6 +118,7 @@ impl LoadArgs {
                 node: 1,
                 state: peer_state(&self.record),
             }),
+            dual: None,
             lease: self.lease.as_ref().map(|path| tandem::lease::LeaseConfig {
                 path: path.clone(),
                 node: 1,

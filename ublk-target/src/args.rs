@@ -140,6 +140,14 @@ pub struct DeviceArgs {
     #[cfg_attr(feature = "cli", arg(long, value_name = "HOST:PORT"))]
     #[serde(default)]
     pub peer: Option<String>,
+    /// Dual-active: this node serves the device too, over the same shared
+    /// primary as the node at `--peer` (whose `--listen` that is). It holds
+    /// that node's record (in `RECORD.held/`) and answers its status checks
+    /// here (HOST:PORT); reads and writes of regions in that node's record
+    /// ask it first.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "HOST:PORT"))]
+    #[serde(default)]
+    pub listen: Option<String>,
     /// This node's id, unique in the pair (with `--peer` or `--lease`).
     #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default)]
@@ -257,8 +265,31 @@ impl DeviceArgs {
                 })
             }
         };
+        let dual = match (&self.listen, &peer) {
+            (None, _) => None,
+            (Some(addr), None) => {
+                return Err(Error::Config(format!(
+                    "--listen {addr} needs --peer and --node-id: dual-active service is with \
+                     the node at --peer"
+                )))
+            }
+            (Some(addr), Some(_)) => {
+                crate::peer::check_address(addr).map_err(|_| {
+                    Error::Config(format!(
+                        "--listen {addr:?}: expected HOST:PORT (e.g. 127.0.0.1:7790 or [::1]:7790)"
+                    ))
+                })?;
+                let mut dir = self.record.clone().into_os_string();
+                dir.push(".held");
+                Some(crate::engine::DualConfig {
+                    listen: addr.clone(),
+                    hold_dir: dir.into(),
+                })
+            }
+        };
         let config = EngineConfig {
             peer,
+            dual,
             lease,
             region_size,
             capacity: self.capacity.bytes(),
@@ -316,6 +347,10 @@ impl DeviceArgs {
         if let Some(peer) = &self.peer {
             v.push("--peer".into());
             v.push(peer.into());
+        }
+        if let Some(listen) = &self.listen {
+            v.push("--listen".into());
+            v.push(listen.into());
         }
         if let Some(id) = self.node_id {
             v.push("--node-id".into());
@@ -418,6 +453,7 @@ mod tests {
             assume_clean: false,
             passthrough: false,
             peer: None,
+            listen: None,
             node_id: None,
             lease: None,
             lease_timeout: default_lease_timeout(),
@@ -438,6 +474,18 @@ mod tests {
             (Box::new(|a| a.max_copy_rate = Some(Size(0))), "rate 0"),
             (Box::new(|a| a.poll = "1s".parse().unwrap()), "--poll 1s"),
             (Box::new(|a| a.node_id = Some(4)), "--node-id 4"),
+            (
+                Box::new(|a| a.listen = Some("127.0.0.1:7790".into())),
+                "--listen 127.0.0.1:7790 needs --peer",
+            ),
+            (
+                Box::new(|a| {
+                    a.listen = Some("anywhere".into());
+                    a.peer = Some("127.0.0.1:7789".into());
+                    a.node_id = Some(1);
+                }),
+                "--listen \"anywhere\": expected HOST:PORT",
+            ),
             (
                 Box::new(|a| a.peer = Some("[::1]:7789".into())),
                 "--peer [::1]:7789 needs --node-id",

@@ -305,6 +305,7 @@ mod tests {
                 assume_clean: true,
                 passthrough: false,
                 peer: None,
+                listen: None,
                 node_id: Some(2),
                 lease: Some("/shared/lease".into()),
                 lease_timeout: "3s".parse().unwrap(),

@@ -127,7 +127,32 @@ fn serve_inner(opts: &Options, ready: &mut Ready) -> Result<()> {
     signals.thread_block().context("block signals")?;
     hold_no_mounts()?;
 
+    // Dual-active: this node's holder listens before the engine opens, so
+    // that the other node can hand it its record meanwhile.
+    let node = config.peer.as_ref().map_or(0, |p| p.node);
+    let dual = config
+        .dual
+        .as_ref()
+        .map(|d| start_holder(d, node))
+        .transpose()?;
     let engine = Arc::new(Engine::open(opts.args.paths().open(&config)?, &config)?);
+    if let (Some((holder, stop)), Some(pc)) = (&dual, &config.peer) {
+        let g = *engine.geometry();
+        let hello = tandem::peer::wire::Hello {
+            node: pc.node,
+            identity: engine.identity(),
+            generation: 0,
+            device_size: g.device_size(),
+            region_size: g.region_size(),
+        };
+        let link = tandem::peer::checks::CheckLink::new(&pc.address, hello, stop.clone())?;
+        engine.go_dual(holder, link)?;
+        log::info!(
+            "{}: dual-active with the node at {}, holding its record here",
+            opts.name,
+            pc.address
+        );
+    }
     let start = engine.status();
     log::info!(
         "{}: primary {}, secondary {}, record {} ({:?}), resync {} bytes",
@@ -264,6 +289,9 @@ fn serve_inner(opts: &Options, ready: &mut Ready) -> Result<()> {
     });
     // Reaching here means the queues are down (stop, signal, or a failure).
     let shutdown = engine.shutdown();
+    if let Some((_, stop)) = &dual {
+        stop.store(true, Ordering::Release);
+    }
     if let Err(e) = ctrl.del_dev() {
         log::warn!("delete ublk device: {e}");
     }
@@ -272,6 +300,28 @@ fn serve_inner(opts: &Options, ready: &mut Ready) -> Result<()> {
     shutdown.context("make the record durable at stop")?;
     log::info!("{}: stopped cleanly", opts.name);
     Ok(())
+}
+
+/// Dual-active: this node's holder of the other node's record, serving on
+/// `--listen` until the returned flag is set.
+fn start_holder(
+    d: &tandem::engine::DualConfig,
+    node: u64,
+) -> Result<(Arc<tandem::peer::Holder>, Arc<AtomicBool>)> {
+    let holder = Arc::new(tandem::peer::Holder::new(&d.hold_dir, node)?);
+    let listener = std::net::TcpListener::bind(&d.listen)
+        .with_context(|| format!("--listen {}: listen for the other node", d.listen))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (h, s) = (holder.clone(), stop.clone());
+    std::thread::Builder::new()
+        .name("tandem-hold".into())
+        .spawn(move || {
+            if let Err(e) = h.serve(listener, s) {
+                log::error!("the holder of the other node's record stopped: {e}");
+            }
+        })
+        .context("start the holder thread")?;
+    Ok((holder, stop))
 }
 
 /// Deletes ublk device `id` (its daemon is gone).

@@ -30,8 +30,20 @@ pub struct EngineConfig {
     pub cache: Cache,
     /// The peer that holds the record, if any.
     pub peer: Option<PeerConfig>,
+    /// Dual-active service with that peer.
+    pub dual: Option<DualConfig>,
     /// The device's lease on shared storage, for a device two nodes reach.
     pub lease: Option<crate::lease::LeaseConfig>,
+}
+
+/// Dual-active service (`--listen`): where this node holds the other's
+/// record and answers its checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DualConfig {
+    /// HOST:PORT this node's holder listens on.
+    pub listen: String,
+    /// The directory of the other node's held record.
+    pub hold_dir: std::path::PathBuf,
 }
 
 /// Where the record is held when a peer holds it.
@@ -57,6 +69,7 @@ impl Default for EngineConfig {
             passthrough: false,
             cache: Cache::default(),
             peer: None,
+            dual: None,
             lease: None,
         }
     }

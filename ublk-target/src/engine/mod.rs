@@ -34,7 +34,7 @@ mod status;
 mod tests;
 mod write;
 
-pub use config::{EngineConfig, PeerConfig, DEFAULT_CAPACITY};
+pub use config::{DualConfig, EngineConfig, PeerConfig, DEFAULT_CAPACITY};
 pub use dual::DualStatus;
 pub use open::{pair_identity, Devices, Paths};
 pub use request::{ublk_result, Data, Io, IoTicket, Issue, Op, PendingIo, Plan, Request};
@@ -81,6 +81,11 @@ impl Engine {
 
     pub fn record(&self) -> &Arc<Record> {
         &self.record
+    }
+
+    /// The device's identity (the lease's, or its paths').
+    pub fn identity(&self) -> u64 {
+        self.identity
     }
 
     pub fn primary(&self) -> &Dev {

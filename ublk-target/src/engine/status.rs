@@ -80,6 +80,9 @@ pub struct EngineStatus {
     /// The device's lease on shared storage, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<crate::lease::LeaseStatus>,
+    /// Dual-active service, when the other node serves the device too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dual: Option<super::DualStatus>,
 }
 
 impl Engine {
@@ -149,6 +152,7 @@ impl Engine {
                 .as_ref()
                 .map(|p| p.lock().unwrap_or_else(|e| e.into_inner()).clone()),
             lease: self.lease.as_ref().map(|l| l.status()),
+            dual: self.dual_status(),
         }
     }
 
