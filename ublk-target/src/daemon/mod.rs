@@ -290,6 +290,9 @@ fn serve_inner(opts: &Options, ready: &mut Ready) -> Result<()> {
     // Reaching here means the queues are down (stop, signal, or a failure).
     let shutdown = engine.shutdown();
     if let Some((_, stop)) = &dual {
+        if shutdown.is_ok() {
+            engine.dual_goodbye();
+        }
         stop.store(true, Ordering::Release);
     }
     if let Err(e) = ctrl.del_dev() {

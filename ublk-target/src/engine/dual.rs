@@ -71,6 +71,11 @@ impl Engine {
             }
         }));
         holder.answer_for(self.identity, self.clone());
+        if view.is_fresh() && holder.regions(self.identity).is_none() && link.reachable() {
+            // A first start of the pair, but the other node runs already:
+            // wait for its record rather than trust that it has none.
+            view.forget();
+        }
         let link = Arc::new(link);
         self.mirror.gate_with(Arc::new(Gate {
             view: view.clone(),
@@ -131,6 +136,16 @@ impl Engine {
             (job.done)();
         }
         outcome
+    }
+
+    /// Tells the other node that this one stopped cleanly (after
+    /// `shutdown`): it need not ask about anything until this node is back.
+    pub fn dual_goodbye(&self) {
+        if let Some(d) = self.dual.get() {
+            if let Err(e) = d.link.bye() {
+                log::warn!("tell the other node this one stopped: {e}");
+            }
+        }
     }
 
     /// Dual-active figures, when the device serves dual-active.

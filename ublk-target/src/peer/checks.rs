@@ -109,6 +109,33 @@ impl CheckLink {
         }
     }
 
+    /// Tells the other node that this one stopped cleanly (once: at a stop
+    /// nobody waits for a node that is gone).
+    pub fn bye(&self) -> Result<()> {
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        if conn.is_none() {
+            *conn = Some(self.connect()?);
+        }
+        let c = conn.as_mut().expect("connected above");
+        c.seq += 1;
+        let io = |e: std::io::Error| Error::io(format!("say bye to node at {}", self.address), e);
+        write_frame(&mut c.wr, c.seq, &Frame::Bye).map_err(io)?;
+        match read_frame(&mut c.rd) {
+            Ok((_, Frame::Done { errno: 0 })) => Ok(()),
+            Ok((_, f)) => Err(self.unexpected("bye", &f)),
+            Err(e) => Err(Error::Peer(format!("node at {}: {e}", self.address))),
+        }
+    }
+
+    /// Whether the other node's holder answers now (it is running).
+    pub fn reachable(&self) -> bool {
+        super::resolve(&self.address)
+            .and_then(|a| {
+                TcpStream::connect_timeout(&a, CONNECT_TIMEOUT).map_err(|e| Error::io("connect", e))
+            })
+            .is_ok()
+    }
+
     fn unexpected(&self, what: &str, f: &Frame) -> Error {
         Error::Peer(format!(
             "node at {} answered {what} with {}",

@@ -126,6 +126,9 @@ pub struct Holder {
     answerers: Mutex<HashMap<u64, Arc<dyn Answerer>>>,
     /// The engines' views of held records, by identity (dual-active).
     views: Mutex<HashMap<u64, Arc<super::HeldView>>>,
+    /// Devices whose other node said bye (a clean stop) since its last
+    /// hello: nothing to ask it.
+    stopped: Mutex<std::collections::HashSet<u64>>,
 }
 
 /// One held record, for the status.
@@ -203,7 +206,16 @@ impl Holder {
             takeovers: Mutex::new(Vec::new()),
             answerers: Mutex::new(HashMap::new()),
             views: Mutex::new(HashMap::new()),
+            stopped: Mutex::new(std::collections::HashSet::new()),
         })
+    }
+
+    /// Dual-active: the other node of device `identity` stopped cleanly,
+    /// or has never held a record here (a first start): nothing of it can
+    /// be in flight or cached, so the view is loaded empty.
+    fn nothing_to_ask(&self, identity: u64, view: &super::HeldView) {
+        view.load(&Image::repeat(false, view.regions() as usize));
+        log::info!("device {identity:016x}: the other node serves nothing now");
     }
 
     /// Dual-active: the view of the record held for `identity` (of
@@ -223,12 +235,18 @@ impl Holder {
             .unwrap_or_else(|e| e.into_inner())
             .get(&identity)
             .cloned();
-        if let Some(h) = held {
-            let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
-            if h.whole {
-                view.load(&h.image);
+        match held {
+            Some(h) => {
+                let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
+                if h.whole {
+                    view.load(&h.image);
+                }
+                h.view = Some(view.clone());
             }
-            h.view = Some(view.clone());
+            // Never held here: the other node has not served the device
+            // with this node (a first start of the pair).
+            None if !self.paths(identity).0.exists() => self.nothing_to_ask(identity, &view),
+            None => {}
         }
         view
     }
@@ -393,6 +411,10 @@ impl Holder {
         }
         // A new session: the view waits for the whole record.
         g.whole = false;
+        self.stopped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&hello.identity);
         if let Some(v) = &g.view {
             v.forget();
         }
@@ -494,6 +516,8 @@ impl Holder {
             },
         )?;
         let _ended = SessionEnd {
+            holder: self,
+            identity: hello.identity,
             held: &held,
             session,
         };
@@ -643,6 +667,22 @@ impl Holder {
                     }
                 }
                 Frame::Ping => Frame::Pong,
+                Frame::Bye => {
+                    self.stopped
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(hello.identity);
+                    let view = self
+                        .views
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&hello.identity)
+                        .cloned();
+                    if let Some(v) = view {
+                        self.nothing_to_ask(hello.identity, &v);
+                    }
+                    Frame::Done { errno: 0 }
+                }
                 other => {
                     let reason = format!("unexpected {} frame in a checks session", other.name());
                     return Err(refuse(&mut wr, seq, other.name(), reason));
@@ -656,6 +696,8 @@ impl Holder {
 /// Ends a record session: unless a newer one took over, the view of the
 /// record waits for the next whole record (the owner may serve directly).
 struct SessionEnd<'a> {
+    holder: &'a Holder,
+    identity: u64,
     held: &'a Mutex<Held>,
     session: u64,
 }
@@ -666,7 +708,17 @@ impl Drop for SessionEnd<'_> {
         if h.session == self.session {
             h.whole = false;
             if let Some(v) = &h.view {
-                v.forget();
+                let bye = self
+                    .holder
+                    .stopped
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(&self.identity);
+                if bye {
+                    self.holder.nothing_to_ask(self.identity, v);
+                } else {
+                    v.forget();
+                }
             }
         }
     }

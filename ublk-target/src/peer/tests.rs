@@ -594,10 +594,8 @@ mod answers {
         let run = Running::start(dir.path(), 0);
         let regions = SIZE / REGION;
         let view = run.holder.view(IDENTITY, regions);
-        assert!(
-            !view.is_fresh() && view.lists(9),
-            "no hello yet: every region counts"
-        );
+        // Never held here: a first start of the pair, nothing to ask.
+        assert!(view.is_fresh() && !view.lists(9));
         let changed = Arc::new(std::sync::Mutex::new(Vec::new()));
         let c = changed.clone();
         view.on_change(Box::new(move |r| c.lock().unwrap().push(r)));
@@ -626,6 +624,14 @@ mod answers {
         assert!(
             !view.is_fresh() && view.lists(10),
             "the view outlived its session"
+        );
+        // The other node says bye (a clean stop): nothing to ask it.
+        run.holder.answer_for(IDENTITY, Arc::new(engine()));
+        let mut a = Asker::open(run.port, IDENTITY).unwrap();
+        assert_eq!(a.ask(Frame::Bye), Frame::Done { errno: 0 });
+        assert!(
+            view.is_fresh() && !view.lists(9),
+            "bye did not empty the view"
         );
         run.kill();
     }

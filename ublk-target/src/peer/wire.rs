@@ -101,6 +101,10 @@ pub enum Frame {
     Ended {
         unchanged: bool,
     },
+    /// Dual-active: this node stopped cleanly (nothing of it in flight or
+    /// cached): until its next hello there is nothing to ask it. Answered
+    /// by `Done`.
+    Bye,
 }
 
 const HELLO: u16 = 1;
@@ -118,6 +122,7 @@ const GRANT: u16 = 12;
 const BUSY: u16 = 13;
 const COPY_END: u16 = 14;
 const ENDED: u16 = 15;
+const BYE: u16 = 16;
 
 impl Frame {
     pub fn name(&self) -> &'static str {
@@ -141,6 +146,7 @@ impl Frame {
             Frame::Busy => BUSY,
             Frame::CopyEnd { .. } => COPY_END,
             Frame::Ended { .. } => ENDED,
+            Frame::Bye => BYE,
         }
     }
 
@@ -186,7 +192,7 @@ impl Frame {
                 p.push(u8::from(*landed));
             }
             Frame::Ended { unchanged } => p.push(u8::from(*unchanged)),
-            Frame::Ping | Frame::Pong | Frame::Fetch | Frame::Busy => {}
+            Frame::Ping | Frame::Pong | Frame::Fetch | Frame::Busy | Frame::Bye => {}
         }
         p
     }
@@ -329,6 +335,7 @@ fn kind_name(kind: u16) -> Option<&'static str> {
         BUSY => "busy",
         COPY_END => "copy-end",
         ENDED => "ended",
+        BYE => "bye",
         _ => return None,
     })
 }
@@ -355,6 +362,7 @@ fn decode(kind: u16, payload: &[u8]) -> Result<Frame, WireError> {
         COPY_BEGIN => Frame::CopyBegin { region: f.u64()? },
         GRANT => Frame::Grant { seq: f.u64()? },
         BUSY => Frame::Busy,
+        BYE => Frame::Bye,
         COPY_END => Frame::CopyEnd {
             region: f.u64()?,
             seq: f.u64()?,
@@ -466,6 +474,7 @@ mod tests {
                 }
             }),
             any::<bool>().prop_map(|unchanged| Frame::Ended { unchanged }),
+            Just(Frame::Bye),
         ]
     }
 
@@ -494,7 +503,7 @@ mod tests {
         }
 
         #[test]
-        fn a_well_framed_but_bad_payload_is_named(kind in 1u16..16, payload in proptest::collection::vec(any::<u8>(), 0..60)) {
+        fn a_well_framed_but_bad_payload_is_named(kind in 1u16..17, payload in proptest::collection::vec(any::<u8>(), 0..60)) {
             // A valid header and checksum around an arbitrary payload.
             let mut b = Vec::new();
             b.extend_from_slice(&MAGIC);

@@ -1,0 +1,146 @@
+#!/bin/sh
+# Dual-active: two nodes in one VM serve the same device over one shared
+# primary, each by its own path to it (one image attached twice, share-rw,
+# host cache off: two page caches, as two hosts have), each with
+# --cache writeback, each holding the other's record (--listen) and asking
+# the other before it serves a region in the other's record. The secondary
+# is /dev/vda, shared by both.
+#  - live migration: fio writes through A's device and stops; fio's verify
+#    through B's device reads every block A wrote (B asks A, A writes its
+#    cache back, B drops its own cache); afterwards primary and secondary are
+#    identical;
+#  - the same with the status checks switched off (the test-only switch
+#    TANDEM_TEST_SKIP_CHECKS=1): B reads stale data and fio's verify fails,
+#    which shows what the check is for.
+# vm-disks: 256M
+# vm-shared: 256M
+# vm-fio: yes
+# vm-mem: 2048
+# vm-timeout: 600
+. "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/tandem-lib.sh"
+
+W=/tmp/dual
+A_PORT=7791
+B_PORT=7792
+SECONDARY=/dev/vda
+A_PRIMARY=$(shared_disk shared0-a) B_PRIMARY=$(shared_disk shared0-b)
+# A capacity larger than the device: no eviction, so no destage flushes A's
+# cache behind the test's back (the negative case relies on it).
+DEVARGS="--region-size 256KiB --capacity 512MiB --cache writeback --assume-clean"
+
+fresh() {
+    need_bin tandemctl
+    need_bin tandem-target
+    need_bin fio
+    [ -b "$A_PRIMARY" ] && [ -b "$B_PRIMARY" ] ||
+        { echo "the shared disk is missing (vm-shared)" >&2; return 1; }
+    for n in pa pb; do tandemctl del "$n" >/dev/null 2>&1 || true; done
+    rm -rf $W
+    mkdir -p $W
+    # (--assume-clean holds: the images are blank at boot, and each case
+    # leaves primary and secondary identical or fails.)
+    echo 3 > /proc/sys/vm/drop_caches
+    # Dirty pages stay in a node's cache until it writes them back itself:
+    # what the status check is for shows, instead of hiding behind the
+    # kernel's own writeback.
+    echo 360000 > /proc/sys/vm/dirty_expire_centisecs
+    echo 80 > /proc/sys/vm/dirty_background_ratio
+    echo 90 > /proc/sys/vm/dirty_ratio
+}
+
+restore_writeback() {
+    echo 3000 > /proc/sys/vm/dirty_expire_centisecs
+    echo 10 > /proc/sys/vm/dirty_background_ratio
+    echo 20 > /proc/sys/vm/dirty_ratio
+}
+
+# add_pair: both nodes, A first (its record is held locally until B's
+# holder listens), then both paired and each view of the other's record
+# loaded. Prints A's device, then B's.
+add_pair() {
+    # shellcheck disable=SC2086
+    da=$(tandemctl add pa --primary $A_PRIMARY --secondary $SECONDARY --record $W/pa.rec \
+        $DEVARGS --node-id 1 --peer 127.0.0.1:$B_PORT --listen 127.0.0.1:$A_PORT)
+    # shellcheck disable=SC2086
+    db=$(tandemctl add pb --primary $B_PRIMARY --secondary $SECONDARY --record $W/pb.rec \
+        $DEVARGS --node-id 2 --peer 127.0.0.1:$A_PORT --listen 127.0.0.1:$B_PORT)
+    wait_field pa peer.holding peer 20 >&2
+    wait_field pb peer.holding peer 20 >&2
+    wait_field pa dual.view_loaded true 20 >&2
+    wait_field pb dual.view_loaded true 20 >&2
+    echo "$da $db"
+}
+
+# The job that writes through one node and verifies through the other.
+data_job() {
+    _f="$1"; shift
+    fio --name=data --filename="$_f" --ioengine=io_uring --direct=1 --rw=randwrite \
+        --bs=16k --iodepth=8 --size=96M --verify=crc32c --verify_fatal=1 "$@"
+}
+
+identical() {
+    sync
+    echo 3 > /proc/sys/vm/drop_caches
+    cmp "$1" "$2"
+}
+
+migration_case() {
+    fresh
+    add_pair > $W/devs
+    read -r da db < $W/devs
+    data_job "$da" --do_verify=0 --output=$W/write.out
+    ! grep -q 'err= *[1-9]' $W/write.out || { cat $W/write.out; return 1; }
+    dirty=$(awk '/^Dirty:/ { print $2 }' /proc/meminfo)
+    echo "INFO dual: A wrote 96 MiB through $da; $dirty kB of the page cache dirty"
+    before=$(tandemctl status pb --field dual.checked_requests)
+    data_job "$db" --verify_only --output=$W/verify.out
+    grep -q 'err= 0' $W/verify.out && grep -q 'READ: .*io=96.0MiB' $W/verify.out ||
+        { cat $W/verify.out; echo "fio's verify through B's device failed" >&2; return 1; }
+    after=$(tandemctl status pb --field dual.checked_requests)
+    regions=$(tandemctl status pb --field dual.other_regions)
+    echo "INFO dual: B verified A's 96 MiB; $((after - before)) of its reads waited for a status check; A's record lists $regions regions"
+    tandemctl status pb --json | grep -q '"dual"'
+    tandemctl wait-synced pa --timeout 120
+    tandemctl wait-synced pb --timeout 120
+    tandemctl del pb
+    tandemctl del pa
+    restore_writeback
+    identical $A_PRIMARY $SECONDARY
+    identical $B_PRIMARY $SECONDARY
+    echo "primary (both paths) and secondary are identical"
+    nothing_left pa
+    nothing_left pb
+}
+
+# Without the check, B reads what the shared primary held before A wrote
+# (A's data is still in A's cache): the verify must fail.
+skipped_check_case() {
+    fresh
+    export TANDEM_TEST_SKIP_CHECKS=1
+    add_pair > $W/devs
+    unset TANDEM_TEST_SKIP_CHECKS
+    read -r da db < $W/devs
+    # Other data than the first case's (which the primary holds already).
+    data_job "$da" --randseed=4242 --do_verify=0 --output=$W/write.out
+    ! grep -q 'err= *[1-9]' $W/write.out || { cat $W/write.out; return 1; }
+    if data_job "$db" --randseed=4242 --verify_only --output=$W/verify.out; then
+        cat $W/verify.out
+        echo "B read A's data with the status checks off: the test cannot show what they are for" >&2
+        return 1
+    fi
+    grep -q 'verify' $W/verify.out || { cat $W/verify.out; return 1; }
+    echo "INFO dual: with the checks off, B's verify failed: $(grep -m1 -o 'verify: [^,]*' $W/verify.out)"
+    [ "$(tandemctl status pb --field dual.checked_requests)" = 0 ]
+    tandemctl del pb
+    tandemctl del pa
+    restore_writeback
+    nothing_left pa
+    nothing_left pb
+}
+
+run_case dual-live-migration-verifies-through-b migration_case
+run_case dual-without-the-check-b-reads-stale-data skipped_check_case
+restore_writeback
+grep -h '^INFO ' "$TANDEM_LOG_DIR"/dual-*.log 2>/dev/null
+finish
