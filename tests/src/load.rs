@@ -119,6 +119,7 @@ impl LoadArgs {
                 state: peer_state(&self.record),
             }),
             dual: None,
+            identity: None,
             lease: self.lease.as_ref().map(|path| tandem::lease::LeaseConfig {
                 path: path.clone(),
                 node: 1,

@@ -148,6 +148,13 @@ pub struct DeviceArgs {
     #[cfg_attr(feature = "cli", arg(long, value_name = "HOST:PORT"))]
     #[serde(default)]
     pub listen: Option<String>,
+    /// The name both nodes of a dual-active pair give the device (letters,
+    /// digits, `.`, `_`, `-`; at most 64), so that they agree on its
+    /// identity whatever their paths. Needed with `--listen` (unless a
+    /// `--lease` gives the identity).
+    #[cfg_attr(feature = "cli", arg(long, value_name = "NAME"))]
+    #[serde(default)]
+    pub pair_name: Option<String>,
     /// This node's id, unique in the pair (with `--peer` or `--lease`).
     #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default)]
@@ -265,6 +272,26 @@ impl DeviceArgs {
                 })
             }
         };
+        let identity = match &self.pair_name {
+            None => None,
+            Some(n) => {
+                let ok = !n.is_empty()
+                    && n.len() <= 64
+                    && n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+                if !ok {
+                    return Err(Error::Config(format!(
+                        "--pair-name {n:?}: letters, digits, '.', '_' and '-', 1 to 64 of them"
+                    )));
+                }
+                Some(crate::engine::named_identity(n))
+            }
+        };
+        if let (Some(addr), None, None) = (&self.listen, &identity, &lease) {
+            return Err(Error::Config(format!(
+                "--listen {addr} needs --pair-name (or --lease): both nodes must name the device the same"
+            )));
+        }
         let dual = match (&self.listen, &peer) {
             (None, _) => None,
             (Some(addr), None) => {
@@ -288,6 +315,7 @@ impl DeviceArgs {
             }
         };
         let config = EngineConfig {
+            identity,
             peer,
             dual,
             lease,
@@ -351,6 +379,10 @@ impl DeviceArgs {
         if let Some(listen) = &self.listen {
             v.push("--listen".into());
             v.push(listen.into());
+        }
+        if let Some(name) = &self.pair_name {
+            v.push("--pair-name".into());
+            v.push(name.into());
         }
         if let Some(id) = self.node_id {
             v.push("--node-id".into());
@@ -454,6 +486,7 @@ mod tests {
             passthrough: false,
             peer: None,
             listen: None,
+            pair_name: None,
             node_id: None,
             lease: None,
             lease_timeout: default_lease_timeout(),
@@ -475,11 +508,27 @@ mod tests {
             (Box::new(|a| a.poll = "1s".parse().unwrap()), "--poll 1s"),
             (Box::new(|a| a.node_id = Some(4)), "--node-id 4"),
             (
-                Box::new(|a| a.listen = Some("127.0.0.1:7790".into())),
+                Box::new(|a| {
+                    a.listen = Some("127.0.0.1:7790".into());
+                    a.pair_name = Some("vm7".into());
+                }),
                 "--listen 127.0.0.1:7790 needs --peer",
             ),
             (
                 Box::new(|a| {
+                    a.listen = Some("127.0.0.1:7790".into());
+                    a.peer = Some("127.0.0.1:7789".into());
+                    a.node_id = Some(1);
+                }),
+                "--listen 127.0.0.1:7790 needs --pair-name",
+            ),
+            (
+                Box::new(|a| a.pair_name = Some("a b".into())),
+                "--pair-name \"a b\"",
+            ),
+            (
+                Box::new(|a| {
+                    a.pair_name = Some("vm7".into());
                     a.listen = Some("anywhere".into());
                     a.peer = Some("127.0.0.1:7789".into());
                     a.node_id = Some(1);

@@ -306,6 +306,7 @@ mod tests {
                 passthrough: false,
                 peer: None,
                 listen: None,
+                pair_name: None,
                 node_id: Some(2),
                 lease: Some("/shared/lease".into()),
                 lease_timeout: "3s".parse().unwrap(),

@@ -4,7 +4,8 @@
 # host cache off: two page caches, as two hosts have), each with
 # --cache writeback, each holding the other's record (--listen) and asking
 # the other before it serves a region in the other's record. The secondary
-# is /dev/vda, shared by both.
+# is shared the same way (each node by its own path), and both name the
+# device alike (--pair-name).
 #  - live migration: fio writes through A's device and stops; fio's verify
 #    through B's device reads every block A wrote (B asks A, A writes its
 #    cache back, B drops its own cache); afterwards primary and secondary are
@@ -12,8 +13,7 @@
 #  - the same with the status checks switched off (the test-only switch
 #    TANDEM_TEST_SKIP_CHECKS=1): B reads stale data and fio's verify fails,
 #    which shows what the check is for.
-# vm-disks: 256M
-# vm-shared: 256M
+# vm-shared: 256M 256M
 # vm-fio: yes
 # vm-mem: 2048
 # vm-timeout: 600
@@ -23,18 +23,18 @@
 W=/tmp/dual
 A_PORT=7791
 B_PORT=7792
-SECONDARY=/dev/vda
 A_PRIMARY=$(shared_disk shared0-a) B_PRIMARY=$(shared_disk shared0-b)
+A_SECONDARY=$(shared_disk shared1-a) B_SECONDARY=$(shared_disk shared1-b)
 # A capacity larger than the device: no eviction, so no destage flushes A's
 # cache behind the test's back (the negative case relies on it).
-DEVARGS="--region-size 256KiB --capacity 512MiB --cache writeback --assume-clean"
+DEVARGS="--region-size 256KiB --capacity 512MiB --cache writeback --assume-clean --pair-name vm1"
 
 fresh() {
     need_bin tandemctl
     need_bin tandem-target
     need_bin fio
-    [ -b "$A_PRIMARY" ] && [ -b "$B_PRIMARY" ] ||
-        { echo "the shared disk is missing (vm-shared)" >&2; return 1; }
+    [ -b "$A_PRIMARY" ] && [ -b "$B_PRIMARY" ] && [ -b "$A_SECONDARY" ] && [ -b "$B_SECONDARY" ] ||
+        { echo "the shared disks are missing (vm-shared)" >&2; return 1; }
     for n in pa pb; do tandemctl del "$n" >/dev/null 2>&1 || true; done
     rm -rf $W
     mkdir -p $W
@@ -60,10 +60,10 @@ restore_writeback() {
 # loaded. Prints A's device, then B's.
 add_pair() {
     # shellcheck disable=SC2086
-    da=$(tandemctl add pa --primary $A_PRIMARY --secondary $SECONDARY --record $W/pa.rec \
+    da=$(tandemctl add pa --primary $A_PRIMARY --secondary $A_SECONDARY --record $W/pa.rec \
         $DEVARGS --node-id 1 --peer 127.0.0.1:$B_PORT --listen 127.0.0.1:$A_PORT)
     # shellcheck disable=SC2086
-    db=$(tandemctl add pb --primary $B_PRIMARY --secondary $SECONDARY --record $W/pb.rec \
+    db=$(tandemctl add pb --primary $B_PRIMARY --secondary $B_SECONDARY --record $W/pb.rec \
         $DEVARGS --node-id 2 --peer 127.0.0.1:$A_PORT --listen 127.0.0.1:$B_PORT)
     wait_field pa peer.holding peer 20 >&2
     wait_field pb peer.holding peer 20 >&2
@@ -106,9 +106,9 @@ migration_case() {
     tandemctl del pb
     tandemctl del pa
     restore_writeback
-    identical $A_PRIMARY $SECONDARY
-    identical $B_PRIMARY $SECONDARY
-    echo "primary (both paths) and secondary are identical"
+    identical $A_PRIMARY $A_SECONDARY
+    identical $B_PRIMARY $B_SECONDARY
+    echo "primary and secondary are identical (through both nodes' paths)"
     nothing_left pa
     nothing_left pb
 }
@@ -121,16 +121,18 @@ skipped_check_case() {
     add_pair > $W/devs
     unset TANDEM_TEST_SKIP_CHECKS
     read -r da db < $W/devs
-    # Other data than the first case's (which the primary holds already).
-    data_job "$da" --randseed=4242 --do_verify=0 --output=$W/write.out
+    # Where the first case wrote nothing: what the primary holds there is
+    # blank (fio's verify would accept the first case's own blocks).
+    data_job "$da" --offset=128M --do_verify=0 --output=$W/write.out
     ! grep -q 'err= *[1-9]' $W/write.out || { cat $W/write.out; return 1; }
-    if data_job "$db" --randseed=4242 --verify_only --output=$W/verify.out; then
+    if data_job "$db" --offset=128M --verify_only --output=$W/verify.out 2>$W/verify.err; then
         cat $W/verify.out
         echo "B read A's data with the status checks off: the test cannot show what they are for" >&2
         return 1
     fi
-    grep -q 'verify' $W/verify.out || { cat $W/verify.out; return 1; }
-    echo "INFO dual: with the checks off, B's verify failed: $(grep -m1 -o 'verify: [^,]*' $W/verify.out)"
+    # Failed on the data (what the primary held before A wrote), not on I/O.
+    grep -q 'verify: bad' $W/verify.err || { cat $W/verify.out $W/verify.err; return 1; }
+    echo "INFO dual: with the checks off, B's verify failed: $(grep -m1 -o 'verify: [^,]*' $W/verify.err)"
     [ "$(tandemctl status pb --field dual.checked_requests)" = 0 ]
     tandemctl del pb
     tandemctl del pa

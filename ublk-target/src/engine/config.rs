@@ -34,6 +34,10 @@ pub struct EngineConfig {
     pub dual: Option<DualConfig>,
     /// The device's lease on shared storage, for a device two nodes reach.
     pub lease: Option<crate::lease::LeaseConfig>,
+    /// The device's identity given by name (`--pair-name`), so that two
+    /// nodes whose paths differ agree on it; else it comes from the paths
+    /// (or the lease).
+    pub identity: Option<u64>,
 }
 
 /// Dual-active service (`--listen`): where this node holds the other's
@@ -70,6 +74,7 @@ impl Default for EngineConfig {
             cache: Cache::default(),
             peer: None,
             dual: None,
+            identity: None,
             lease: None,
         }
     }

@@ -36,7 +36,7 @@ mod write;
 
 pub use config::{DualConfig, EngineConfig, PeerConfig, DEFAULT_CAPACITY};
 pub use dual::DualStatus;
-pub use open::{pair_identity, Devices, Paths};
+pub use open::{named_identity, pair_identity, Devices, Paths};
 pub use request::{ublk_result, Data, Io, IoTicket, Issue, Op, PendingIo, Plan, Request};
 pub use status::{EngineStatus, StartKind};
 use write::{PendingWrite, WriteGuard, WriteStart};

@@ -42,6 +42,11 @@ pub fn pair_identity(primary: &str, secondary: &str) -> u64 {
     (u64::from(a) << 32) | u64::from(b)
 }
 
+/// The identity of a device named `name` by both nodes of a pair.
+pub fn named_identity(name: &str) -> u64 {
+    pair_identity("pair-name", name)
+}
+
 /// Paths of a mirrored device's three parts.
 #[derive(Debug, Clone)]
 pub struct Paths {
@@ -115,10 +120,12 @@ impl Paths {
                 create_size: record_is_new.then_some(layout),
             },
         )?);
-        let mut identity = pair_identity(
-            &primary_path.to_string_lossy(),
-            &secondary_path.to_string_lossy(),
-        );
+        let mut identity = config.identity.unwrap_or_else(|| {
+            pair_identity(
+                &primary_path.to_string_lossy(),
+                &secondary_path.to_string_lossy(),
+            )
+        });
         let lease = match &config.lease {
             None => None,
             Some(lc) => {

@@ -11,6 +11,9 @@
 //!   measure what the record makes it resync, against a full-device resync.
 //! - `peer`: a write that misses the record with the record held by a peer
 //!   over loopback, against a local record file, and the link's round trip.
+//! - `dual`: dual-active, a read of a region in the other node's record (a
+//!   status check first) against one outside it, and the share of a
+//!   migration-like mix that needs a check.
 //! - `all`: all of them in a row, one table each, one JSON file.
 //!
 //! `scripts/bench-host` builds in release and runs everything.
@@ -37,6 +40,7 @@ use tandem::units::{format_size, parse_size};
 use tandem_tests::follow_status;
 
 mod catchup;
+mod dual;
 mod load;
 mod micro;
 mod peer;
@@ -45,6 +49,7 @@ mod takeover;
 mod util;
 
 use catchup::*;
+use dual::*;
 use load::*;
 use micro::*;
 use peer::*;
@@ -78,6 +83,9 @@ enum Cmd {
     Peer(PeerArgs),
     /// Node A killed under load: node B's takeover, its time and its copy.
     Takeover(PeerArgs),
+    /// Dual-active: a read of a region in the other node's record (a status
+    /// check first) against one outside it, and the share that need one.
+    Dual(PeerArgs),
 }
 
 #[derive(Args, Clone)]
@@ -278,6 +286,7 @@ fn main() -> anyhow::Result<()> {
             };
             report["peer"] = peer_bench(&peer)?;
             report["takeover"] = takeover_bench(&peer)?;
+            report["dual"] = dual_bench(&peer)?;
             write_json(&a.common, &report)
         }
         Cmd::Load(a) => {
@@ -299,6 +308,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Takeover(a) => {
             let r = takeover_bench(&a)?;
             write_json(&a.common, &json!({ "takeover": r }))
+        }
+        Cmd::Dual(a) => {
+            let r = dual_bench(&a)?;
+            write_json(&a.common, &json!({ "dual": r }))
         }
     }
 }
