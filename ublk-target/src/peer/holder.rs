@@ -485,7 +485,10 @@ impl Holder {
         stream.set_nonblocking(false)?;
         let mut rd = BufReader::new(stream.try_clone()?);
         let mut wr = BufWriter::new(stream);
-        let (seq, first) = read_frame(&mut rd)?;
+        // A connection closed before its hello (a probe) is no error.
+        let Some((seq, first)) = next_frame(&mut rd)? else {
+            return Ok(());
+        };
         let hello = match first {
             Frame::Hello(hello) => hello,
             Frame::Checks(hello) => return self.checks(hello, seq, rd, wr),
