@@ -12,7 +12,11 @@
 #    identical;
 #  - the same with the status checks switched off (the test-only switch
 #    TANDEM_TEST_SKIP_CHECKS=1): B reads stale data and fio's verify fails,
-#    which shows what the check is for.
+#    which shows what the check is for;
+#  - alternating writers: fio verify through both nodes at once over
+#    disjoint halves, then the same range written in turns, each turn's
+#    bytes verified through the other node; afterwards primary and secondary
+#    are identical.
 # vm-shared: 256M 256M
 # vm-fio: yes
 # vm-mem: 2048
@@ -134,6 +138,9 @@ skipped_check_case() {
     grep -q 'verify: bad' $W/verify.err || { cat $W/verify.out $W/verify.err; return 1; }
     echo "INFO dual: with the checks off, B's verify failed: $(grep -m1 -o 'verify: [^,]*' $W/verify.err)"
     [ "$(tandemctl status pb --field dual.checked_requests)" = 0 ]
+    # The next case assumes primary and secondary identical.
+    tandemctl wait-synced pa --timeout 120
+    tandemctl wait-synced pb --timeout 120
     tandemctl del pb
     tandemctl del pa
     restore_writeback
@@ -141,8 +148,53 @@ skipped_check_case() {
     nothing_left pb
 }
 
+# pattern_job DEV PATTERN ARGS: writes (or with --verify_only, checks) the
+# exact bytes PATTERN over a range: a turn's data is told from the last one's.
+pattern_job() {
+    _d="$1" _p="$2"; shift 2
+    fio --name=turn --filename="$_d" --ioengine=io_uring --direct=1 --rw=randwrite \
+        --bs=64k --iodepth=8 --offset=64M --size=32M --verify=pattern \
+        --verify_pattern="$_p" --verify_fatal=1 "$@"
+}
+
+alternating_case() {
+    fresh
+    add_pair > $W/devs
+    read -r da db < $W/devs
+    fio_verify "$da" $W/a.out --offset=0 --size=96M &
+    fa=$!
+    fio_verify "$db" $W/b.out --offset=128M --size=96M &
+    fb=$!
+    wait "$fa"
+    wait "$fb"
+    fio_ok $W/a.out
+    fio_ok $W/b.out
+    echo "INFO dual: fio verify through both nodes at once over disjoint halves passed"
+    turn=0
+    for p in 0x11111111 0x22222222 0x33333333 0x44444444; do
+        if [ $((turn % 2)) = 0 ]; then w=$da r=$db; else w=$db r=$da; fi
+        pattern_job "$w" $p --do_verify=0 --output=$W/turn.out
+        ! grep -q 'err= *[1-9]' $W/turn.out || { cat $W/turn.out; return 1; }
+        pattern_job "$r" $p --verify_only --output=$W/check.out
+        grep -q 'err= 0' $W/check.out || { cat $W/check.out; echo "turn $turn: $p not read back through the other node" >&2; return 1; }
+        turn=$((turn + 1))
+    done
+    echo "INFO dual: 4 turns over the same 32 MiB, each turn's bytes verified through the other node"
+    tandemctl wait-synced pa --timeout 120
+    tandemctl wait-synced pb --timeout 120
+    tandemctl del pb
+    tandemctl del pa
+    restore_writeback
+    identical $A_PRIMARY $A_SECONDARY
+    identical $B_PRIMARY $B_SECONDARY
+    echo "primary and secondary are identical (through both nodes' paths)"
+    nothing_left pa
+    nothing_left pb
+}
+
 run_case dual-live-migration-verifies-through-b migration_case
 run_case dual-without-the-check-b-reads-stale-data skipped_check_case
+run_case dual-alternating-writers-end-identical alternating_case
 restore_writeback
 grep -h '^INFO ' "$TANDEM_LOG_DIR"/dual-*.log 2>/dev/null
 finish

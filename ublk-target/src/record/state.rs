@@ -305,6 +305,7 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
+    use std::time::Duration;
 
     #[test]
     fn a_grant_holds_back_copies_but_not_writes() {
@@ -333,43 +334,47 @@ mod tests {
     }
 
     /// Hammers one region with this node's copies on one thread and the
-    /// other node's grants (through `grant`) on another; returns whether
-    /// both were ever held at once.
-    fn copy_and_grant_overlap(grant: fn(&RegionStates) -> bool) -> bool {
+    /// other node's grants (through `grant`) on another, for `run` or
+    /// until both are seen held at once; returns whether they were. Each
+    /// side holds its claim a while, watching for the other's.
+    fn copy_and_grant_overlap(grant: fn(&RegionStates) -> bool, run: Duration) -> bool {
         let s = Arc::new(RegionStates::new(1));
         s.set_recorded(0);
         assert!(s.begin_write(0));
         s.end_write(0);
-        let (copying, granted) = (
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicBool::new(false)),
-        );
+        let copying = Arc::new(AtomicBool::new(false));
+        let granted = Arc::new(AtomicBool::new(false));
         let overlap = Arc::new(AtomicBool::new(false));
+        let held = |mine: &AtomicBool, theirs: &AtomicBool, overlap: &AtomicBool| {
+            mine.store(true, Ordering::SeqCst);
+            for _ in 0..200 {
+                if theirs.load(Ordering::SeqCst) {
+                    overlap.store(true, Ordering::SeqCst);
+                }
+                std::hint::spin_loop();
+            }
+            mine.store(false, Ordering::SeqCst);
+        };
+        let end = std::time::Instant::now() + run;
         let copier = {
             let (s, copying, granted, overlap) =
                 (s.clone(), copying.clone(), granted.clone(), overlap.clone());
             std::thread::spawn(move || {
-                for _ in 0..200_000 {
+                while std::time::Instant::now() < end && !overlap.load(Ordering::SeqCst) {
                     if let Ok(c) = s.claim_copy(0) {
-                        copying.store(true, Ordering::SeqCst);
-                        if granted.load(Ordering::SeqCst) {
-                            overlap.store(true, Ordering::SeqCst);
-                        }
-                        copying.store(false, Ordering::SeqCst);
+                        held(&copying, &granted, &overlap);
                         s.finish_copy(0, c, false);
                     }
+                    std::thread::yield_now();
                 }
             })
         };
-        for _ in 0..200_000 {
+        while std::time::Instant::now() < end && !overlap.load(Ordering::SeqCst) {
             if grant(&s) {
-                granted.store(true, Ordering::SeqCst);
-                if copying.load(Ordering::SeqCst) {
-                    overlap.store(true, Ordering::SeqCst);
-                }
-                granted.store(false, Ordering::SeqCst);
+                held(&granted, &copying, &overlap);
                 s.end_grant(0);
             }
+            std::thread::yield_now();
         }
         copier.join().unwrap();
         overlap.load(Ordering::SeqCst)
@@ -377,20 +382,19 @@ mod tests {
 
     #[test]
     fn a_grant_and_a_copy_never_overlap() {
-        assert!(!copy_and_grant_overlap(|s| s.grant(0).is_ok()));
+        let grant: fn(&RegionStates) -> bool = |s| s.grant(0).is_ok();
+        assert!(!copy_and_grant_overlap(grant, Duration::from_millis(500)));
     }
 
     #[test]
     fn the_overlap_test_catches_a_grant_that_ignores_a_copy() {
         // Planted: the bit set without looking at COPYING.
-        let caught = (0..20).any(|_| {
-            copy_and_grant_overlap(|s| {
-                s.word(0).fetch_or(GRANTED, Ordering::AcqRel);
-                true
-            })
-        });
+        let planted: fn(&RegionStates) -> bool = |s| {
+            s.word(0).fetch_or(GRANTED, Ordering::AcqRel);
+            true
+        };
         assert!(
-            caught,
+            copy_and_grant_overlap(planted, Duration::from_secs(20)),
             "a grant that ignores a copy in progress was not caught"
         );
     }
