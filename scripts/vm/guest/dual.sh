@@ -83,10 +83,19 @@ data_job() {
         --bs=16k --iodepth=8 --size=96M --verify=crc32c --verify_fatal=1 "$@"
 }
 
-identical() {
-    sync
-    echo 3 > /proc/sys/vm/drop_caches
-    cmp "$1" "$2"
+# end_identical: both nodes synced and stopped, then primary and secondary
+# the same through both nodes' paths.
+end_identical() {
+    tandemctl wait-synced pa --timeout 120
+    tandemctl wait-synced pb --timeout 120
+    tandemctl del pb
+    tandemctl del pa
+    restore_writeback
+    same_bytes $A_PRIMARY $A_SECONDARY
+    same_bytes $B_PRIMARY $B_SECONDARY
+    echo "primary and secondary are identical (through both nodes' paths)"
+    nothing_left pa
+    nothing_left pb
 }
 
 migration_case() {
@@ -105,16 +114,7 @@ migration_case() {
     regions=$(tandemctl status pb --field dual.other_regions)
     echo "INFO dual: B verified A's 96 MiB; $((after - before)) of its reads waited for a status check; A's record lists $regions regions"
     tandemctl status pb --json | grep -q '"dual"'
-    tandemctl wait-synced pa --timeout 120
-    tandemctl wait-synced pb --timeout 120
-    tandemctl del pb
-    tandemctl del pa
-    restore_writeback
-    identical $A_PRIMARY $A_SECONDARY
-    identical $B_PRIMARY $B_SECONDARY
-    echo "primary and secondary are identical (through both nodes' paths)"
-    nothing_left pa
-    nothing_left pb
+    end_identical
 }
 
 # Without the check, B reads what the shared primary held before A wrote
@@ -180,16 +180,7 @@ alternating_case() {
         turn=$((turn + 1))
     done
     echo "INFO dual: 4 turns over the same 32 MiB, each turn's bytes verified through the other node"
-    tandemctl wait-synced pa --timeout 120
-    tandemctl wait-synced pb --timeout 120
-    tandemctl del pb
-    tandemctl del pa
-    restore_writeback
-    identical $A_PRIMARY $A_SECONDARY
-    identical $B_PRIMARY $B_SECONDARY
-    echo "primary and secondary are identical (through both nodes' paths)"
-    nothing_left pa
-    nothing_left pb
+    end_identical
 }
 
 run_case dual-live-migration-verifies-through-b migration_case

@@ -62,13 +62,6 @@ add_a() {
         --assume-clean $DEVARGS --lease $A_LEASE --node-id 1 --peer 127.0.0.1:$LINK
 }
 
-# identical A B: the two paths hold the same bytes (page caches dropped first).
-identical() {
-    sync
-    echo 3 > /proc/sys/vm/drop_caches
-    cmp "$1" "$2"
-}
-
 stop_all() {
     kill "$HOLDER" "$PROXY" 2>/dev/null || true
     wait "$HOLDER" "$PROXY" 2>/dev/null || true
@@ -111,8 +104,8 @@ cut_link_case() {
     fio_ok $W/fio.out
     tandemctl wait-synced pa --timeout 120
     tandemctl del pa
-    identical $A_PRIMARY $SECONDARY
-    identical $B_PRIMARY $SECONDARY
+    same_bytes $A_PRIMARY $SECONDARY
+    same_bytes $B_PRIMARY $SECONDARY
     echo "primary (both paths) and secondary are identical"
     stop_all
     nothing_left pa
@@ -153,7 +146,7 @@ takeover_case() {
     # A's orphaned device goes (its queued I/O fails: host A is gone).
     tandemctl del pa
     wait "$more" 2>/dev/null || true
-    identical $B_PRIMARY $SECONDARY
+    same_bytes $B_PRIMARY $SECONDARY
     echo "after the takeover the primary and the secondary are identical"
     # A comes back: it must not act on its stale generation.
     expect_refusal "belongs to node 2 at generation 2" add_a
@@ -174,7 +167,7 @@ takeover_case() {
     tandemctl wait-synced pb --timeout 120
     tandemctl del pb
     tandemctl lease $B_LEASE | grep -q 'owned by node 2 at generation 2, released'
-    identical $B_PRIMARY $SECONDARY
+    same_bytes $B_PRIMARY $SECONDARY
     stop_all
     nothing_left pb
 }

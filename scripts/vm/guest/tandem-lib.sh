@@ -103,3 +103,11 @@ wait_field() {
         sleep 0.1
     done
 }
+
+# same_bytes A B: two paths hold the same bytes (page caches dropped first:
+# each path has its own).
+same_bytes() {
+    sync
+    echo 3 > /proc/sys/vm/drop_caches
+    cmp "$1" "$2"
+}

@@ -79,7 +79,8 @@ impl crate::peer::Answerer for Engine {
         }
         let quiet = self.drain(r).and_then(|()| self.write_back());
         if let Err(e) = quiet {
-            self.end_grant(r);
+            states.end_grant(r);
+            self.requeue_if_dirty(r);
             return Err(e);
         }
         Ok(Some(u64::from(states.seq(r))))
@@ -90,30 +91,26 @@ impl crate::peer::Answerer for Engine {
             return false;
         }
         let states = self.record.states();
-        self.end_grant(r);
+        states.end_grant(r);
         let unchanged = u64::from(states.seq(r)) == seq;
         if landed && unchanged {
             // The secondary holds this node's data of it, as of the grant:
             // clean here too, unless a write started since.
             if let Ok(claim) = states.claim_copy(r) {
                 let still = u64::from(states.seq(r)) == seq;
-                if states.finish_copy(r, claim, still) {
-                    return true;
-                }
-                self.mirror.enqueue(&[r]);
+                states.finish_copy(r, claim, still);
             }
         }
+        self.requeue_if_dirty(r);
         unchanged
     }
 }
 
 impl Engine {
-    /// Ends the other node's grant of `r`; a region that is still dirty
+    /// After the other node's grant of `r`: a region that is still dirty
     /// goes back to this node's mirror (its copies were held back).
-    fn end_grant(&self, r: u64) {
-        let states = self.record.states();
-        states.end_grant(r);
-        if states.is_dirty(r) {
+    fn requeue_if_dirty(&self, r: u64) {
+        if self.record.states().is_dirty(r) {
             self.mirror.enqueue(&[r]);
         }
     }

@@ -210,6 +210,15 @@ impl Holder {
         })
     }
 
+    /// The engine's view of the record held for `identity`, if it has one.
+    fn view_of(&self, identity: u64) -> Option<Arc<super::HeldView>> {
+        self.views
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&identity)
+            .cloned()
+    }
+
     /// Dual-active: the other node of device `identity` stopped cleanly,
     /// or has never held a record here (a first start): nothing of it can
     /// be in flight or cached, so the view is loaded empty.
@@ -402,12 +411,7 @@ impl Holder {
             write_owner(&owner_path, hello.node, generation).map_err(|e| e.to_string())?;
         }
         if g.view.is_none() {
-            g.view = self
-                .views
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&hello.identity)
-                .cloned();
+            g.view = self.view_of(hello.identity);
         }
         // A new session: the view waits for the whole record.
         g.whole = false;
@@ -675,13 +679,7 @@ impl Holder {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(hello.identity);
-                    let view = self
-                        .views
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get(&hello.identity)
-                        .cloned();
-                    if let Some(v) = view {
+                    if let Some(v) = self.view_of(hello.identity) {
                         self.nothing_to_ask(hello.identity, &v);
                     }
                     Frame::Done { errno: 0 }
