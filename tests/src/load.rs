@@ -124,6 +124,7 @@ impl LoadArgs {
                 path: path.clone(),
                 node: 1,
                 timeout: Duration::from_millis(self.lease_timeout_ms),
+                reclaim: false,
             }),
         }
     }

@@ -171,6 +171,13 @@ pub struct DeviceArgs {
     #[cfg_attr(feature = "cli", arg(long, default_value_t = default_lease_timeout()))]
     #[serde(default = "default_lease_timeout")]
     pub lease_timeout: TimeSpan,
+    /// Dual-active: the other node's lease (its `--lease`, by this node's
+    /// path to it). Watched while serving: once it expires, this node takes
+    /// the other's record over into its own and copies it. Needs `--lease`,
+    /// `--listen` and `--pair-name`.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "PATH"))]
+    #[serde(default)]
+    pub other_lease: Option<PathBuf>,
 }
 
 impl DeviceArgs {
@@ -182,7 +189,10 @@ impl DeviceArgs {
         for p in [&mut self.primary, &mut self.secondary, &mut self.record] {
             *p = absolute(p)?;
         }
-        if let Some(p) = &mut self.lease {
+        for p in [&mut self.lease, &mut self.other_lease]
+            .into_iter()
+            .flatten()
+        {
             *p = absolute(p)?;
         }
         Ok(())
@@ -240,6 +250,7 @@ impl DeviceArgs {
                     path: p.clone(),
                     node,
                     timeout,
+                    reclaim: self.listen.is_some(),
                 })
             }
         };
@@ -311,9 +322,32 @@ impl DeviceArgs {
                 Some(crate::engine::DualConfig {
                     listen: addr.clone(),
                     hold_dir: dir.into(),
+                    other_lease: self.other_lease.clone(),
                 })
             }
         };
+        if let Some(p) = &self.other_lease {
+            let missing = [
+                (self.lease.is_none(), "--lease (this node's own)"),
+                (dual.is_none(), "--listen (dual-active service)"),
+                (
+                    self.pair_name.is_none(),
+                    "--pair-name (both leases name the device alike)",
+                ),
+            ];
+            if let Some((_, what)) = missing.iter().find(|(m, _)| *m) {
+                return Err(Error::Config(format!(
+                    "--other-lease {} needs {what}",
+                    p.display()
+                )));
+            }
+            if self.lease.as_ref() == Some(p) {
+                return Err(Error::Config(format!(
+                    "--other-lease {}: the same path as --lease; each node has its own lease",
+                    p.display()
+                )));
+            }
+        }
         let config = EngineConfig {
             identity,
             peer,
@@ -387,6 +421,10 @@ impl DeviceArgs {
         if let Some(id) = self.node_id {
             v.push("--node-id".into());
             v.push(id.to_string().into());
+        }
+        if let Some(p) = &self.other_lease {
+            v.push("--other-lease".into());
+            v.push(p.into());
         }
         if let Some(lease) = &self.lease {
             v.push("--lease".into());
@@ -490,6 +528,7 @@ mod tests {
             node_id: None,
             lease: None,
             lease_timeout: default_lease_timeout(),
+            other_lease: None,
         }
     }
 
@@ -579,6 +618,35 @@ mod tests {
                     a.node_id = Some(0);
                 }),
                 "--node-id 0",
+            ),
+            (
+                Box::new(|a| {
+                    a.pair_name = Some("vm7".into());
+                    a.listen = Some("127.0.0.1:7790".into());
+                    a.peer = Some("127.0.0.1:7789".into());
+                    a.node_id = Some(1);
+                    a.other_lease = Some("/shared/lease-b".into());
+                }),
+                "--other-lease /shared/lease-b needs --lease",
+            ),
+            (
+                Box::new(|a| {
+                    a.lease = Some("/shared/lease-a".into());
+                    a.node_id = Some(1);
+                    a.other_lease = Some("/shared/lease-b".into());
+                }),
+                "--other-lease /shared/lease-b needs --listen",
+            ),
+            (
+                Box::new(|a| {
+                    a.pair_name = Some("vm7".into());
+                    a.listen = Some("127.0.0.1:7790".into());
+                    a.peer = Some("127.0.0.1:7789".into());
+                    a.node_id = Some(1);
+                    a.lease = Some("/shared/lease-a".into());
+                    a.other_lease = Some("/shared/lease-a".into());
+                }),
+                "the same path as --lease",
             ),
         ];
         for (edit, needle) in cases {

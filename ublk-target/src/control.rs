@@ -310,6 +310,7 @@ mod tests {
                 node_id: Some(2),
                 lease: Some("/shared/lease".into()),
                 lease_timeout: "3s".parse().unwrap(),
+                other_lease: Some("/shared/lease-b".into()),
             },
         };
         files.write_state(&st).unwrap();

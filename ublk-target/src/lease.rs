@@ -195,6 +195,10 @@ pub struct LeaseConfig {
     /// This node's id.
     pub node: u64,
     pub timeout: Duration,
+    /// Dual-active: a lease that the other node of the pair took over and
+    /// then released (it took this node's record into its own) is claimed
+    /// back, at the next generation.
+    pub reclaim: bool,
 }
 
 /// The lease's state, for the status.
@@ -266,6 +270,25 @@ impl Lease {
                     b.device_size,
                     b.region_size
                 )))
+            }
+            Some(b) if b.owner != cfg.node && b.released && cfg.reclaim => {
+                log::info!(
+                    "lease {}: node {} took this node's record over at generation {} and released it; claiming it back",
+                    cfg.path.display(),
+                    b.owner,
+                    b.generation
+                );
+                Block {
+                    owner: cfg.node,
+                    generation: b.generation + 1,
+                    counter: 1,
+                    released: false,
+                    timeout_ms,
+                    // Until this node's peer holds its whole record again, a
+                    // takeover copies the whole device.
+                    direct: true,
+                    ..b
+                }
             }
             Some(b) if b.owner != cfg.node => {
                 return Err(Error::Fenced(format!(
@@ -619,6 +642,7 @@ mod tests {
             path: dir.join("lease"),
             node,
             timeout: Duration::from_millis(ms),
+            reclaim: false,
         }
     }
 
@@ -735,6 +759,39 @@ mod tests {
         let again = Lease::claim(&a, 5, 1 << 20, 1 << 16).unwrap();
         assert_eq!(again.generation(), 1);
         assert!(again.valid());
+    }
+
+    /// Dual-active: the other node took this node's lease over; while it
+    /// holds it this node is refused, once released it is claimed back at
+    /// the next generation (saying `direct` until its peer pairs), and
+    /// never without `reclaim`.
+    #[test]
+    fn a_lease_taken_over_and_released_is_claimed_back_only_with_reclaim() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = cfg(dir.path(), 1, 200);
+        let mine = Lease::claim(&a, 5, 1 << 20, 1 << 16).unwrap();
+        drop(mine);
+        let mut watch = Watch::new(&a.path).unwrap();
+        let seen = loop {
+            if let Seen::Expired(b) = watch.poll().unwrap() {
+                break b;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let theirs = Lease::take_over(&cfg(dir.path(), 2, 200), &seen).unwrap();
+        assert_eq!(theirs.generation(), 2);
+        let back = LeaseConfig {
+            reclaim: true,
+            ..a.clone()
+        };
+        let e = Lease::claim(&back, 5, 1 << 20, 1 << 16).err().unwrap();
+        assert!(e.to_string().contains("belongs to node 2"), "{e}");
+        theirs.release();
+        let e = Lease::claim(&a, 5, 1 << 20, 1 << 16).err().unwrap();
+        assert!(e.to_string().contains("belongs to node 2"), "{e}");
+        let again = Lease::claim(&back, 5, 1 << 20, 1 << 16).unwrap();
+        assert_eq!((again.block().owner, again.generation()), (1, 3));
+        assert!(again.block().direct && again.valid());
     }
 
     #[test]

@@ -147,6 +147,14 @@ fn serve_inner(opts: &Options, ready: &mut Ready) -> Result<()> {
         };
         let link = tandem::peer::checks::CheckLink::new(&pc.address, hello, stop.clone())?;
         engine.go_dual(holder, link)?;
+        if let Some(path) = config.dual.as_ref().and_then(|d| d.other_lease.as_ref()) {
+            engine.watch_other(holder, path, stop.clone())?;
+            log::info!(
+                "{}: watching the other node's lease {}",
+                opts.name,
+                path.display()
+            );
+        }
         log::info!(
             "{}: dual-active with the node at {}, holding its record here",
             opts.name,

@@ -48,6 +48,8 @@ pub struct DualConfig {
     pub listen: String,
     /// The directory of the other node's held record.
     pub hold_dir: std::path::PathBuf,
+    /// The other node's lease, watched for a takeover (`--other-lease`).
+    pub other_lease: Option<std::path::PathBuf>,
 }
 
 /// Where the record is held when a peer holds it.

@@ -35,7 +35,7 @@ mod tests;
 mod write;
 
 pub use config::{DualConfig, EngineConfig, PeerConfig, DEFAULT_CAPACITY};
-pub use dual::DualStatus;
+pub use dual::{DualStatus, DualTakeover, OtherLease};
 pub use open::{named_identity, pair_identity, Devices, Paths};
 pub use request::{ublk_result, Data, Io, IoTicket, Issue, Op, PendingIo, Plan, Request};
 pub use status::{EngineStatus, StartKind};

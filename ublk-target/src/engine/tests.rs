@@ -1233,6 +1233,7 @@ fn an_engine_whose_lease_is_taken_over_writes_nothing_and_cleans_nothing() {
         path: dir.path().join("lease"),
         node: 1,
         timeout: std::time::Duration::from_millis(2000),
+        reclaim: false,
     };
     let lease = crate::lease::Lease::claim(&lc, rig.identity, SIZE, REGION).unwrap();
     let mut devices = rig.devices(true);
@@ -1287,6 +1288,7 @@ fn a_clean_shutdown_releases_the_lease() {
         path: dir.path().join("lease"),
         node: 1,
         timeout: std::time::Duration::from_millis(2000),
+        reclaim: false,
     };
     let mut devices = rig.devices(true);
     devices.lease = Some(crate::lease::Lease::claim(&lc, rig.identity, SIZE, REGION).unwrap());

@@ -31,6 +31,9 @@ pub enum Copy {
     Granted { seq: u64 },
     /// The other node copies it now.
     Busy,
+    /// No grant is needed any more: the other node's record no longer
+    /// lists the region (it was taken over while this node waited).
+    Unneeded,
 }
 
 /// The checks session with the other node, shared by this node's threads
@@ -71,41 +74,53 @@ impl CheckLink {
     }
 
     /// Returns once the other node has no write in flight to `region` and
-    /// nothing of it cached dirty.
-    pub fn check(&self, region: u64) -> Result<()> {
-        match self.ask(Frame::Check { region })? {
-            Frame::Done { errno: 0 } => Ok(()),
-            Frame::Done { errno } => Err(Error::io(
+    /// nothing of it cached dirty, or once `needed` says the check no
+    /// longer is (asked before each try: the other node was taken over).
+    pub fn check(&self, region: u64, needed: &dyn Fn() -> bool) -> Result<()> {
+        match self.ask(Frame::Check { region }, needed)? {
+            None | Some(Frame::Done { errno: 0 }) => Ok(()),
+            Some(Frame::Done { errno }) => Err(Error::io(
                 format!("node at {} could not settle region {region}", self.address),
                 std::io::Error::from_raw_os_error(errno),
             )),
-            other => Err(self.unexpected("a check", &other)),
+            Some(other) => Err(self.unexpected("a check", &other)),
         }
     }
 
-    /// Asks to copy `region`.
-    pub fn copy_begin(&self, region: u64) -> Result<Copy> {
-        match self.ask(Frame::CopyBegin { region })? {
-            Frame::Grant { seq } => Ok(Copy::Granted { seq }),
-            Frame::Busy => Ok(Copy::Busy),
-            Frame::Done { errno } => Err(Error::io(
+    /// Asks to copy `region` (`needed` as for `check`).
+    pub fn copy_begin(&self, region: u64, needed: &dyn Fn() -> bool) -> Result<Copy> {
+        match self.ask(Frame::CopyBegin { region }, needed)? {
+            None => Ok(Copy::Unneeded),
+            Some(Frame::Grant { seq }) => Ok(Copy::Granted { seq }),
+            Some(Frame::Busy) => Ok(Copy::Busy),
+            Some(Frame::Done { errno }) => Err(Error::io(
                 format!("node at {} could not grant region {region}", self.address),
                 std::io::Error::from_raw_os_error(errno),
             )),
-            other => Err(self.unexpected("a copy request", &other)),
+            Some(other) => Err(self.unexpected("a copy request", &other)),
         }
     }
 
     /// Ends a granted copy; returns whether no write started on the region
-    /// at the other node since the grant.
-    pub fn copy_end(&self, region: u64, seq: u64, landed: bool) -> Result<bool> {
-        match self.ask(Frame::CopyEnd {
+    /// at the other node since the grant (true once `needed` says the grant
+    /// no longer matters: the takeover that made it so bumped the region's
+    /// sequence here, so the copy cannot mark it clean anyway).
+    pub fn copy_end(
+        &self,
+        region: u64,
+        seq: u64,
+        landed: bool,
+        needed: &dyn Fn() -> bool,
+    ) -> Result<bool> {
+        let frame = Frame::CopyEnd {
             region,
             seq,
             landed,
-        })? {
-            Frame::Ended { unchanged } => Ok(unchanged),
-            other => Err(self.unexpected("a copy's end", &other)),
+        };
+        match self.ask(frame, needed)? {
+            None => Ok(true),
+            Some(Frame::Ended { unchanged }) => Ok(unchanged),
+            Some(other) => Err(self.unexpected("a copy's end", &other)),
         }
     }
 
@@ -145,14 +160,18 @@ impl CheckLink {
     }
 
     /// Sends `frame` and returns its answer, on a new connection when the
-    /// last one broke, until answered or stopped. A refusal is final.
-    fn ask(&self, frame: Frame) -> Result<Frame> {
+    /// last one broke, until answered, stopped, or no longer `needed`
+    /// (`None`). A refusal is final.
+    fn ask(&self, frame: Frame, needed: &dyn Fn() -> bool) -> Result<Option<Frame>> {
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let mut pause = Duration::from_millis(10);
         let mut said = false;
         loop {
             if self.stop.load(Ordering::Acquire) {
                 return Err(Error::Stopped);
+            }
+            if !needed() {
+                return Ok(None);
             }
             if conn.is_none() {
                 match self.connect() {
@@ -188,7 +207,7 @@ impl CheckLink {
                     if said {
                         log::info!("node at {} answers again", self.address);
                     }
-                    return Ok(f);
+                    return Ok(Some(f));
                 }
                 Ok((s, f)) => {
                     log::warn!(

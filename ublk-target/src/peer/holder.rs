@@ -330,10 +330,37 @@ impl Holder {
         let (rec_path, owner_path) = self.paths(identity);
         let mut map = self.held.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(h) = map.remove(&identity) {
-            h.lock().unwrap_or_else(|e| e.into_inner()).generation = generation;
+            let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
+            h.generation = generation;
+            // The old owner's sessions no longer feed the view (one that
+            // ends late must not make every region count again).
+            h.view = None;
+            h.whole = false;
         }
         write_owner(&owner_path, self.node, generation)?;
         Ok(rec_path)
+    }
+
+    /// Dual-active takeover: ends the other node's hold on `identity` as
+    /// `surrender` does, and hands back the regions its record listed,
+    /// removing the record (the other node, back, starts a new one here).
+    /// Every region when no record is held here or it cannot be trusted.
+    pub fn take_record(
+        &self,
+        identity: u64,
+        generation: u64,
+        geometry: &Geometry,
+    ) -> Result<Vec<u64>> {
+        let path = self.surrender(identity, generation)?;
+        let all = || (0..geometry.regions()).collect();
+        if !path.exists() {
+            log::warn!("no record of device {identity:016x} is held here: taking every region");
+            return Ok(all());
+        }
+        let (_, image) = open_record(&path, geometry, identity)?;
+        std::fs::remove_file(&path)
+            .map_err(|e| Error::io(format!("remove {}", path.display()), e))?;
+        Ok(image.iter_ones().map(|r| r as u64).collect())
     }
 
     /// Connections being served now.

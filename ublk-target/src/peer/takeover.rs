@@ -171,6 +171,7 @@ impl Holder {
             path: spec.lease.clone(),
             node: self.node(),
             timeout: seen.timeout(),
+            reclaim: false,
         };
         let lease = Lease::take_over(&lc, seen)?;
         log::warn!(

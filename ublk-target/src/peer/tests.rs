@@ -690,6 +690,21 @@ mod dual {
     /// Nodes 1 and 2 over one shared primary and secondary, each holder on
     /// its own port; and the secondary.
     fn pair() -> (Node, Node, Arc<MemDev>) {
+        pair_with(None)
+    }
+
+    /// The lease of node `n` (1 or 2) in `dir`.
+    fn lease_config(dir: &std::path::Path, n: u64) -> crate::lease::LeaseConfig {
+        crate::lease::LeaseConfig {
+            path: dir.join(format!("lease-{n}")),
+            node: n,
+            timeout: Duration::from_millis(400),
+            reclaim: true,
+        }
+    }
+
+    /// `pair`, each node with its own lease in `leases` when given.
+    fn pair_with(leases: Option<&std::path::Path>) -> (Node, Node, Arc<MemDev>) {
         let primary = Arc::new(MemDev::new("shared-primary", SIZE));
         let secondary = Arc::new(MemDev::new("secondary", SIZE));
         let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
@@ -719,7 +734,10 @@ mod dual {
                     record: Arc::new(MemDev::new("record", RegionFile::file_size(&g))),
                     record_is_new: true,
                     identity: IDENTITY,
-                    lease: None,
+                    lease: leases.map(|dir| {
+                        let lc = lease_config(dir, i as u64 + 1);
+                        crate::lease::Lease::claim(&lc, IDENTITY, SIZE, REGION).unwrap()
+                    }),
                 };
                 Arc::new(Engine::open_manual(devices, &config).unwrap())
             })
@@ -848,6 +866,97 @@ mod dual {
         assert_eq!(&got[..4096], &vec![0xa1; 4096][..]);
         assert_eq!(&got[8192..], &vec![0xb1; 4096][..]);
         a.run.kill();
+        b.run.kill();
+    }
+
+    /// Node A dies with region 3 in its record: until its lease expires,
+    /// B holds its requests (A may have served directly since its record
+    /// was last heard of); then B takes A's lease and record over, serves
+    /// without asking, and copies A's region itself. A, back, claims its
+    /// lease again at the next generation.
+    #[test]
+    fn the_survivor_takes_the_dead_nodes_record_over_and_serves() {
+        let leases = tempfile::tempdir().unwrap();
+        let (a, b, secondary) = pair_with(Some(leases.path()));
+        let a_lease = lease_config(leases.path(), 1);
+        b.engine
+            .watch_other(
+                &b.run.holder,
+                &a_lease.path,
+                Arc::new(AtomicBool::new(false)),
+            )
+            .unwrap();
+        a.engine
+            .write(&vec![0xa1; 4096], 3 * REGION, false)
+            .unwrap();
+        assert!(b.run.holder.view(IDENTITY, SIZE / REGION).lists(3));
+        // A dies: its holder and its connections gone, its lease no longer
+        // renewed.
+        let Node { engine, run, .. } = a;
+        run.kill();
+        drop(engine);
+        let reader = {
+            let e = b.engine.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 4096];
+                e.read(&mut buf, 3 * REGION).unwrap();
+                buf
+            })
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            !reader.is_finished() && b.engine.dual_status().unwrap().takeovers.is_empty(),
+            "B served a region of A's record before A's lease expired"
+        );
+        let t0 = std::time::Instant::now();
+        let takeover = loop {
+            if let Some(t) = b.engine.dual_status().unwrap().takeovers.first() {
+                break t.clone();
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "no takeover");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(reader.join().unwrap(), vec![0xa1; 4096]);
+        assert_eq!(
+            (
+                takeover.from_node,
+                takeover.generation,
+                takeover.whole_device
+            ),
+            (1, 2, false)
+        );
+        assert!(
+            takeover.regions >= 1 && takeover.waited_ms >= 600,
+            "{takeover:?}"
+        );
+        // Region 3 is B's to copy now, and no region needs asking.
+        let sb = b.engine.record().states();
+        assert!(sb.is_dirty(3));
+        while b.engine.pump_mirror() {}
+        assert!(!sb.is_dirty(3));
+        let mut got = vec![0u8; 4096];
+        crate::dev::BlockDev::read_at(&*secondary, &mut got, 3 * REGION).unwrap();
+        assert_eq!(got, vec![0xa1; 4096]);
+        let before = checked(&b);
+        b.engine.read(&mut got, 5 * REGION).unwrap();
+        assert_eq!(checked(&b), before, "B asked the dead node");
+        // B released A's lease; A claims it back, never without reclaim.
+        let block = crate::lease::LeaseArea::open(&a_lease.path)
+            .unwrap()
+            .read()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (block.owner, block.generation, block.released),
+            (2, 2, true)
+        );
+        let refused = crate::lease::LeaseConfig {
+            reclaim: false,
+            ..a_lease.clone()
+        };
+        assert!(crate::lease::Lease::claim(&refused, IDENTITY, SIZE, REGION).is_err());
+        let back = crate::lease::Lease::claim(&a_lease, IDENTITY, SIZE, REGION).unwrap();
+        assert_eq!(back.generation(), 3);
         b.run.kill();
     }
 }

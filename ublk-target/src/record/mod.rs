@@ -553,10 +553,23 @@ impl Record {
     /// again. Nothing turns dirty unless the record update is durable.
     /// Returns every region, to queue for copying.
     pub fn record_all(&self) -> Result<Vec<u64>> {
+        self.record_dirty(0..self.geometry.regions())
+    }
+
+    /// Puts `regions` in the durable record, then marks each dirty with its
+    /// sequence bumped (a copy claimed before cannot mark it clean): another
+    /// writer's data may be in them (a dual-active takeover of the other
+    /// node's record). Nothing turns dirty unless the record update is
+    /// durable. Returns the regions, to queue for copying.
+    pub fn record_dirty(&self, regions: impl IntoIterator<Item = u64>) -> Result<Vec<u64>> {
         let now = self.clock.now();
         let mut inner = self.lock_inner();
         let inner = &mut *inner;
-        for r in 0..self.geometry.regions() {
+        let regions: Vec<u64> = regions
+            .into_iter()
+            .filter(|&r| r < self.geometry.regions())
+            .collect();
+        for &r in &regions {
             if !inner.image[r as usize] {
                 self.set_image(inner, r, true);
                 inner.predicted.remove(&r);
@@ -564,11 +577,10 @@ impl Record {
             }
         }
         self.write_changed(inner)?;
-        let all: Vec<u64> = (0..self.geometry.regions()).collect();
-        for &r in &all {
+        for &r in &regions {
             self.states.invalidate(r);
         }
-        Ok(all)
+        Ok(regions)
     }
 
     /// The regions the store holds or is being written with (includes evicted
