@@ -16,8 +16,18 @@
 #  - alternating writers: fio verify through both nodes at once over
 #    disjoint halves, then the same range written in turns, each turn's
 #    bytes verified through the other node; afterwards primary and secondary
-#    are identical.
-# vm-shared: 256M 256M
+#    are identical;
+#  - kill -9 of either node under load (each node with its own lease,
+#    watching the other's, and --cache none: a daemon killed in one VM
+#    leaves no page cache behind as a dead host would, but a killed
+#    daemon's buffered writes would land later, behind the survivor's
+#    copy): the survivor holds the requests that touch the dead node's
+#    record until that node's lease expires, then takes its record over
+#    (into its own, copied by its mirror) and serves without asking; fio
+#    verify on both devices sees no error; the dead node, recovered,
+#    claims its lease back, the pair serves dual-active again, and the
+#    devices end identical.
+# vm-shared: 256M 256M 4M 4M
 # vm-fio: yes
 # vm-mem: 2048
 # vm-timeout: 600
@@ -29,6 +39,9 @@ A_PORT=7791
 B_PORT=7792
 A_PRIMARY=$(shared_disk shared0-a) B_PRIMARY=$(shared_disk shared0-b)
 A_SECONDARY=$(shared_disk shared1-a) B_SECONDARY=$(shared_disk shared1-b)
+# Each node's lease, by each node's path to it.
+LEASE_A_BY_A=$(shared_disk shared2-a) LEASE_A_BY_B=$(shared_disk shared2-b)
+LEASE_B_BY_A=$(shared_disk shared3-a) LEASE_B_BY_B=$(shared_disk shared3-b)
 # A capacity larger than the device: no eviction, so no destage flushes A's
 # cache behind the test's back (the negative case relies on it).
 DEVARGS="--region-size 256KiB --capacity 512MiB --cache writeback --assume-clean --pair-name vm1"
@@ -59,21 +72,27 @@ restore_writeback() {
     echo 20 > /proc/sys/vm/dirty_ratio
 }
 
-# add_pair: both nodes, A first (its record is held locally until B's
-# holder listens), then both paired and each view of the other's record
-# loaded. Prints A's device, then B's.
+# add_pair [A's ARGS] [B's ARGS]: both nodes (with DEVARGS unless given
+# their own), A first (its record is held locally until B's holder
+# listens), then both paired and each view of the other's record loaded.
+# Prints A's device, then B's.
 add_pair() {
     # shellcheck disable=SC2086
     da=$(tandemctl add pa --primary $A_PRIMARY --secondary $A_SECONDARY --record $W/pa.rec \
-        $DEVARGS --node-id 1 --peer 127.0.0.1:$B_PORT --listen 127.0.0.1:$A_PORT)
+        ${1:-$DEVARGS} --node-id 1 --peer 127.0.0.1:$B_PORT --listen 127.0.0.1:$A_PORT)
     # shellcheck disable=SC2086
     db=$(tandemctl add pb --primary $B_PRIMARY --secondary $B_SECONDARY --record $W/pb.rec \
-        $DEVARGS --node-id 2 --peer 127.0.0.1:$A_PORT --listen 127.0.0.1:$B_PORT)
-    wait_field pa peer.holding peer 20 >&2
-    wait_field pb peer.holding peer 20 >&2
-    wait_field pa dual.view_loaded true 20 >&2
-    wait_field pb dual.view_loaded true 20 >&2
+        ${2:-$DEVARGS} --node-id 2 --peer 127.0.0.1:$A_PORT --listen 127.0.0.1:$B_PORT)
+    wait_pair
     echo "$da $db"
+}
+
+# wait_pair: each node's record held by the other, each view loaded.
+wait_pair() {
+    wait_field pa peer.holding peer 30 >&2
+    wait_field pb peer.holding peer 30 >&2
+    wait_field pa dual.view_loaded true 30 >&2
+    wait_field pb dual.view_loaded true 30 >&2
 }
 
 # The job that writes through one node and verifies through the other.
@@ -183,9 +202,61 @@ alternating_case() {
     end_identical
 }
 
+KILLARGS="--region-size 256KiB --capacity 512MiB --cache none --assume-clean --pair-name vm1 --lease-timeout 3s"
+
+# kill_case VICTIM SURVIVOR VICTIM_ID VICTIM_LEASE: see the header.
+kill_case() {
+    _v="$1" _s="$2" _vid="$3" _vlease="$4"
+    fresh
+    [ -b "$LEASE_A_BY_A" ] && [ -b "$LEASE_B_BY_B" ] || { echo "the lease disks are missing (vm-shared)" >&2; return 1; }
+    for l in $LEASE_A_BY_A $LEASE_B_BY_A; do
+        dd if=/dev/zero of=$l bs=4096 count=1 oflag=direct 2>/dev/null
+    done
+    add_pair "$KILLARGS --lease $LEASE_A_BY_A --other-lease $LEASE_B_BY_A" \
+        "$KILLARGS --lease $LEASE_B_BY_B --other-lease $LEASE_A_BY_B" > $W/devs
+    read -r da db < $W/devs
+    fio_verify "$da" $W/a.out --offset=0 --size=48M --rate_iops=1500 &
+    fa=$!
+    fio_verify "$db" $W/b.out --offset=128M --size=48M --rate_iops=1500 &
+    fb=$!
+    sleep 3
+    kill -0 "$fa" && kill -0 "$fb" || { echo "the load ended before the kill" >&2; return 1; }
+    before=$(tandemctl status "$_s" --field writes)
+    kill -9 "$(daemon_pid "$_v")"
+    echo "killed $_v's daemon under load"
+    _i=0
+    until tandemctl status "$_s" --field dual.takeovers | grep -q "\"from_node\":$_vid"; do
+        _i=$((_i + 1))
+        [ $_i -le 300 ] || { tandemctl status "$_s"; echo "$_s did not take $_v's record over" >&2; return 1; }
+        sleep 0.1
+    done
+    echo "INFO dual: $_s took $_v's record over after $((_i / 10)) s: $(tandemctl status "$_s" --field dual.takeovers)"
+    # It serves directly: its own record is held locally meanwhile.
+    wait_field "$_s" peer.holding local 10
+    tandemctl lease "$_vlease" | grep -q "owned by node $((3 - _vid)) at generation 2, released" ||
+        { tandemctl lease "$_vlease"; return 1; }
+    # The survivor's host writes go on while the dead node is down.
+    sleep 1
+    after=$(tandemctl status "$_s" --field writes)
+    [ "$after" -gt "$before" ] || { echo "$_s served no write after the takeover" >&2; return 1; }
+    tandemctl recover "$_v"
+    wait_pair
+    tandemctl lease "$_vlease" | grep -q "owned by node $_vid at generation 3, held" ||
+        { tandemctl lease "$_vlease"; return 1; }
+    echo "INFO dual: $_v recovered, claimed its lease back (generation 3), the pair is dual-active again"
+    wait "$fa"
+    wait "$fb"
+    fio_ok $W/a.out
+    fio_ok $W/b.out
+    echo "INFO dual: fio verify through both devices passed across the kill of $_v"
+    end_identical
+}
+
 run_case dual-live-migration-verifies-through-b migration_case
 run_case dual-without-the-check-b-reads-stale-data skipped_check_case
 run_case dual-alternating-writers-end-identical alternating_case
+run_case dual-kill-9-of-a-b-takes-over-and-serves kill_case pa pb 1 "$LEASE_A_BY_A"
+run_case dual-kill-9-of-b-a-takes-over-and-serves kill_case pb pa 2 "$LEASE_B_BY_A"
 restore_writeback
 grep -h '^INFO ' "$TANDEM_LOG_DIR"/dual-*.log 2>/dev/null
 finish

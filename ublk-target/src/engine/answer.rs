@@ -98,7 +98,9 @@ impl crate::peer::Answerer for Engine {
             // clean here too, unless a write started since.
             if let Ok(claim) = states.claim_copy(r) {
                 let still = u64::from(states.seq(r)) == seq;
-                states.finish_copy(r, claim, still);
+                if states.finish_copy(r, claim, still) {
+                    self.mirror.note_cleaned(&[r]);
+                }
             }
         }
         self.requeue_if_dirty(r);

@@ -79,7 +79,11 @@ impl Shared {
                 self.release(batch);
                 return;
             }
-            for (start, end) in self.dirty_extents(run, &mut taken) {
+            // A granted region is copied whole: the other node marks it
+            // clean on its side too once this copy lands, and the chunks it
+            // wrote are not among this node's.
+            let granted = |r: u64| grants.iter().any(|&(g, _)| g == r);
+            for (start, end) in self.dirty_extents(run, &mut taken, &granted) {
                 if !grants.is_empty() && asked.elapsed() > crate::peer::COPY_LIMIT {
                     result = Err(Error::Peer(format!(
                         "a granted copy was not landed within {} s of asking: copied again",
@@ -163,17 +167,22 @@ impl Shared {
     }
 
     /// Takes the written chunks of a claimed run (noting them in `taken`) and
-    /// returns the byte extents to copy, adjacent chunks merged.
+    /// returns the byte extents to copy, adjacent chunks merged; every chunk
+    /// of the regions `whole` names.
     pub(super) fn dirty_extents(
         &self,
         run: &[(u64, CopyClaim)],
         taken: &mut Vec<(u64, ChunkMask)>,
+        whole: &dyn Fn(u64) -> bool,
     ) -> Vec<(u64, u64)> {
         let g = self.record.geometry();
         let shift = self.record.chunk_shift();
         let mut extents: Vec<(u64, u64)> = Vec::new();
         for &(r, _) in run {
-            let mask = self.record.states().take_chunks(r);
+            let mut mask = self.record.states().take_chunks(r);
+            if whole(r) {
+                mask = crate::record::ALL_CHUNKS;
+            }
             taken.push((r, mask));
             let region = g.region_bytes(r);
             let mut bits = mask;
@@ -258,7 +267,6 @@ impl Shared {
     /// at the other node during its grant).
     pub(super) fn finish(&self, batch: Batch, result: Result<u64>, changed: &[u64]) {
         let states = self.record.states();
-        let g = *self.record.geometry();
         let durable = result.is_ok();
         let mut requeue = Vec::new();
         let mut cleaned = Vec::new();
@@ -276,20 +284,7 @@ impl Shared {
             }
         }
         self.note_result(&result, batch.len() as u64);
-        if !cleaned.is_empty() {
-            let mut resync = lock(&self.resync);
-            if !resync.is_empty() {
-                let done: u64 = cleaned
-                    .iter()
-                    .filter(|r| resync.remove(r))
-                    .map(|&r| {
-                        let b = g.region_bytes(r);
-                        b.end - b.start
-                    })
-                    .sum();
-                self.counters.resync_done.fetch_add(done, Ordering::Relaxed);
-            }
-        }
+        self.count_resynced(&cleaned);
         {
             let mut q = lock(&self.queue);
             for (_, since) in &batch {

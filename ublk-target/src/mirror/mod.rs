@@ -301,6 +301,12 @@ impl MirrorPool {
         let _ = self.shared.gate.set(gate);
     }
 
+    /// Regions marked clean by another node's copy (dual-active, under
+    /// this node's grant): counted as resynced if they were to be.
+    pub fn note_cleaned(&self, regions: &[u64]) {
+        self.shared.count_resynced(regions);
+    }
+
     /// Queues regions found in the record at start-up and counts them as resync.
     pub fn enqueue_resync(&self, regions: &[u64]) {
         self.shared.enqueue_resync(regions);
@@ -408,6 +414,26 @@ impl Shared {
             .resync_total
             .fetch_add(bytes, Ordering::Relaxed);
         self.enqueue(regions);
+    }
+
+    /// Counts the regions of `cleaned` that were to be resynced as done.
+    pub(super) fn count_resynced(&self, cleaned: &[u64]) {
+        if cleaned.is_empty() {
+            return;
+        }
+        let g = self.record.geometry();
+        let mut resync = lock(&self.resync);
+        if !resync.is_empty() {
+            let done: u64 = cleaned
+                .iter()
+                .filter(|r| resync.remove(r))
+                .map(|&r| {
+                    let b = g.region_bytes(r);
+                    b.end - b.start
+                })
+                .sum();
+            self.counters.resync_done.fetch_add(done, Ordering::Relaxed);
+        }
     }
 
     fn work(&self) {
