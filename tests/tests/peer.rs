@@ -301,6 +301,7 @@ fn b_takes_over_when_a_dies_and_only_then() {
         path: lease.clone(),
         node: 2,
         timeout: Duration::from_millis(2000),
+        reclaim: false,
     });
     let paths_b = tandem::engine::Paths {
         record: bdir.join(format!("{}.rec", report.identity)),
