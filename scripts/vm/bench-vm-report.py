@@ -212,7 +212,8 @@ for a, b in (("tandem", "tandem-sleep"), ("passthrough", "passthrough-sleep")):
 for dev in ("tandem", "md-write-behind"):
     for wl in workloads:
         ratio(dev, "disk", wl, None)
-for a, b in (("tandem-paired", "tandem"), ("tandem-paired-churn", "tandem-churn")):
+for a, b in (("tandem-paired", "tandem"), ("tandem-paired-churn", "tandem-churn"),
+             ("tandem-dual", "tandem-shared"), ("tandem-dual-both", "tandem-shared")):
     for wl in workloads:
         ratio(a, b, wl, None)
 

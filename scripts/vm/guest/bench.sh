@@ -5,6 +5,10 @@
 #   /dev/vda  primary (every device's data lives here)
 #   /dev/vdb  secondary (tandem's mirror target; md's second leg)
 #   /dev/vdc  ext4 holding tandem's record file (a new file for every setup)
+#   serials shared0-a/-b, shared1-a/-b: only when a tandem-shared or tandem-dual
+#             device is run: a second primary and secondary, each attached twice
+#             (share-rw, host cache off), two paths with two page caches as two
+#             hosts have (the same kind of disk for the single-node baseline)
 # Devices: tandem (tandemctl add --assume-clean), passthrough (tandemctl add
 # --passthrough), tandem-writeback and passthrough-writeback (the same with
 # --cache writeback), tandem-sleep and passthrough-sleep (the same with --poll 0),
@@ -13,7 +17,11 @@
 # holder on loopback: tandem-target hold, --peer),
 # loop (losetup --direct-io=on over vda), md-bitmap (raid1, internal bitmap),
 # md-write-behind (raid1, internal bitmap, vdb --write-mostly, --write-behind), disk
-# (the bare primary, /dev/vda). Rounds interleave: round r runs every device (order
+# (the bare primary, /dev/vda); over a second pair of disks attached twice (shared,
+# below): tandem-shared (single-node tandem by path a), tandem-dual (two nodes
+# dual-active, A by path a and B by path b, fio through A while B serves) and
+# tandem-dual-both (the same pair, fio through both at once, each node over its
+# own half of the range). Rounds interleave: round r runs every device (order
 # rotated by r), each device every workload.
 #
 # Usage: bench.sh ROUNDS RUNTIME RAMP SIZE DEVICES WORKLOADS
@@ -38,7 +46,7 @@ WRITE_BEHIND=4096
 W=/tmp/bench
 mkdir -p "$W" "$REC_DIR"
 failures=0
-DEV=""
+DEV="" DEV2=""
 
 note() { echo "bench: $*"; }
 # reason FILE: the last lines of FILE on one line.
@@ -54,6 +62,20 @@ done
 note "$("$FIO" --version), ioengine io_uring; kernel $(uname -r); $(nproc) cpus"
 note "mdadm: $(/usr/sbin/mdadm --version 2>&1 | head -n 1)"
 note "disks: vda $(cat /sys/block/vda/size) vdb $(cat /sys/block/vdb/size) vdc $(cat /sys/block/vdc/size) sectors"
+
+# shared_disk SERIAL: the /dev/vdX whose serial is SERIAL, or nothing.
+shared_disk() {
+    for _s in /sys/block/vd*/serial; do
+        [ "$(cat "$_s" 2>/dev/null)" = "$1" ] && { echo "/dev/$(basename "$(dirname "$_s")")"; return 0; }
+    done
+}
+PA=$(shared_disk shared0-a) PB=$(shared_disk shared0-b)
+SA=$(shared_disk shared1-a) SB=$(shared_disk shared1-b)
+case " $devices " in *" tandem-shared "*|*" tandem-dual"*)
+    [ -n "$PA" ] && [ -n "$PB" ] && [ -n "$SA" ] && [ -n "$SB" ] ||
+        { echo "BENCH-FATAL: the shared disks are missing (bench-vm attaches them for tandem-shared and tandem-dual)"; exit 1; }
+    note "shared disks: primary $PA and $PB, secondary $SA and $SB"
+esac
 
 # A run killed earlier (e.g. a timeout) may have left an md superblock.
 /usr/sbin/mdadm --zero-superblock $P $S >/dev/null 2>&1
@@ -128,6 +150,69 @@ setup_tandem_paired_churn() {
 settle_tandem_paired_churn() { settle_tandem; }
 teardown_tandem_paired_churn() { teardown_tandem_paired; }
 
+# Dual-active (the shared disks): single-node tandem by path a as the
+# baseline, then two nodes, each by its own path, each holding the other's
+# record (--listen) and asking the other before it serves a region in the
+# other's record. tandem-dual runs fio through A while B serves;
+# tandem-dual-both through both at once, each over its own half.
+setup_tandem_shared() {
+    _ap=$P _as=$S P=$PA S=$SA
+    tandem_add bench-tandem --assume-clean
+    _rc=$? P=$_ap S=$_as
+    return $_rc
+}
+settle_tandem_shared() { settle_tandem; }
+teardown_tandem_shared() { teardown_tandem; }
+setup_tandem_dual_both() {
+    # A new pair each time: no record, and nothing held of the other node.
+    rm -rf "$REC_DIR/bench-pa.rec" "$REC_DIR/bench-pb.rec" "$REC_DIR/bench-pa.rec.held" \
+        "$REC_DIR/bench-pb.rec.held"
+    DEV="$(tandemctl add bench-pa --primary "$PA" --secondary "$SA" --record "$REC_DIR/bench-pa.rec" \
+        --assume-clean --pair-name bench --node-id 1 --peer 127.0.0.1:7793 --listen 127.0.0.1:7794 \
+        2>"$W/setup.log")" || return 1
+    DEV2="$(tandemctl add bench-pb --primary "$PB" --secondary "$SB" --record "$REC_DIR/bench-pb.rec" \
+        --assume-clean --pair-name bench --node-id 2 --peer 127.0.0.1:7794 --listen 127.0.0.1:7793 \
+        2>>"$W/setup.log")" || { DEV2=""; tandem_del bench-pa; return 1; }
+    # Each node's record held by the other and each view of the other's
+    # record loaded: until then a node asks before every request.
+    _i=0
+    until [ "$(tandemctl status bench-pa --field peer.holding 2>/dev/null)" = peer ] &&
+        [ "$(tandemctl status bench-pb --field peer.holding 2>/dev/null)" = peer ] &&
+        [ "$(tandemctl status bench-pa --field dual.view_loaded 2>/dev/null)" = true ] &&
+        [ "$(tandemctl status bench-pb --field dual.view_loaded 2>/dev/null)" = true ]; do
+        _i=$((_i + 1))
+        if [ $_i -gt 300 ]; then
+            echo "the pair did not form in 30 s" >>"$W/setup.log"
+            tandemctl status bench-pa >>"$W/setup.log" 2>&1
+            tandemctl status bench-pb >>"$W/setup.log" 2>&1
+            teardown_tandem_dual_both
+            return 1
+        fi
+        sleep 0.1
+    done
+    tandemctl status bench-pa >>"$W/setup.log" 2>&1
+}
+# fio through A only: B serves no I/O.
+setup_tandem_dual() { setup_tandem_dual_both && DEV2=""; }
+settle_tandem_dual() {
+    for _n in bench-pa bench-pb; do
+        tandemctl wait-synced $_n --timeout 600 >"$W/settle.log" 2>&1 \
+            || { note "$_n wait-synced failed: $(reason "$W/settle.log")"; return 1; }
+    done
+}
+settle_tandem_dual_both() { settle_tandem_dual; }
+teardown_tandem_dual_both() {
+    _rc=0
+    for _n in bench-pa bench-pb; do
+        tandemctl status $_n 2>&1 | sed "s/^/bench: $_n status: /"
+    done
+    tandem_del bench-pb || _rc=1
+    tandem_del bench-pa || _rc=1
+    DEV2=""
+    return $_rc
+}
+teardown_tandem_dual() { teardown_tandem_dual_both; }
+
 setup_passthrough() { tandem_add bench-pt --passthrough; }
 settle_passthrough() { :; }
 
@@ -159,7 +244,9 @@ uptime_cs() { read -r _u _ </proc/uptime; echo "${_u%.*}${_u#*.}"; }
 # Both also report the CPU time their queue threads spent spinning (--poll)
 # during the run, as BENCH-POLL ROUND DEVICE WORKLOAD SECONDS.
 daemon_name() {  # daemon_name DEVICE: the tandemctl name, or nothing
-    case "$1" in tandem*) echo bench-tandem ;; passthrough*) echo bench-pt ;; esac
+    case "$1" in
+        tandem-dual*) echo bench-pa ;; tandem*) echo bench-tandem ;; passthrough*) echo bench-pt ;;
+    esac
 }
 # Where the CPU goes: every device reports the guest's busy and total CPU ticks
 # over the run, and tandem's devices the ticks of each daemon thread (user +
@@ -220,7 +307,7 @@ after_run() {  # after_run ROUND DEVICE WORKLOAD
     { read -r _poll1; read -r _dirty; } <"$W/after.txt"
     echo "BENCH-POLL $1 $2 $3 $(awk -v a="${_poll0:-0}" -v b="${_poll1:-0}" 'BEGIN { printf "%.3f", b - a }')"
     case "$2" in passthrough*) wait "$MID_PID" 2>/dev/null; return 0 ;; esac
-    settle_tandem || return 1
+    "settle_$(echo "$2" | tr '-' '_')" || return 1
     _t1="$(uptime_cs)"
     wait "$MID_PID" 2>/dev/null
     _busy="" _defer=""
@@ -295,12 +382,21 @@ fio_args() {  # fio_args WORKLOAD: the workload's fio options
 run_fio() {  # run_fio ROUND DEVICE WORKLOAD
     _args="$(fio_args "$3")" || { echo "BENCH-RUN-FAIL $1 $2 $3: unknown workload"; return 1; }
     rm -f "$W/fio.json"
+    # One job over the range; with a second device (tandem-dual-both), a job
+    # per device, each over its own half, reported as one group.
+    if [ -n "$DEV2" ]; then
+        _half="$(( ${size%M} / 2 ))M"
+        _jobs="--name=$3-a --filename=$DEV --offset=0 --size=$_half"
+        _jobs="$_jobs --name=$3-b --filename=$DEV2 --offset=$_half --size=$_half"
+    else
+        _jobs="--name=$3 --filename=$DEV --offset=0 --size=$size"
+    fi
     # shellcheck disable=SC2086
-    "$FIO" --name="$3" --filename="$DEV" --ioengine=io_uring --direct=1 $_args \
-        --size="$size" --offset=0 --time_based --runtime="$runtime" --ramp_time="$ramp" \
+    "$FIO" --ioengine=io_uring --direct=1 $_args \
+        --time_based --runtime="$runtime" --ramp_time="$ramp" \
         --norandommap --randrepeat=0 --numjobs=1 --group_reporting \
         --percentile_list=50:99:99.9 --output-format=json --output="$W/fio.json" \
-        >"$W/fio.err" 2>&1
+        $_jobs >"$W/fio.err" 2>&1
     _rc=$?
     if [ $_rc -ne 0 ] || [ ! -s "$W/fio.json" ]; then
         echo "BENCH-RUN-FAIL $1 $2 $3: fio exit status $_rc: $(reason "$W/fio.err")"
@@ -342,8 +438,8 @@ while [ $r -le "$rounds" ]; do
             # and a guest flush makes QEMU fdatasync the image: start every run with
             # nothing dirty, or the first device that flushes (md's bitmap writes)
             # pays for what the devices before it wrote.
-            if ! sync $P $S $R; then
-                echo "BENCH-RUN-FAIL $r $d $wl: sync $P $S $R failed"
+            if ! sync $P $S $R $PA $SA; then
+                echo "BENCH-RUN-FAIL $r $d $wl: sync $P $S $R $PA $SA failed"
                 failures=$((failures + 1))
                 continue
             fi

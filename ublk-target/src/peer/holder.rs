@@ -127,7 +127,9 @@ pub struct Holder {
     /// The engines' views of held records, by identity (dual-active).
     views: Mutex<HashMap<u64, Arc<super::HeldView>>>,
     /// Devices whose other node said bye (a clean stop) since its last
-    /// hello: nothing to ask it.
+    /// hello: nothing to ask it. Kept on disk too (ID.stopped beside the
+    /// held record), so that this node, restarted while the other is still
+    /// stopped, serves at once instead of waiting for it.
     stopped: Mutex<std::collections::HashSet<u64>>,
 }
 
@@ -255,6 +257,14 @@ impl Holder {
             // Never held here: the other node has not served the device
             // with this node (a first start of the pair).
             None if !self.paths(identity).0.exists() => self.nothing_to_ask(identity, &view),
+            // Held before, and the other node's last word was a clean stop.
+            None if self.stopped_path(identity).exists() => {
+                self.stopped
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(identity);
+                self.nothing_to_ask(identity, &view);
+            }
             None => {}
         }
         view
@@ -308,6 +318,34 @@ impl Holder {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+        }
+    }
+
+    /// The mark of a clean stop of device `identity`'s other node.
+    fn stopped_path(&self, identity: u64) -> PathBuf {
+        self.dir.join(format!("{identity:016x}.stopped"))
+    }
+
+    /// Device `identity`'s other node stopped cleanly (`true`, on its bye)
+    /// or serves again (`false`, on its hello): in memory and on disk.
+    fn mark_stopped(&self, identity: u64, stopped: bool) {
+        let mut set = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
+        let path = self.stopped_path(identity);
+        if stopped {
+            set.insert(identity);
+            if let Err(e) = super::write_durably(&path, "stopped cleanly\n") {
+                log::warn!("device {identity:016x}: {e} (a restart of this node will wait for the other)");
+            }
+        } else if set.remove(&identity) || path.exists() {
+            // Gone before the session goes on: a restart from here on waits.
+            let gone = std::fs::remove_file(&path).and_then(|()| {
+                std::fs::File::open(&self.dir).and_then(|d| d.sync_all())
+            });
+            match gone {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => log::warn!("device {identity:016x}: remove {}: {e}", path.display()),
+            }
         }
     }
 
@@ -442,10 +480,7 @@ impl Holder {
         }
         // A new session: the view waits for the whole record.
         g.whole = false;
-        self.stopped
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&hello.identity);
+        self.mark_stopped(hello.identity, false);
         if let Some(v) = &g.view {
             v.forget();
         }
@@ -702,10 +737,7 @@ impl Holder {
                 }
                 Frame::Ping => Frame::Pong,
                 Frame::Bye => {
-                    self.stopped
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(hello.identity);
+                    self.mark_stopped(hello.identity, true);
                     if let Some(v) = self.view_of(hello.identity) {
                         self.nothing_to_ask(hello.identity, &v);
                     }

@@ -68,7 +68,11 @@ fn resolve(address: &str) -> Result<std::net::SocketAddr> {
 /// Replaces the small file `path` with `text` durably: written to a
 /// temporary file, synced, renamed over `path`, and the directory synced.
 fn write_durably(path: &std::path::Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp");
+    // NAME.tmp beside NAME (not with the extension replaced: two files of one
+    // stem, such as ID.owner and ID.stopped, must not share a temporary).
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
     let io = |what: &str, e| Error::io(format!("{what} {}", path.display()), e);
     std::fs::write(&tmp, text).map_err(|e| io("write", e))?;
     std::fs::File::open(&tmp)

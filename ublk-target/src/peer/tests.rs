@@ -639,7 +639,25 @@ mod answers {
             view.is_fresh() && !view.lists(9),
             "bye did not empty the view"
         );
+        let port = run.kill();
+        // This node restarts while the other is still stopped: the clean
+        // stop was kept, so nothing is waited for.
+        let restarted = Holder::new(dir.path(), 2).unwrap();
+        assert!(
+            restarted.view(IDENTITY, regions).is_fresh(),
+            "a restart forgot the other node's clean stop"
+        );
+        // Once the other node serves again, a restart must wait for it.
+        let run = Running::start(dir.path(), port);
+        let _view = run.holder.view(IDENTITY, regions);
+        drop(super::owner(dir.path(), run.port));
         run.kill();
+        let restarted = Holder::new(dir.path(), 2).unwrap();
+        let view = restarted.view(IDENTITY, regions);
+        assert!(
+            !view.is_fresh() && view.lists(9),
+            "a restart trusted a clean stop that a hello had ended"
+        );
     }
 
     #[test]
