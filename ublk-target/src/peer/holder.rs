@@ -334,13 +334,14 @@ impl Holder {
         if stopped {
             set.insert(identity);
             if let Err(e) = super::write_durably(&path, "stopped cleanly\n") {
-                log::warn!("device {identity:016x}: {e} (a restart of this node will wait for the other)");
+                log::warn!(
+                    "device {identity:016x}: {e} (a restart of this node will wait for the other)"
+                );
             }
         } else if set.remove(&identity) || path.exists() {
             // Gone before the session goes on: a restart from here on waits.
-            let gone = std::fs::remove_file(&path).and_then(|()| {
-                std::fs::File::open(&self.dir).and_then(|d| d.sync_all())
-            });
+            let gone = std::fs::remove_file(&path)
+                .and_then(|()| std::fs::File::open(&self.dir).and_then(|d| d.sync_all()));
             match gone {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
