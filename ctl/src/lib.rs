@@ -5,10 +5,13 @@
 //! - [`device`]: add, list, status, wait-synced, del, recover.
 //! - [`pair`]: lease, promote, fence (two appliances).
 //! - [`simulate`]: replays a block trace through the record and its policies.
+//! - [`system`]: config files, systemd (enable, disable, the generator) and
+//!   the udev rule's helper.
 
 pub mod device;
 pub mod pair;
 pub mod simulate;
+pub mod system;
 
 use std::path::PathBuf;
 
@@ -25,6 +28,51 @@ pub enum Cli {
         name: String,
         #[command(flatten)]
         args: Box<tandem::args::DeviceArgs>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Manage a device through systemd: write its config file
+    /// (`CONFIG_DIR/NAME.toml`, the same arguments as `add`) and start
+    /// `tandem@NAME.service`. It starts again at every boot once its
+    /// primary appears, as `/dev/tandem/NAME`.
+    Enable {
+        /// Device name (used by the other commands).
+        name: String,
+        #[command(flatten)]
+        args: Box<tandem::args::DeviceArgs>,
+        /// Directory of the config files.
+        #[arg(long, default_value = tandem::config::DEFAULT_CONFIG_DIR, env = "TANDEM_CONFIG_DIR")]
+        config_dir: PathBuf,
+        /// Only write the config file (it starts at the next boot, or when
+        /// its primary appears after a `systemctl daemon-reload`).
+        #[arg(long)]
+        no_start: bool,
+        /// Replace an existing config file with other settings.
+        #[arg(long)]
+        replace: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Stop a device managed through systemd (a clean stop: the device is
+    /// deleted) and remove its config file: it no longer starts at boot.
+    Disable {
+        name: String,
+        /// Directory of the config files.
+        #[arg(long, default_value = tandem::config::DEFAULT_CONFIG_DIR, env = "TANDEM_CONFIG_DIR")]
+        config_dir: PathBuf,
+        /// Only remove the config file; leave the running device alone.
+        #[arg(long)]
+        no_stop: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// The udev rule's helper: prints the name under /dev/tandem/ of a
+    /// kernel block device that tandem serves (`ublkb3` gives `NAME`,
+    /// `ublkb3p1` gives `NAME-part1`); exits 1 for any other.
+    #[command(hide = true)]
+    UdevName {
+        /// The kernel's name of the block device (udev's %k).
+        kernel: String,
         #[command(flatten)]
         common: Common,
     },
@@ -191,7 +239,10 @@ impl Cli {
             | Cli::Recover { common, .. }
             | Cli::Promote { common, .. }
             | Cli::Fence { common, .. }
-            | Cli::Holder { common } => common.json,
+            | Cli::Holder { common }
+            | Cli::Enable { common, .. }
+            | Cli::Disable { common, .. }
+            | Cli::UdevName { common, .. } => common.json,
             Cli::Lease { json, .. } => *json,
             Cli::Simulate(a) => a.json,
         }

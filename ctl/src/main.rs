@@ -7,9 +7,20 @@ use anyhow::Context;
 use clap::Parser;
 use std::time::Duration;
 
-use tandemctl::{device, pair, simulate, Cli};
+use tandemctl::{device, pair, simulate, system, Cli};
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    let invoked = argv
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
+    if invoked == system::GENERATOR_NAME {
+        // Installed as the systemd generator: systemd's arguments, not ours.
+        system::generator_main(&argv);
+        return ExitCode::SUCCESS;
+    }
     env_logger::init();
     let cli = Cli::parse();
     let json = cli.json();
@@ -52,6 +63,44 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", started.device);
             }
         }
+        Cli::Enable {
+            name,
+            args,
+            config_dir,
+            no_start,
+            replace,
+            common,
+        } => {
+            let e = system::enable(&name, *args, &config_dir, no_start, replace)?;
+            for w in &e.warnings {
+                eprintln!("tandemctl: warning: {w}");
+            }
+            if common.json {
+                print_json(&e)?;
+            } else if e.started {
+                let shown = system::served_device(&name, &common.run_dir)
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default();
+                println!("{}{shown}", e.device.unwrap_or_default());
+            } else {
+                println!("{} written; {} starts at boot", e.config, e.unit);
+            }
+        }
+        Cli::Disable {
+            name,
+            config_dir,
+            no_stop,
+            common,
+        } => {
+            let d = system::disable(&name, &config_dir, no_stop)?;
+            if common.json {
+                print_json(&d)?;
+            }
+        }
+        Cli::UdevName { kernel, common } => match system::udev_name(&kernel, &common.run_dir)? {
+            Some(n) => println!("{n}"),
+            None => std::process::exit(1),
+        },
         Cli::Recover { name, common } => {
             let started = device::recover(&name, &common.run_dir)?;
             if common.json {

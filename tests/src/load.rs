@@ -120,6 +120,7 @@ impl LoadArgs {
             }),
             dual: None,
             identity: None,
+            allow_missing_secondary: false,
             lease: self.lease.as_ref().map(|path| tandem::lease::LeaseConfig {
                 path: path.clone(),
                 node: 1,

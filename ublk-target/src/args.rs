@@ -178,6 +178,13 @@ pub struct DeviceArgs {
     #[cfg_attr(feature = "cli", arg(long, value_name = "PATH"))]
     #[serde(default)]
     pub other_lease: Option<PathBuf>,
+    /// When the secondary is missing at start, wait this long for it (e.g.
+    /// 30s), then start degraded: host I/O is served, the record keeps
+    /// every written region, and the mirror catches up once the secondary's
+    /// path appears. Without it a missing secondary refuses the start.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "TIME"))]
+    #[serde(default)]
+    pub degraded_after: Option<TimeSpan>,
 }
 
 impl DeviceArgs {
@@ -366,6 +373,7 @@ impl DeviceArgs {
             assume_clean: self.assume_clean,
             passthrough: self.passthrough,
             cache: self.cache,
+            allow_missing_secondary: self.degraded_after.is_some(),
         };
         config.validate()?;
         Ok(config)
@@ -399,6 +407,9 @@ impl DeviceArgs {
         opt("poll", self.poll.to_string().into());
         if let Some(rate) = &self.max_copy_rate {
             opt("max-copy-rate", rate.to_string().into());
+        }
+        if let Some(t) = &self.degraded_after {
+            opt("degraded-after", t.to_string().into());
         }
         if self.assume_clean {
             v.push("--assume-clean".into());
@@ -435,6 +446,13 @@ impl DeviceArgs {
         v
     }
 
+    /// Whether the secondary is missing and may stay so for a degraded
+    /// start (`--degraded-after`); without that, a missing secondary is an
+    /// error of `check_paths`.
+    pub fn secondary_missing(&self) -> bool {
+        self.degraded_after.is_some() && std::fs::metadata(&self.secondary).is_err()
+    }
+
     pub fn paths(&self) -> Paths {
         Paths {
             primary: self.primary.clone(),
@@ -450,13 +468,21 @@ impl DeviceArgs {
             std::fs::metadata(p).map_err(|e| Error::Config(format!("{what} {}: {e}", p.display())))
         };
         meta("--primary", &self.primary)?;
-        meta("--secondary", &self.secondary)?;
-        self.paths().check_distinct()?;
+        let secondary_missing = self.secondary_missing();
+        if !secondary_missing {
+            meta("--secondary", &self.secondary)?;
+            self.paths().check_distinct()?;
+        }
         let size = |p: &PathBuf| -> Result<u64> {
             use crate::dev::{BlockDev, FileDev, OpenOptions};
             Ok(FileDev::open(p, &OpenOptions::default())?.size())
         };
-        let (ps, ss) = (size(&self.primary)?, size(&self.secondary)?);
+        let ps = size(&self.primary)?;
+        let ss = if secondary_missing {
+            u64::MAX
+        } else {
+            size(&self.secondary)?
+        };
         if ps == 0 {
             return Err(Error::Config(format!(
                 "--primary {} is empty (0 bytes)",
@@ -529,6 +555,7 @@ mod tests {
             lease: None,
             lease_timeout: default_lease_timeout(),
             other_lease: None,
+            degraded_after: None,
         }
     }
 

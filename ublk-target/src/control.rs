@@ -311,6 +311,7 @@ mod tests {
                 lease: Some("/shared/lease".into()),
                 lease_timeout: "3s".parse().unwrap(),
                 other_lease: Some("/shared/lease-b".into()),
+                degraded_after: Some("30s".parse().unwrap()),
             },
         };
         files.write_state(&st).unwrap();

@@ -11,6 +11,7 @@
 //!   issue, complete.
 
 pub mod args;
+pub mod config;
 pub mod control;
 pub mod dev;
 pub mod engine;

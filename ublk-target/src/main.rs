@@ -39,6 +39,20 @@ enum Cmd {
         #[arg(long)]
         ready_fd: Option<i32>,
     },
+    /// Serve device NAME as its config file (`CONFIG_DIR/NAME.toml`) says, in
+    /// the foreground until stopped: what `tandem@NAME.service` runs. A
+    /// device whose daemon died is reattached (user recovery); under systemd
+    /// it notifies READY once `/dev/tandem/NAME` is there.
+    Start {
+        /// Device name: its config file is `CONFIG_DIR/NAME.toml`.
+        name: String,
+        /// Directory of the config files.
+        #[arg(long, default_value = tandem::config::DEFAULT_CONFIG_DIR, env = "TANDEM_CONFIG_DIR")]
+        config_dir: PathBuf,
+        /// Directory for the control socket and state file.
+        #[arg(long, default_value = DEFAULT_RUN_DIR, env = "TANDEM_RUN_DIR")]
+        run_dir: PathBuf,
+    },
     /// Check that this kernel can serve ublk devices.
     Check,
     /// Delete ublk device ID whose daemon is gone (used by `tandemctl del`).
@@ -68,8 +82,11 @@ enum Cmd {
 }
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    daemon::systemd::init_logging(match &cli.cmd {
+        Cmd::Serve { name, .. } | Cmd::Start { name, .. } => Some(name),
+        _ => None,
+    });
     let r = match cli.cmd {
         Cmd::Serve {
             name,
@@ -90,6 +107,13 @@ fn main() {
                     ready_fd,
                 })
             }),
+        Cmd::Start {
+            name,
+            config_dir,
+            run_dir,
+        } => tandem::args::absolute(&run_dir)
+            .map_err(anyhow::Error::from)
+            .and_then(|run_dir| daemon::start(&name, &config_dir, run_dir)),
         Cmd::Check => daemon::check_ublk().map(|()| println!("ublk is available")),
         Cmd::DelDev { id } => daemon::delete_device(id),
         Cmd::Hold {
@@ -126,11 +150,19 @@ fn hold(
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGHUP);
     signals.thread_block().context("block signals")?;
     let s = stop.clone();
     std::thread::spawn(move || {
-        if let Ok(sig) = signals.wait() {
-            log::info!("{sig}: stopping");
+        loop {
+            match signals.wait() {
+                Ok(Signal::SIGHUP) => log::info!("SIGHUP: ignored"),
+                Ok(sig) => {
+                    log::info!("{sig}: stopping");
+                    break;
+                }
+                Err(_) => break,
+            }
         }
         s.store(true, Ordering::Release);
     });

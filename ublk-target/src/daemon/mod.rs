@@ -6,10 +6,13 @@
 //! `UBLK_F_USER_RECOVERY_REISSUE`: if the daemon dies, `/dev/ublkbN` stays, host
 //! I/O waits, and `serve --recover` reattaches a new daemon. SIGTERM, SIGINT or
 //! a `stop` request stop it cleanly: queues drain, the record is made durable,
-//! and the device is deleted.
+//! and the device is deleted. SIGHUP does not stop it (a closed terminal, a
+//! reload). Under systemd it says READY once the device and its stable name
+//! are there (`systemd`).
 
 mod poll;
 mod queue;
+pub mod systemd;
 
 use std::fs::File;
 use std::io::Write;
@@ -70,6 +73,52 @@ pub fn serve(opts: Options) -> Result<()> {
     r
 }
 
+/// Serves device `name` from its config file: a device whose daemon died
+/// (its state file names a dead pid, its ublk device is still there) is
+/// reattached with the arguments it was created with; a state file left
+/// without its device (a reboot with a persistent run directory) is removed.
+pub fn start(name: &str, config_dir: &Path, run_dir: PathBuf) -> Result<()> {
+    check_name(name)?;
+    let path = tandem::config::path(config_dir, name);
+    let args = tandem::config::load(&path)?;
+    let files = RunFiles::new(&run_dir, name);
+    let (args, recover) = match files.read_state()? {
+        Some(st) if pid_alive(st.pid) && st.pid != std::process::id() => bail!(
+            "device {name:?} is already served by pid {} as {}",
+            st.pid,
+            st.device_path()
+        ),
+        Some(st) if Path::new(&format!("/dev/ublkc{}", st.dev_id)).exists() => {
+            if st.args != args {
+                log::warn!(
+                    "{name}: {} changed since {} was created; reattaching it as it was \
+                     created, the changes apply at its next start",
+                    path.display(),
+                    st.device_path()
+                );
+            }
+            log::info!("{name}: reattaching {} (its daemon died)", st.device_path());
+            (st.args, true)
+        }
+        Some(st) => {
+            log::info!(
+                "{name}: {} is gone; removing its stale state file",
+                st.device_path()
+            );
+            files.remove();
+            (args, false)
+        }
+        None => (args, false),
+    };
+    serve(Options {
+        name: name.to_string(),
+        args,
+        run_dir,
+        recover,
+        ready_fd: None,
+    })
+}
+
 /// Checks that the kernel has ublk.
 pub fn check_ublk() -> Result<()> {
     control::check_ublk().map_err(Into::into)
@@ -126,6 +175,7 @@ fn serve_inner(opts: &Options, ready: &mut Ready) -> Result<()> {
     }
     signals.thread_block().context("block signals")?;
     hold_no_mounts()?;
+    wait_for_secondary(opts);
 
     // Dual-active: this node's holder listens before the engine opens, so
     // that the other node can hand it its record meanwhile.
@@ -193,6 +243,21 @@ fn serve_inner(opts: &Options, ready: &mut Ready) -> Result<()> {
         .dev_flags(dev_flags)
         .build()
         .map_err(|e| anyhow!("create ublk device: {e}"))?;
+    // The state file names the device before the kernel announces its
+    // disk: the udev rule's helper (`tandemctl udev-name`) finds the name
+    // of ublkbN there for /dev/tandem/NAME.
+    let early = DeviceState {
+        name: opts.name.clone(),
+        dev_id: ctrl.dev_info().dev_id,
+        pid: std::process::id(),
+        args: opts.args.clone(),
+    };
+    if let Err(e) = files.write_state(&early) {
+        if recover_id.is_none() {
+            let _ = ctrl.del_dev();
+        }
+        return Err(e.into());
+    }
 
     let primary = engine.primary().clone();
     let tgt_init = move |dev: &mut UblkDev| {
@@ -246,6 +311,7 @@ fn serve_inner(opts: &Options, ready: &mut Ready) -> Result<()> {
     let d_engine = engine.clone();
     let d_stopping = stopping.clone();
     let (tx, rx) = std::sync::mpsc::channel::<Result<u32, String>>();
+    let (n_engine, n_stopping, n_name) = (engine.clone(), stopping.clone(), opts.name.clone());
     let device_fn = move |ctrl: &UblkCtrl| {
         let dev_id = ctrl.dev_info().dev_id;
         let state = DeviceState {
@@ -281,6 +347,7 @@ fn serve_inner(opts: &Options, ready: &mut Ready) -> Result<()> {
             let r = rx.recv();
             if let Ok(Ok(id)) = &r {
                 ready.send(&format!("ok {id}"));
+                systemd::ready(&n_name, *id, n_engine, n_stopping);
             }
             r
         });
@@ -296,6 +363,8 @@ fn serve_inner(opts: &Options, ready: &mut Ready) -> Result<()> {
         }
     });
     // Reaching here means the queues are down (stop, signal, or a failure).
+    stopping.store(true, Ordering::Release);
+    systemd::notify(&[sd_notify::NotifyState::Stopping]);
     let shutdown = engine.shutdown();
     if let Some((_, stop)) = &dual {
         if shutdown.is_ok() {
@@ -363,13 +432,62 @@ fn stopper(dev_id: u32, stopping: Arc<AtomicBool>) -> Arc<dyn Fn() + Send + Sync
     })
 }
 
+/// SIGTERM and SIGINT stop the device; SIGHUP is logged and ignored.
 fn start_signal_thread(signals: SigSet, stop: Arc<dyn Fn() + Send + Sync>) {
-    std::thread::spawn(move || {
-        if let Ok(sig) = signals.wait() {
-            log::info!("received {sig}");
-            stop();
+    std::thread::spawn(move || loop {
+        match signals.wait() {
+            Ok(Signal::SIGHUP) => {
+                log::info!("received SIGHUP: ignored (SIGTERM or `tandemctl del` stops the device)")
+            }
+            Ok(sig) => {
+                log::info!("received {sig}");
+                stop();
+                return;
+            }
+            Err(e) => {
+                log::error!("wait for signals: {e}");
+                return;
+            }
         }
     });
+}
+
+/// With `--degraded-after`, a secondary missing at start is waited for that
+/// long (the progress goes to the service manager's status); then the
+/// engine opens without it, degraded.
+fn wait_for_secondary(opts: &Options) {
+    let (Some(wait), path) = (opts.args.degraded_after, &opts.args.secondary) else {
+        return;
+    };
+    if path.exists() {
+        return;
+    }
+    let start = std::time::Instant::now();
+    log::warn!(
+        "{}: secondary {} is missing: waiting up to {wait} for it, then starting degraded",
+        opts.name,
+        path.display()
+    );
+    let mut last = None;
+    while !path.exists() && start.elapsed() < wait.duration() {
+        let left = wait.duration().saturating_sub(start.elapsed()).as_secs();
+        if last != Some(left) {
+            last = Some(left);
+            systemd::notify(&[sd_notify::NotifyState::Status(&format!(
+                "waiting for secondary {} ({left}s, then degraded)",
+                path.display()
+            ))]);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    if path.exists() {
+        log::info!(
+            "{}: secondary {} appeared after {:.1}s",
+            opts.name,
+            path.display(),
+            start.elapsed().as_secs_f64()
+        );
+    }
 }
 
 fn start_control(

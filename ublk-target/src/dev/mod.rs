@@ -137,6 +137,73 @@ pub trait BlockDev: Send + Sync {
     fn dio_alignment(&self) -> Option<u32> {
         None
     }
+    /// Why the device is not there (a [`MissingDev`]): it stands for a
+    /// device that was missing when the engine opened.
+    fn missing(&self) -> Option<String> {
+        None
+    }
+}
+
+/// A device that was missing at start (a secondary, with
+/// `--degraded-after`): every I/O fails with ENODEV, and `reopen` opens
+/// whatever its path names once it exists. Its path counts as `Same`, so
+/// the mirror's watch reopens it every few seconds as it does a failing
+/// secondary, and copies what the record lists once it is there.
+pub struct MissingDev {
+    path: std::path::PathBuf,
+    size: u64,
+    direct: bool,
+}
+
+impl MissingDev {
+    /// Stands for the device at `path`, as large as `size` (the primary's).
+    pub fn new(path: std::path::PathBuf, size: u64, direct: bool) -> MissingDev {
+        MissingDev { path, size, direct }
+    }
+
+    fn gone(&self) -> io::Error {
+        io::Error::from_raw_os_error(libc::ENODEV)
+    }
+}
+
+impl BlockDev for MissingDev {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read_at(&self, _: &mut [u8], _: u64) -> io::Result<()> {
+        Err(self.gone())
+    }
+    fn write_at(&self, _: &[u8], _: u64, _: bool) -> io::Result<()> {
+        Err(self.gone())
+    }
+    fn sync(&self) -> io::Result<()> {
+        Err(self.gone())
+    }
+    fn discard(&self, _: u64, _: u64) -> io::Result<()> {
+        Err(self.gone())
+    }
+    fn write_zeroes(&self, _: u64, _: u64) -> io::Result<()> {
+        Err(self.gone())
+    }
+    fn supports_discard(&self) -> bool {
+        false
+    }
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+    fn reopen(&self) -> crate::Result<Dev> {
+        let opts = OpenOptions {
+            direct: self.direct,
+            create_size: None,
+        };
+        Ok(std::sync::Arc::new(FileDev::open(&self.path, &opts)?))
+    }
+    fn missing(&self) -> Option<String> {
+        Some(format!(
+            "secondary {} was missing at start",
+            self.path.display()
+        ))
+    }
 }
 
 /// A shared handle to any device.

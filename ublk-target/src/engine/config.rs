@@ -38,6 +38,9 @@ pub struct EngineConfig {
     /// nodes whose paths differ agree on it; else it comes from the paths
     /// (or the lease).
     pub identity: Option<u64>,
+    /// A secondary missing at open starts the engine degraded instead of
+    /// failing (`--degraded-after`, once its wait is over).
+    pub allow_missing_secondary: bool,
 }
 
 /// Dual-active service (`--listen`): where this node holds the other's
@@ -78,6 +81,7 @@ impl Default for EngineConfig {
             dual: None,
             identity: None,
             lease: None,
+            allow_missing_secondary: false,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::{Engine, EngineConfig, StartKind};
-use crate::dev::{Cache, Dev};
+use crate::dev::{Cache, Dev, MissingDev};
 use crate::error::{Error, Result};
 use crate::geometry::Geometry;
 use crate::lease::Lease;
@@ -90,14 +90,26 @@ impl Paths {
                 .map_err(|e| Error::Config(format!("{what} {}: {e}", p.display())))
         };
         let primary_path = canon("primary", &self.primary)?;
-        let secondary_path = canon("secondary", &self.secondary)?;
-        self.check_distinct()?;
         let data = OpenOptions {
             direct: config.cache == Cache::None,
             ..OpenOptions::default()
         };
         let primary: Dev = Arc::new(FileDev::open(&primary_path, &data)?);
-        let secondary: Dev = Arc::new(FileDev::open(&secondary_path, &data)?);
+        let missing = config.allow_missing_secondary && !self.secondary.exists();
+        let (secondary, secondary_path): (Dev, _) = if missing {
+            // A degraded start: the identity takes the path as given.
+            log::warn!(
+                "secondary {} is missing: starting degraded; the record keeps every \
+                 written region until it appears",
+                self.secondary.display()
+            );
+            let dev = MissingDev::new(self.secondary.clone(), primary.size(), data.direct);
+            (Arc::new(dev), self.secondary.clone())
+        } else {
+            let path = canon("secondary", &self.secondary)?;
+            self.check_distinct()?;
+            (Arc::new(FileDev::open(&path, &data)?), path)
+        };
         let geometry = Geometry::new(primary.size(), config.region_size)?;
         let record_is_new = match std::fs::metadata(&self.record) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,

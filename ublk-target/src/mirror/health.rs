@@ -94,8 +94,18 @@ impl Shared {
         } else {
             Vec::new()
         };
+        let was_missing = old.missing().is_some();
         *self.secondary.write().unwrap_or_else(|e| e.into_inner()) = new;
         self.secondary_gone.store(false, Ordering::Release);
+        if was_missing && self.degraded.swap(false, Ordering::AcqRel) {
+            // Missing since the start: nothing failed but its absence, so
+            // the copies of what the record lists say whether it works.
+            log::info!(
+                "secondary {} appeared; leaving degraded mode and copying what the record lists",
+                old.describe()
+            );
+            *lock(&self.last_error) = None;
+        }
         if full {
             log::warn!(
                 "secondary {} is back as a new device: copying all {size} bytes",

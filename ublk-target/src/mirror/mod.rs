@@ -218,6 +218,7 @@ impl MirrorPool {
             })),
             None => None,
         };
+        let missing = secondary.missing();
         let shared = Arc::new(Shared {
             record,
             primary,
@@ -229,8 +230,13 @@ impl MirrorPool {
             stop: AtomicBool::new(false),
             stop_lock: Mutex::new(()),
             stop_signal: Condvar::new(),
-            degraded: AtomicBool::new(false),
-            last_error: Mutex::new(None),
+            // A secondary missing at start: degraded from the first moment,
+            // and the watch reopens its path until it is there.
+            degraded: AtomicBool::new(missing.is_some()),
+            last_error: Mutex::new(missing.map(|message| Failure {
+                message,
+                errno: -libc::ENODEV,
+            })),
             backoff_until: Mutex::new(None),
             backoff: Mutex::new(MIN_BACKOFF),
             throttle,
