@@ -3,12 +3,14 @@
 //! command is testable without spawning a process.
 //!
 //! - [`device`]: add, list, status, wait-synced, del, recover.
+//! - [`ops`]: verify, set, pause, resume, invalidate (a running device).
 //! - [`pair`]: lease, promote, fence (two appliances).
 //! - [`simulate`]: replays a block trace through the record and its policies.
 //! - [`system`]: config files, systemd (enable, disable, the generator) and
 //!   the udev rule's helper.
 
 pub mod device;
+pub mod ops;
 pub mod pair;
 pub mod simulate;
 pub mod system;
@@ -63,6 +65,54 @@ pub enum Cli {
         /// Only remove the config file; leave the running device alone.
         #[arg(long)]
         no_stop: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Compare the regions the record says are clean, primary against
+    /// secondary, while I/O goes on; progress on stderr, a JSON summary on
+    /// stdout. Exits 1 when regions differ (and are not repaired).
+    Verify {
+        name: String,
+        /// Put mismatched regions in the record as dirty: the mirror copies
+        /// them again.
+        #[arg(long)]
+        repair: bool,
+        /// Read at most this many bytes per second from each device (e.g.
+        /// 50MiB).
+        #[arg(long, value_parser = parse_size)]
+        max_rate: Option<u64>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Change settings of a running device (until its daemon restarts; the
+    /// config file or `add`'s arguments give them for good).
+    Set {
+        name: String,
+        /// Copy bandwidth cap (e.g. 100MiB), or `none`.
+        #[arg(long, value_parser = ops::parse_rate)]
+        max_copy_rate: Option<u64>,
+        /// How long copies may wait for heavy host I/O (e.g. 10s, 0).
+        #[arg(long)]
+        max_lag: Option<tandem::units::TimeSpan>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Pause mirroring: nothing is copied; the record keeps every written
+    /// region, so `resume` catches up.
+    Pause {
+        name: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Resume mirroring after `pause`.
+    Resume {
+        name: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Copy the whole device to the secondary again (a full resync).
+    Invalidate {
+        name: String,
         #[command(flatten)]
         common: Common,
     },
@@ -242,7 +292,12 @@ impl Cli {
             | Cli::Holder { common }
             | Cli::Enable { common, .. }
             | Cli::Disable { common, .. }
-            | Cli::UdevName { common, .. } => common.json,
+            | Cli::UdevName { common, .. }
+            | Cli::Verify { common, .. }
+            | Cli::Set { common, .. }
+            | Cli::Pause { common, .. }
+            | Cli::Resume { common, .. }
+            | Cli::Invalidate { common, .. } => common.json,
             Cli::Lease { json, .. } => *json,
             Cli::Simulate(a) => a.json,
         }

@@ -7,7 +7,8 @@ use anyhow::Context;
 use clap::Parser;
 use std::time::Duration;
 
-use tandemctl::{device, pair, simulate, system, Cli};
+use tandem::control::Request;
+use tandemctl::{device, ops, pair, simulate, system, Cli};
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
@@ -44,6 +45,15 @@ fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
         "{}",
         serde_json::to_string_pretty(v).context("cannot encode as JSON")?
     );
+    Ok(())
+}
+
+/// A request whose answer is printed only as JSON.
+fn ask(name: &str, common: &tandemctl::Common, req: Request) -> anyhow::Result<()> {
+    let v = ops::ask(name, &common.run_dir, &req)?;
+    if common.json {
+        print_json(&v)?;
+    }
     Ok(())
 }
 
@@ -97,6 +107,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print_json(&d)?;
             }
         }
+        Cli::Verify {
+            name,
+            repair,
+            max_rate,
+            common,
+        } => {
+            let rep = ops::verify(&name, &common.run_dir, repair, max_rate)?;
+            print_json(&rep)?;
+            ops::verify_outcome(&name, &rep)?;
+        }
+        Cli::Set {
+            name,
+            max_copy_rate,
+            max_lag,
+            common,
+        } => {
+            let v = ops::set(&name, &common.run_dir, max_copy_rate, max_lag)?;
+            if common.json {
+                print_json(&v)?;
+            }
+        }
+        Cli::Pause { name, common } => ask(&name, &common, Request::Pause)?,
+        Cli::Resume { name, common } => ask(&name, &common, Request::Resume)?,
+        Cli::Invalidate { name, common } => ask(&name, &common, Request::Invalidate)?,
         Cli::UdevName { kernel, common } => match system::udev_name(&kernel, &common.run_dir)? {
             Some(n) => println!("{n}"),
             None => std::process::exit(1),

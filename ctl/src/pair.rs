@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use tandem::args::{check_name, DeviceArgs};
-use tandem::control::{self, Request, RunFiles};
+use tandem::control::{self, Request};
 use tandem::lease::{Block, LeaseArea, Seen, Watch};
 use tandem::peer::{Holder, HolderStatus, TakeoverSpec};
 
@@ -149,21 +149,13 @@ fn copy_durably(from: &Path, to: &Path) -> Result<()> {
 /// Fences a running device now: its daemon gives up the lease and
 /// acknowledges no write from then on (the device stays, its writes fail).
 pub fn fence(name: &str, run_dir: &Path, reason: &str) -> Result<serde_json::Value> {
-    check_name(name)?;
-    let files = RunFiles::new(run_dir, name);
-    if files.read_state()?.is_none() {
-        bail!("no device named {name:?} in {}", run_dir.display());
-    }
-    let v = control::request(
-        &files.socket,
+    crate::ops::ask(
+        name,
+        run_dir,
         &Request::Fence {
             reason: reason.to_string(),
         },
-    )?;
-    if let Some(e) = v.get("error").and_then(serde_json::Value::as_str) {
-        bail!("{name}: {e}");
-    }
-    Ok(v)
+    )
 }
 
 /// The status of this node's record holder.

@@ -91,6 +91,28 @@ pub enum Request {
     Fence {
         reason: String,
     },
+    /// Compare the clean regions, primary against secondary, on a thread of
+    /// the daemon's (progress and summary in the status's `verify`).
+    Verify {
+        #[serde(default)]
+        repair: bool,
+        /// Bytes per second read from each device.
+        #[serde(default)]
+        max_rate: Option<u64>,
+    },
+    /// Change settings of the running device; absent ones stay.
+    Set {
+        /// Copy bandwidth cap, bytes per second; 0 removes the cap.
+        #[serde(default)]
+        max_copy_rate: Option<u64>,
+        #[serde(default)]
+        max_lag: Option<crate::units::TimeSpan>,
+    },
+    /// Pause mirroring: nothing is copied, the record keeps what is written.
+    Pause,
+    Resume,
+    /// Copy the whole device again.
+    Invalidate,
 }
 
 /// Creates the run directory, readable by its owner alone (mode 0700): its
@@ -262,6 +284,7 @@ mod tests {
                 Request::Status => serde_json::json!({"state": "live"}),
                 Request::Stop => serde_json::json!({"stopping": true}),
                 Request::Fence { reason } => serde_json::json!({ "fenced": reason }),
+                other => serde_json::json!({ "other": other }),
             }),
         )
         .unwrap();

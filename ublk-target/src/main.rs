@@ -181,6 +181,7 @@ fn hold(
             tandem::control::Request::Fence { .. } => {
                 serde_json::json!({"error": "a holder serves no device and has no lease to give up"})
             }
+            _ => serde_json::json!({"error": "a holder serves no device: ask the device's daemon"}),
         }),
     )?;
     for spec in takeover {

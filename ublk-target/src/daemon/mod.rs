@@ -505,6 +505,49 @@ fn start_control(
                 stop();
                 serde_json::json!({"name": state.name, "stopping": true})
             }
+            Request::Verify { repair, max_rate } => match engine.start_verify(repair, max_rate) {
+                Ok(()) => serde_json::json!({"name": state.name, "verifying": true}),
+                Err(e) => serde_json::json!({"error": e.to_string()}),
+            },
+            Request::Set {
+                max_copy_rate,
+                max_lag,
+            } => {
+                let m = engine.mirror();
+                let r = max_copy_rate
+                    .map(|rate| m.set_max_rate((rate > 0).then_some(rate)))
+                    .transpose();
+                match r {
+                    Ok(_) => {
+                        if let Some(lag) = max_lag {
+                            m.set_max_lag(lag.duration());
+                        }
+                        let s = m.stats();
+                        log::info!(
+                            "{}: settings changed: max copy rate {}, max lag {:.3}s",
+                            state.name,
+                            s.max_copy_rate
+                                .map_or("none".into(), tandem::units::format_size),
+                            s.max_lag_seconds
+                        );
+                        serde_json::json!({
+                            "name": state.name,
+                            "max_copy_rate": s.max_copy_rate,
+                            "max_lag_seconds": s.max_lag_seconds,
+                        })
+                    }
+                    Err(e) => serde_json::json!({"error": e.to_string()}),
+                }
+            }
+            Request::Pause | Request::Resume => {
+                let paused = matches!(req, Request::Pause);
+                engine.mirror().set_paused(paused);
+                serde_json::json!({"name": state.name, "mirror_paused": paused})
+            }
+            Request::Invalidate => match engine.invalidate() {
+                Ok(n) => serde_json::json!({"name": state.name, "regions": n}),
+                Err(e) => serde_json::json!({"error": e.to_string()}),
+            },
             Request::Fence { reason } => match engine.lease() {
                 Some(lease) => {
                     lease.fence(format!("fenced by request: {reason}"));

@@ -32,6 +32,7 @@ mod request;
 mod status;
 #[cfg(test)]
 mod tests;
+mod verify;
 mod write;
 
 pub use config::{DualConfig, EngineConfig, PeerConfig, DEFAULT_CAPACITY};
@@ -39,6 +40,7 @@ pub use dual::{DualStatus, DualTakeover, OtherLease};
 pub use open::{named_identity, pair_identity, Devices, Paths};
 pub use request::{ublk_result, Data, Io, IoTicket, Issue, Op, PendingIo, Plan, Request};
 pub use status::{EngineStatus, StartKind};
+pub use verify::{Mismatch, VerifyReport};
 use write::{PendingWrite, WriteGuard, WriteStart};
 
 /// The mirroring engine of one device.
@@ -72,6 +74,8 @@ pub struct Engine {
     peer: Option<Arc<std::sync::Mutex<crate::peer::PeerStatus>>>,
     /// The device's lease: no write is acknowledged while it is not valid.
     lease: Option<Arc<crate::lease::Lease>>,
+    /// The running or last `verify`.
+    verify: std::sync::Mutex<Option<Arc<verify::VerifyJob>>>,
 }
 
 impl Engine {
@@ -181,6 +185,7 @@ impl Engine {
     /// Clean stop: stops the mirror, drops clean regions from the record and
     /// makes it durable, so the next start resyncs only what is still dirty.
     pub fn shutdown(&self) -> Result<()> {
+        self.stop_verify();
         self.committer.stop();
         if let Some(d) = &self.destager {
             d.stop();

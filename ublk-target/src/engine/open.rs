@@ -289,6 +289,7 @@ impl Engine {
             writeback: config.cache == Cache::Writeback,
             identity,
             dual: std::sync::OnceLock::new(),
+            verify: std::sync::Mutex::new(None),
             record,
             mirror,
             host_io,

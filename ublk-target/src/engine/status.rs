@@ -83,6 +83,19 @@ pub struct EngineStatus {
     /// Dual-active service, when the other node serves the device too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dual: Option<super::DualStatus>,
+    /// Mirroring paused on request (`tandemctl pause`).
+    #[serde(default)]
+    pub mirror_paused: bool,
+    /// The copy bandwidth cap in effect (`--max-copy-rate`, `tandemctl
+    /// set`), bytes per second.
+    #[serde(default)]
+    pub max_copy_rate: Option<u64>,
+    /// The maximum lag in effect (`--max-lag`, `tandemctl set`).
+    #[serde(default)]
+    pub max_lag_seconds: f64,
+    /// The running or last `tandemctl verify`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<super::VerifyReport>,
 }
 
 impl Engine {
@@ -124,6 +137,10 @@ impl Engine {
             lag_seconds: ms.lag_seconds,
             host_busy: ms.host_busy,
             mirror_deferring: ms.deferring,
+            mirror_paused: ms.paused,
+            max_copy_rate: ms.max_copy_rate,
+            max_lag_seconds: ms.max_lag_seconds,
+            verify: self.verify_report(),
             writes,
             bytes_written: self.bytes_written.get(),
             record_updates: rs.updates,

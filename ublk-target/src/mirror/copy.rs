@@ -213,8 +213,8 @@ impl Shared {
     ) -> Result<u64> {
         let len = (end - start) as usize;
         let buf = buf.get(len);
-        if let Some(t) = &self.throttle {
-            let wait = lock(t).take(len as u64);
+        let wait = lock(&self.throttle).as_mut().map(|t| t.take(len as u64));
+        if let Some(wait) = wait {
             if !wait.is_zero() {
                 // Interruptible: a stop does not wait out the bandwidth cap.
                 let g = lock(&self.stop_lock);

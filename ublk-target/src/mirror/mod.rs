@@ -116,7 +116,15 @@ struct Shared {
     last_error: Mutex<Option<Failure>>,
     backoff_until: Mutex<Option<Instant>>,
     backoff: Mutex<Duration>,
-    throttle: Option<Mutex<Throttle>>,
+    /// The copy bandwidth cap (`--max-copy-rate`), changed at run time by
+    /// `set_max_rate`.
+    throttle: Mutex<Option<Throttle>>,
+    /// How long copies may wait for heavy host I/O (`--max-lag`), in
+    /// nanoseconds; changed at run time by `set_max_lag`.
+    max_lag_ns: AtomicU64,
+    /// Mirroring paused on request (`tandemctl pause`): nothing is copied,
+    /// and what is written stays dirty and recorded.
+    paused: AtomicBool,
     /// Regions that recovery found in the record and that are not copied yet.
     resync: Mutex<HashSet<u64>>,
     counters: Counters,
@@ -150,12 +158,39 @@ pub struct MirrorStats {
     pub host_busy: f64,
     /// Copies are held back (up to the maximum lag) for heavy host I/O.
     pub deferring: bool,
+    /// Mirroring is paused on request.
+    pub paused: bool,
+    /// The copy bandwidth cap in effect, bytes per second.
+    pub max_copy_rate: Option<u64>,
+    /// The maximum lag in effect.
+    pub max_lag_seconds: f64,
 }
 
 /// The pool of mirror threads of one device.
 pub struct MirrorPool {
     shared: Arc<Shared>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The token bucket of a copy bandwidth cap; 0 is refused.
+fn throttle_for(rate: Option<u64>) -> Result<Option<Throttle>> {
+    match rate {
+        Some(0) => Err(Error::Config(
+            "max copy rate 0 would never copy; omit it for no cap".into(),
+        )),
+        Some(rate) => Ok(Some(Throttle {
+            rate,
+            tokens: 0.0,
+            last: Instant::now(),
+        })),
+        None => Ok(None),
+    }
+}
+
+impl Shared {
+    fn max_lag(&self) -> Duration {
+        Duration::from_nanos(self.max_lag_ns.load(Ordering::Relaxed))
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -205,19 +240,7 @@ impl MirrorPool {
                 record.geometry().region_size()
             )));
         }
-        let throttle = match config.max_rate {
-            Some(0) => {
-                return Err(Error::Config(
-                    "max copy rate 0 would never copy; omit it for no cap".into(),
-                ))
-            }
-            Some(rate) => Some(Mutex::new(Throttle {
-                rate,
-                tokens: 0.0,
-                last: Instant::now(),
-            })),
-            None => None,
-        };
+        let throttle = Mutex::new(throttle_for(config.max_rate)?);
         let missing = secondary.missing();
         let shared = Arc::new(Shared {
             record,
@@ -240,6 +263,8 @@ impl MirrorPool {
             backoff_until: Mutex::new(None),
             backoff: Mutex::new(MIN_BACKOFF),
             throttle,
+            max_lag_ns: AtomicU64::new(config.max_lag.as_nanos() as u64),
+            paused: AtomicBool::new(false),
             resync: Mutex::new(HashSet::new()),
             counters: Counters::default(),
             host_io,
@@ -318,6 +343,36 @@ impl MirrorPool {
         self.shared.enqueue_resync(regions);
     }
 
+    /// Changes the copy bandwidth cap (`None`: no cap) while running.
+    pub fn set_max_rate(&self, rate: Option<u64>) -> Result<()> {
+        *lock(&self.shared.throttle) = throttle_for(rate)?;
+        Ok(())
+    }
+
+    /// Changes how long copies may wait for heavy host I/O while running.
+    pub fn set_max_lag(&self, lag: Duration) {
+        let s = &self.shared;
+        s.max_lag_ns.store(lag.as_nanos() as u64, Ordering::Relaxed);
+        let _q = lock(&s.queue);
+        s.wake.notify_all();
+    }
+
+    /// Pauses or resumes mirroring: while paused, nothing is copied.
+    pub fn set_paused(&self, paused: bool) {
+        let s = &self.shared;
+        if s.paused.swap(paused, Ordering::AcqRel) != paused {
+            log::info!("mirroring {}", if paused { "paused" } else { "resumed" });
+        }
+        let _q = lock(&s.queue);
+        s.wake.notify_all();
+    }
+
+    /// The secondary copies go to now (it may have been reopened since the
+    /// start).
+    pub fn secondary(&self) -> Dev {
+        self.shared.secondary()
+    }
+
     pub fn stats(&self) -> MirrorStats {
         let s = &self.shared;
         let now = Instant::now();
@@ -346,6 +401,9 @@ impl MirrorPool {
             resync_done_bytes: s.counters.resync_done.load(Ordering::Relaxed),
             host_busy: lock(&s.pacer).current(now),
             deferring: s.deferring.load(Ordering::Relaxed),
+            paused: s.paused.load(Ordering::Relaxed),
+            max_copy_rate: lock(&s.throttle).as_ref().map(|t| t.rate),
+            max_lag_seconds: s.max_lag().as_secs_f64(),
         }
     }
 

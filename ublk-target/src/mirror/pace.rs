@@ -96,7 +96,7 @@ impl Shared {
     /// decision, or a fresh one when that is stale (the thread samples only
     /// while something is dirty).
     pub(super) fn deferring_now(&self, now: Instant) -> bool {
-        if self.config.max_lag.is_zero() {
+        if self.max_lag().is_zero() {
             return false;
         }
         let fresh = lock(&self.pacer)
@@ -118,10 +118,10 @@ impl Shared {
     /// path every `WATCH_EVERY`.
     pub(super) fn pace_and_watch(&self) {
         let tick = WATCH_EVERY;
-        let pacing = !self.config.max_lag.is_zero();
         let mut last_watch = Instant::now();
         let mut g = lock(&self.stop_lock);
         while !self.stopping() {
+            let pacing = !self.max_lag().is_zero();
             let sampling = pacing && self.record.states().dirty_count() > 0;
             g = self
                 .stop_signal

@@ -2,6 +2,7 @@
 //! dirty, and the claim of a batch of adjacent dirty regions for one worker.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::{lock, Shared};
@@ -46,6 +47,17 @@ impl Shared {
             if self.stopping() {
                 return None;
             }
+            if self.paused.load(Ordering::Acquire) {
+                if !blocking {
+                    return None;
+                }
+                q = self
+                    .wake
+                    .wait_timeout(q, Duration::from_millis(200))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                continue;
+            }
             let now = Instant::now();
             // Secondary failing: wait out the backoff.
             let backoff_until = *lock(&self.backoff_until);
@@ -71,7 +83,7 @@ impl Shared {
             let mut young: Option<Instant> = None;
             let deferring = blocking && !q.entries.is_empty() && self.deferring_now(now);
             let delay = if deferring {
-                self.config.max_lag
+                self.max_lag()
             } else {
                 self.config.copy_delay
             };

@@ -871,3 +871,28 @@ fn a_backlog_of_half_the_capacity_is_copied_despite_heavy_host_io() {
     assert_eq!(rig.secondary.durable_contents(), rig.primary.contents());
     drop(busy);
 }
+
+#[test]
+fn a_paused_mirror_copies_nothing_until_resumed_and_settings_change_while_running() {
+    let rig = rig(8 * REGION, config(8), false);
+    rig.pool.set_paused(true);
+    rig.write_region(2, 7);
+    assert!(!rig.pool.pump(), "nothing is copied while paused");
+    assert_eq!(rig.dirty(), vec![2]);
+    assert!(rig.record.states().is_recorded(2), "the record keeps it");
+    assert!(rig.pool.stats().paused);
+    rig.pool.set_paused(false);
+    rig.pump_all();
+    assert!(rig.dirty().is_empty());
+    assert_eq!(rig.secondary.durable_contents(), rig.primary.contents());
+
+    assert_eq!(rig.pool.stats().max_copy_rate, None);
+    rig.pool.set_max_rate(Some(10 << 20)).unwrap();
+    assert_eq!(rig.pool.stats().max_copy_rate, Some(10 << 20));
+    let e = rig.pool.set_max_rate(Some(0)).unwrap_err().to_string();
+    assert!(e.contains("rate 0"), "{e}");
+    rig.pool.set_max_rate(None).unwrap();
+    assert_eq!(rig.pool.stats().max_copy_rate, None);
+    rig.pool.set_max_lag(Duration::from_millis(250));
+    assert_eq!(rig.pool.stats().max_lag_seconds, 0.25);
+}

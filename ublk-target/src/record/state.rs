@@ -162,6 +162,15 @@ impl RegionStates {
         became
     }
 
+    /// The word of `r` when it is clean and still: no write in flight, not
+    /// being copied or granted. The same word later means that no write
+    /// started in between (each bumps the sequence): what was read of the
+    /// region then is what both devices hold.
+    pub fn still(&self, r: u64) -> Option<u64> {
+        let w = self.word(r).load(Ordering::Acquire);
+        (w & (DIRTY | COPYING | GRANTED | INFLIGHT_MASK) == 0).then_some(w)
+    }
+
     /// Removes a clean, idle region from the record. Fails (returns false) when
     /// the region is dirty, being copied, has a write in flight, or is not
     /// recorded. Never blocks and does no I/O.
