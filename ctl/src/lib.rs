@@ -3,6 +3,7 @@
 //! command is testable without spawning a process.
 //!
 //! - [`device`]: add, list, status, wait-synced, del, recover.
+//! - [`metrics`]: the host's metrics endpoint (Prometheus text format).
 //! - [`ops`]: verify, set, pause, resume, invalidate (a running device).
 //! - [`pair`]: lease, promote, fence (two appliances).
 //! - [`simulate`]: replays a block trace through the record and its policies.
@@ -10,6 +11,7 @@
 //!   the udev rule's helper.
 
 pub mod device;
+pub mod metrics;
 pub mod ops;
 pub mod pair;
 pub mod simulate;
@@ -113,6 +115,19 @@ pub enum Cli {
     /// Copy the whole device to the secondary again (a full resync).
     Invalidate {
         name: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Serve the metrics of every device on this host over HTTP (GET
+    /// /metrics, the Prometheus/OpenMetrics text format), or print them
+    /// once.
+    Metrics {
+        /// Address to serve on, HOST:PORT.
+        #[arg(long, default_value = metrics::DEFAULT_LISTEN)]
+        listen: String,
+        /// Print one scrape to stdout and exit.
+        #[arg(long)]
+        once: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -297,7 +312,8 @@ impl Cli {
             | Cli::Set { common, .. }
             | Cli::Pause { common, .. }
             | Cli::Resume { common, .. }
-            | Cli::Invalidate { common, .. } => common.json,
+            | Cli::Invalidate { common, .. }
+            | Cli::Metrics { common, .. } => common.json,
             Cli::Lease { json, .. } => *json,
             Cli::Simulate(a) => a.json,
         }

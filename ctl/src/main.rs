@@ -8,7 +8,7 @@ use clap::Parser;
 use std::time::Duration;
 
 use tandem::control::Request;
-use tandemctl::{device, ops, pair, simulate, system, Cli};
+use tandemctl::{device, metrics, ops, pair, simulate, system, Cli};
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
@@ -131,6 +131,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cli::Pause { name, common } => ask(&name, &common, Request::Pause)?,
         Cli::Resume { name, common } => ask(&name, &common, Request::Resume)?,
         Cli::Invalidate { name, common } => ask(&name, &common, Request::Invalidate)?,
+        Cli::Metrics {
+            listen,
+            once,
+            common,
+        } => {
+            if once {
+                print!("{}", metrics::render(&common.run_dir)?);
+            } else {
+                metrics::serve(&listen, &common.run_dir)?;
+            }
+        }
         Cli::UdevName { kernel, common } => match system::udev_name(&kernel, &common.run_dir)? {
             Some(n) => println!("{n}"),
             None => std::process::exit(1),

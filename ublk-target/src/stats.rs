@@ -152,3 +152,85 @@ mod tests {
         assert_eq!(g.get(), 0);
     }
 }
+
+/// The upper bounds of the latency histograms' buckets, in microseconds:
+/// from a cached read's tens of microseconds to a stalled device's second.
+pub const LATENCY_BOUNDS_US: [u64; 16] = [
+    25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 5_000_000,
+];
+
+/// A latency histogram: one sharded counter per bucket (and one past the
+/// last bound), plus the sum, so that recording costs two uncontended
+/// atomic adds.
+#[derive(Default)]
+pub struct Latency {
+    buckets: [Counter; LATENCY_BOUNDS_US.len() + 1],
+    sum_ns: Counter,
+}
+
+/// A histogram's figures: the cumulative count at or below each bound
+/// (Prometheus's `le`), the total count and the sum.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct LatencyStatus {
+    /// `(le_seconds, cumulative_count)` for each finite bound; `count`
+    /// is the infinite bucket's.
+    pub buckets: Vec<(f64, u64)>,
+    pub count: u64,
+    pub sum_seconds: f64,
+}
+
+impl Latency {
+    #[inline]
+    pub fn record(&self, d: std::time::Duration) {
+        let us = d.as_micros() as u64;
+        let i = LATENCY_BOUNDS_US.partition_point(|&b| b < us);
+        self.buckets[i].add(1);
+        self.sum_ns.add(d.as_nanos() as u64);
+    }
+
+    pub fn status(&self) -> LatencyStatus {
+        let mut total = 0;
+        let mut buckets = Vec::with_capacity(self.buckets.len());
+        for (i, b) in self.buckets.iter().enumerate() {
+            total += b.get();
+            if let Some(&us) = LATENCY_BOUNDS_US.get(i) {
+                buckets.push((us as f64 / 1e6, total));
+            }
+        }
+        LatencyStatus {
+            buckets,
+            count: total,
+            sum_seconds: self.sum_ns.get() as f64 / 1e9,
+        }
+    }
+}
+
+#[cfg(test)]
+mod latency_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn latencies_land_in_cumulative_buckets() {
+        let l = Latency::default();
+        for us in [10, 25, 26, 3_000, 10_000_000] {
+            l.record(Duration::from_micros(us));
+        }
+        let s = l.status();
+        assert_eq!(s.count, 5);
+        assert_eq!(s.buckets[0], (25e-6, 2), "le is inclusive");
+        assert_eq!(s.buckets[1], (50e-6, 3));
+        let at = |le: f64| s.buckets.iter().find(|b| b.0 == le).unwrap().1;
+        assert_eq!(at(2_500e-6), 3);
+        assert_eq!(at(5_000e-6), 4);
+        assert_eq!(at(5.0), 4);
+        assert_eq!(s.buckets.len(), LATENCY_BOUNDS_US.len());
+        assert_eq!(s.count, 5, "the infinite bucket is the count");
+        assert!(
+            (s.sum_seconds - 10.003061).abs() < 1e-9,
+            "{}",
+            s.sum_seconds
+        );
+    }
+}

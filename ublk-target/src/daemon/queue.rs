@@ -120,7 +120,11 @@ async fn io_task(
         .await?;
     loop {
         in_flight.set(in_flight.get() + 1);
-        let res = serve(q, tag, buf.as_mut_slice(), engine).await;
+        let start = std::time::Instant::now();
+        let (op, res) = serve(q, tag, buf.as_mut_slice(), engine).await;
+        if let Some(op) = op {
+            engine.note_latency(op, start.elapsed());
+        }
         in_flight.set(in_flight.get() - 1);
         q.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), res)
             .await?;
@@ -136,7 +140,7 @@ async fn submit(sqe: io_uring::squeue::Entry) -> i32 {
 
 /// Serves one request through the engine (plan, admission, issue,
 /// completion); returns bytes transferred or a negative errno.
-async fn serve(q: &UblkQueue<'_>, tag: u16, buf: &mut [u8], engine: &Engine) -> i32 {
+async fn serve(q: &UblkQueue<'_>, tag: u16, buf: &mut [u8], engine: &Engine) -> (Option<Op>, i32) {
     let iod = q.get_iod(tag);
     let op = match iod.op_flags & 0xff {
         sys::UBLK_IO_OP_READ => Op::Read,
@@ -144,8 +148,14 @@ async fn serve(q: &UblkQueue<'_>, tag: u16, buf: &mut [u8], engine: &Engine) -> 
         sys::UBLK_IO_OP_FLUSH => Op::Flush,
         sys::UBLK_IO_OP_DISCARD => Op::Discard,
         sys::UBLK_IO_OP_WRITE_ZEROES => Op::WriteZeroes,
-        _ => return -libc::EOPNOTSUPP,
+        _ => return (None, -libc::EOPNOTSUPP),
     };
+    (Some(op), serve_op(q, tag, buf, engine, op).await)
+}
+
+/// Serves one request of kind `op`.
+async fn serve_op(q: &UblkQueue<'_>, tag: u16, buf: &mut [u8], engine: &Engine, op: Op) -> i32 {
+    let iod = q.get_iod(tag);
     let fua = iod.op_flags & sys::UBLK_IO_F_FUA != 0;
     let req = Request::from_sectors(op, iod.start_sector, iod.nr_sectors, fua);
     if op.moves_data() && req.len > buf.len() as u64 {

@@ -74,6 +74,10 @@ pub struct Engine {
     peer: Option<Arc<std::sync::Mutex<crate::peer::PeerStatus>>>,
     /// The device's lease: no write is acknowledged while it is not valid.
     lease: Option<Arc<crate::lease::Lease>>,
+    /// Host request latencies, reads and writes, as the front end saw them
+    /// (`note_latency`).
+    read_latency: crate::stats::Latency,
+    write_latency: crate::stats::Latency,
     /// The running or last `verify`.
     verify: std::sync::Mutex<Option<Arc<verify::VerifyJob>>>,
 }
@@ -137,6 +141,17 @@ impl Engine {
 
     /// Counts time a front end spent spinning for completions (status
     /// `poll_seconds`), so the CPU that polling costs is visible.
+    /// Counts one host request's latency, from its arrival to its answer
+    /// (reads and writes; other requests are not counted).
+    #[inline]
+    pub fn note_latency(&self, op: Op, took: Duration) {
+        match op {
+            Op::Read => self.read_latency.record(took),
+            Op::Write => self.write_latency.record(took),
+            _ => {}
+        }
+    }
+
     pub fn note_poll(&self, spun: Duration) {
         self.poll_ns
             .add(u64::try_from(spun.as_nanos()).unwrap_or(u64::MAX));

@@ -290,6 +290,8 @@ impl Engine {
             identity,
             dual: std::sync::OnceLock::new(),
             verify: std::sync::Mutex::new(None),
+            read_latency: Default::default(),
+            write_latency: Default::default(),
             record,
             mirror,
             host_io,

@@ -282,6 +282,13 @@ impl Engine {
     /// descriptor), completion. Returns the bytes moved (0 for requests that
     /// move none).
     pub fn serve(&self, req: Request, data: Data<'_>) -> Result<usize> {
+        let start = std::time::Instant::now();
+        let r = self.serve_timed(req, data);
+        self.note_latency(req.op, start.elapsed());
+        r
+    }
+
+    fn serve_timed(&self, req: Request, data: Data<'_>) -> Result<usize> {
         let mut plan = self.plan(req);
         loop {
             plan = match plan {

@@ -93,6 +93,12 @@ pub struct EngineStatus {
     /// The maximum lag in effect (`--max-lag`, `tandemctl set`).
     #[serde(default)]
     pub max_lag_seconds: f64,
+    /// Host read latencies (from the request's arrival to its answer).
+    #[serde(default)]
+    pub read_latency: crate::stats::LatencyStatus,
+    /// Host write latencies.
+    #[serde(default)]
+    pub write_latency: crate::stats::LatencyStatus,
     /// The running or last `tandemctl verify`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<super::VerifyReport>,
@@ -141,6 +147,8 @@ impl Engine {
             max_copy_rate: ms.max_copy_rate,
             max_lag_seconds: ms.max_lag_seconds,
             verify: self.verify_report(),
+            read_latency: self.read_latency.status(),
+            write_latency: self.write_latency.status(),
             writes,
             bytes_written: self.bytes_written.get(),
             record_updates: rs.updates,
