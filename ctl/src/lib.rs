@@ -131,6 +131,20 @@ pub enum Cli {
         #[command(flatten)]
         common: Common,
     },
+    /// The systemd generator (run by systemd, through
+    /// /usr/lib/systemd/system-generators/tandem-generator): writes the units
+    /// of the devices configured in /etc/tandem into the first directory.
+    /// Never fails the boot: problems are printed, and it exits 0.
+    #[command(hide = true)]
+    SystemdGenerator {
+        /// NORMAL_DIR [EARLY_DIR LATE_DIR], as systemd gives them.
+        dirs: Vec<std::path::PathBuf>,
+    },
+    /// Write the man pages (tandemctl.1 and one per command) and the shell
+    /// completions (bash, zsh, fish) into DIR, from this command line's
+    /// definitions (for packaging).
+    #[command(hide = true)]
+    GenDocs { dir: PathBuf },
     /// The udev rule's helper: prints the name under /dev/tandem/ of a
     /// kernel block device that tandem serves (`ublkb3` gives `NAME`,
     /// `ublkb3p1` gives `NAME-part1`); exits 1 for any other.
@@ -315,6 +329,7 @@ impl Cli {
             | Cli::Invalidate { common, .. }
             | Cli::Metrics { common, .. } => common.json,
             Cli::Lease { json, .. } => *json,
+            Cli::SystemdGenerator { .. } | Cli::GenDocs { .. } => false,
             Cli::Simulate(a) => a.json,
         }
     }
@@ -453,4 +468,28 @@ mod tests {
             .to_string();
         assert!(e.contains("\"1X\""), "{e}");
     }
+}
+
+/// The man pages and shell completions of tandemctl, into `dir` (`man/`,
+/// `completions/`), generated from the clap definitions.
+pub fn gen_docs(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use clap::CommandFactory;
+    let man = dir.join("man");
+    let comp = dir.join("completions");
+    for d in [&man, &comp] {
+        std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+    }
+    let cmd = Cli::command().name("tandemctl");
+    clap_mangen::generate_to(cmd.clone(), &man)
+        .with_context(|| format!("write man pages to {}", man.display()))?;
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut cmd.clone(), "tandemctl", &comp)
+            .with_context(|| format!("write {shell} completions to {}", comp.display()))?;
+    }
+    Ok(())
 }

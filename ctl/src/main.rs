@@ -11,17 +11,6 @@ use tandem::control::Request;
 use tandemctl::{device, metrics, ops, pair, simulate, system, Cli};
 
 fn main() -> ExitCode {
-    let argv: Vec<String> = std::env::args().collect();
-    let invoked = argv
-        .first()
-        .and_then(|a| std::path::Path::new(a).file_name())
-        .and_then(|n| n.to_str())
-        .unwrap_or("");
-    if invoked == system::GENERATOR_NAME {
-        // Installed as the systemd generator: systemd's arguments, not ours.
-        system::generator_main(&argv);
-        return ExitCode::SUCCESS;
-    }
     env_logger::init();
     let cli = Cli::parse();
     let json = cli.json();
@@ -142,6 +131,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 metrics::serve(&listen, &common.run_dir)?;
             }
         }
+        Cli::GenDocs { dir } => tandemctl::gen_docs(&dir)?,
+        Cli::SystemdGenerator { dirs } => system::generator_main(&dirs),
         Cli::UdevName { kernel, common } => match system::udev_name(&kernel, &common.run_dir)? {
             Some(n) => println!("{n}"),
             None => std::process::exit(1),

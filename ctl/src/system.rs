@@ -4,7 +4,7 @@
 //!
 //! `tandemctl enable NAME ARGS` writes `/etc/tandem/NAME.toml` and starts
 //! `tandem@NAME.service`. At every boot and `systemctl daemon-reload`, the
-//! generator (`tandem-generator`, this binary under that name) reads the
+//! generator (`tandem-generator`, which runs `tandemctl systemd-generator`) reads the
 //! config files: a device whose primary is a block device is wanted by that
 //! device's unit (it starts when the primary appears, at boot or later) and
 //! ordered after it; one over files is wanted by `tandem.target`. Both wait
@@ -24,7 +24,7 @@ use tandem::units::TimeSpan;
 pub const UNIT_TEMPLATE: &str = "tandem@.service";
 /// Where the package installs the units.
 pub const UNIT_DIR: &str = "/usr/lib/systemd/system";
-/// The name under which this binary is the systemd generator.
+/// The generator's name (a script that runs `tandemctl systemd-generator`).
 pub const GENERATOR_NAME: &str = "tandem-generator";
 /// How long a managed device waits for a missing secondary at start before
 /// it starts degraded (mdadm's last-resort timer waits as long).
@@ -388,18 +388,17 @@ pub fn generate(config_dir: &Path, out_dir: &Path, unit_dir: &Path) -> Result<Ve
     Ok(made)
 }
 
-/// The generator's entry point (argv: NORMAL_DIR [EARLY_DIR LATE_DIR]).
-/// It never fails the boot: problems are printed (systemd logs them) and
-/// it exits 0.
-pub fn generator_main(argv: &[String]) {
-    let Some(out) = argv.get(1) else {
+/// The generator's entry point (NORMAL_DIR [EARLY_DIR LATE_DIR]). It
+/// never fails the boot: problems are printed (systemd logs them).
+pub fn generator_main(dirs: &[PathBuf]) {
+    let Some(out) = dirs.first() else {
         eprintln!("{GENERATOR_NAME}: usage: {GENERATOR_NAME} NORMAL_DIR [EARLY_DIR LATE_DIR]");
         return;
     };
     let config_dir = std::env::var_os("TANDEM_CONFIG_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| tandem::config::DEFAULT_CONFIG_DIR.into());
-    if let Err(e) = generate(&config_dir, Path::new(out), Path::new(UNIT_DIR)) {
+    if let Err(e) = generate(&config_dir, out, Path::new(UNIT_DIR)) {
         eprintln!("{GENERATOR_NAME}: {e:#}");
     }
 }

@@ -55,6 +55,9 @@ enum Cmd {
     },
     /// Check that this kernel can serve ublk devices.
     Check,
+    /// Write the man pages (tandem-target.1 and one per command) into DIR.
+    #[command(hide = true)]
+    GenDocs { dir: PathBuf },
     /// Delete ublk device ID whose daemon is gone (used by `tandemctl del`).
     DelDev { id: u32 },
     /// Hold the records of peer nodes' devices (the second appliance), in
@@ -114,6 +117,12 @@ fn main() {
         } => tandem::args::absolute(&run_dir)
             .map_err(anyhow::Error::from)
             .and_then(|run_dir| daemon::start(&name, &config_dir, run_dir)),
+        Cmd::GenDocs { dir } => std::fs::create_dir_all(&dir)
+            .and_then(|()| {
+                use clap::CommandFactory;
+                clap_mangen::generate_to(Cli::command(), &dir)
+            })
+            .map_err(|e| anyhow::anyhow!("write man pages to {}: {e}", dir.display())),
         Cmd::Check => daemon::check_ublk().map(|()| println!("ublk is available")),
         Cmd::DelDev { id } => daemon::delete_device(id),
         Cmd::Hold {
