@@ -380,6 +380,30 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     })
 }
 
+/// The man pages and shell completions of tandemctl, into `dir` (`man/`,
+/// `completions/`), generated from the clap definitions.
+pub fn gen_docs(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use clap::CommandFactory;
+    let man = dir.join("man");
+    let comp = dir.join("completions");
+    for d in [&man, &comp] {
+        std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+    }
+    let cmd = Cli::command().name("tandemctl");
+    clap_mangen::generate_to(cmd.clone(), &man)
+        .with_context(|| format!("write man pages to {}", man.display()))?;
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut cmd.clone(), "tandemctl", &comp)
+            .with_context(|| format!("write {shell} completions to {}", comp.display()))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,28 +492,4 @@ mod tests {
             .to_string();
         assert!(e.contains("\"1X\""), "{e}");
     }
-}
-
-/// The man pages and shell completions of tandemctl, into `dir` (`man/`,
-/// `completions/`), generated from the clap definitions.
-pub fn gen_docs(dir: &std::path::Path) -> anyhow::Result<()> {
-    use anyhow::Context;
-    use clap::CommandFactory;
-    let man = dir.join("man");
-    let comp = dir.join("completions");
-    for d in [&man, &comp] {
-        std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
-    }
-    let cmd = Cli::command().name("tandemctl");
-    clap_mangen::generate_to(cmd.clone(), &man)
-        .with_context(|| format!("write man pages to {}", man.display()))?;
-    for shell in [
-        clap_complete::Shell::Bash,
-        clap_complete::Shell::Zsh,
-        clap_complete::Shell::Fish,
-    ] {
-        clap_complete::generate_to(shell, &mut cmd.clone(), "tandemctl", &comp)
-            .with_context(|| format!("write {shell} completions to {}", comp.display()))?;
-    }
-    Ok(())
 }

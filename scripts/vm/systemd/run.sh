@@ -56,7 +56,7 @@ case "$1" in
     rm -f /etc/tandem/bad.toml
 
     t0=$(date +%s%N)
-    tandemctl enable vm0 --primary "$P0" --secondary "$S0" --record /var/lib/tandem/vm0.rec --assume-clean --degraded-after 10s
+    tandemctl enable vm0 --primary "$P0" --secondary "$S0" --record /var/lib/tandem/vm0.rec --capacity 16MiB --assume-clean --degraded-after 10s
     info "enable-ms: $((($(date +%s%N) - t0) / 1000000)) (until READY)"
     check enable-active active vm0
     check enable-stable-name named vm0
@@ -95,8 +95,8 @@ case "$1" in
 
     # verify finds a mismatch planted on the secondary; --repair fixes it.
     check verify-clean sh -c 'tandemctl verify vm0 > /tmp/v0.json'
-    # Seven bytes of the secondary, inverted: they differ whatever was there.
-    dd if="$S0" bs=1 skip=$((5 << 20 | 4100)) count=7 status=none | tr '\000-\377' '\377-\000' \
+    # Seven bytes of the secondary, each plus one: they differ whatever was there.
+    dd if="$S0" bs=1 skip=$((5 << 20 | 4100)) count=7 status=none | tr '\000-\377' '\001-\377\000' \
         | dd of="$S0" bs=1 seek=$((5 << 20 | 4100)) conv=notrunc,fsync status=none
     tandemctl verify vm0 > /tmp/v1.json 2>/tmp/v1.err; rc=$?
     cp /tmp/v1.json "$out/verify-found.json"
