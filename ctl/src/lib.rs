@@ -3,6 +3,7 @@
 //! command is testable without spawning a process.
 //!
 //! - [`device`]: add, list, status, wait-synced, del, recover.
+//! - [`events`]: the stream of state changes.
 //! - [`metrics`]: the host's metrics endpoint (Prometheus text format).
 //! - [`ops`]: verify, set, pause, resume, invalidate (a running device).
 //! - [`pair`]: lease, promote, fence (two appliances).
@@ -11,6 +12,7 @@
 //!   the udev rule's helper.
 
 pub mod device;
+pub mod events;
 pub mod metrics;
 pub mod ops;
 pub mod pair;
@@ -115,6 +117,19 @@ pub enum Cli {
     /// Copy the whole device to the secondary again (a full resync).
     Invalidate {
         name: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Print a line for every change of state of the devices on this host
+    /// (`exists` for each first, then `state`, `created`, `removed`,
+    /// `peer-lost`, `mirror-paused`, `verify-done`, ...), until killed.
+    Events {
+        /// Print the devices as they are (the `exists` lines) and exit.
+        #[arg(long)]
+        once: bool,
+        /// How often the daemons are asked, in milliseconds.
+        #[arg(long, default_value_t = 250)]
+        interval_ms: u64,
         #[command(flatten)]
         common: Common,
     },
@@ -327,7 +342,8 @@ impl Cli {
             | Cli::Pause { common, .. }
             | Cli::Resume { common, .. }
             | Cli::Invalidate { common, .. }
-            | Cli::Metrics { common, .. } => common.json,
+            | Cli::Metrics { common, .. }
+            | Cli::Events { common, .. } => common.json,
             Cli::Lease { json, .. } => *json,
             Cli::SystemdGenerator { .. } | Cli::GenDocs { .. } => false,
             Cli::Simulate(a) => a.json,

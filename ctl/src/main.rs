@@ -8,7 +8,7 @@ use clap::Parser;
 use std::time::Duration;
 
 use tandem::control::Request;
-use tandemctl::{device, metrics, ops, pair, simulate, system, Cli};
+use tandemctl::{device, events, metrics, ops, pair, simulate, system, Cli};
 
 fn main() -> ExitCode {
     env_logger::init();
@@ -120,6 +120,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cli::Pause { name, common } => ask(&name, &common, Request::Pause)?,
         Cli::Resume { name, common } => ask(&name, &common, Request::Resume)?,
         Cli::Invalidate { name, common } => ask(&name, &common, Request::Invalidate)?,
+        Cli::Events {
+            once,
+            interval_ms,
+            common,
+        } => {
+            use std::io::Write;
+            let every = Duration::from_millis(interval_ms.max(10));
+            events::stream(&common.run_dir, every, once, |e| {
+                let line = if common.json {
+                    serde_json::to_string(e).unwrap_or_default()
+                } else {
+                    e.line()
+                };
+                // A closed pipe (`| head`) ends the stream.
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
+            })?;
+        }
         Cli::Metrics {
             listen,
             once,

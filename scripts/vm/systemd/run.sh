@@ -72,6 +72,9 @@ case "$1" in
     fi
     tandemctl disable vmk --no-stop
 
+    # The event stream, followed from here to the crash.
+    tandemctl events > /tmp/events.log 2>&1 &
+
     # SIGHUP no longer stops the device.
     systemctl kill -s HUP tandem@vm0.service
     sleep 1
@@ -151,6 +154,16 @@ case "$1" in
     check vm2-enable tandemctl enable vm2 --primary "$D2/vm2-p.img" --secondary "$S2" --record "$D2/vm2.rec" --degraded-after 10s
     dd if=/dev/urandom of=/dev/tandem/vm2 bs=1M count=8 oflag=direct status=none
     tandemctl wait-synced vm2 --timeout 60 >/dev/null
+
+    sleep 1
+    cp /tmp/events.log "$out/events.log"
+    ev_ok=1
+    for want in 'vm0 exists live' 'vm0 state live -> down' 'vm0 state .* -> live' 'vm0 mirror-paused' \
+        'vm0 mirror-resumed' 'vm0 verify-done .*1 region(s) mismatched' 'vm0 state live -> resyncing' \
+        'vm1 created' 'vm1 removed' 'vm2 created'; do
+        grep -q " $want" /tmp/events.log || { ev_ok=0; fail events "no line matching '$want' in: $(cat /tmp/events.log)"; break; }
+    done
+    [ $ev_ok -eq 0 ] || pass events
 
     # A host crash under writes: the host kills the VM at the marker.
     dd if=/dev/urandom of=/tmp/crash bs=1M count=16 status=none
