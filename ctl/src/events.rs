@@ -168,12 +168,17 @@ pub fn diff(
     out
 }
 
-/// Every device's snapshot now (a daemon that does not answer is `down`).
+/// Every device's snapshot now (a daemon that is gone is `down`; one that
+/// is starting, not listening yet, is left for the next poll).
 pub fn poll(run_dir: &Path) -> Result<BTreeMap<String, Snapshot>> {
     let mut out = BTreeMap::new();
     for st in crate::device::states(run_dir)? {
-        let s = crate::device::status(&st.name, run_dir)
-            .unwrap_or_else(|e| DeviceStatus::of(&st, State::Down, Some(format!("{e:#}"))));
+        let s = match crate::device::status(&st.name, run_dir) {
+            Ok(s) => s,
+            // Starting: its state file is there before its control socket.
+            Err(_) if tandem::control::pid_alive(st.pid) => continue,
+            Err(e) => DeviceStatus::of(&st, State::Down, Some(format!("{e:#}"))),
+        };
         out.insert(st.name.clone(), Snapshot::of(&s));
     }
     Ok(out)

@@ -143,9 +143,11 @@ impl Devices {
         };
         states
             .iter()
-            .map(|st| {
-                crate::device::status(&st.name, &self.run_dir)
-                    .unwrap_or_else(|e| DeviceStatus::of(st, State::Down, Some(format!("{e:#}"))))
+            .filter_map(|st| match crate::device::status(&st.name, &self.run_dir) {
+                Ok(s) => Some(s),
+                // Starting: its state file is there before its control socket.
+                Err(_) if tandem::control::pid_alive(st.pid) => None,
+                Err(e) => Some(DeviceStatus::of(st, State::Down, Some(format!("{e:#}")))),
             })
             .collect()
     }

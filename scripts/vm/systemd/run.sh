@@ -2,10 +2,13 @@
 # systemd VM's runner as `run.sh BOOT`. Disks: /dev/disk/by-id/virtio-disk0 (vm0's
 # primary) and virtio-disk1 (vm0's secondary). Results are PASS/FAIL lines.
 set -u
+# stderr through a pipe: tandemctl's progress bars (on a terminal) would run
+# into the PASS/FAIL lines on the console.
+exec 2> >(cat)
 failed=0
 out=/payload/out
 pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1: $2" | head -c 1500; echo; failed=1; }
+fail() { printf "\nFAIL %s: %s" "$1" "$2" | head -c 1500; echo; failed=1; }
 info() { echo "INFO $*"; }
 # check NAME COMMAND...: PASS/FAIL by COMMAND's status, its output in the FAIL line.
 check() {
@@ -159,9 +162,9 @@ case "$1" in
     cp /tmp/events.log "$out/events.log"
     ev_ok=1
     for want in 'vm0 exists live' 'vm0 state live -> down' 'vm0 state .* -> live' 'vm0 mirror-paused' \
-        'vm0 mirror-resumed' 'vm0 verify-done .*1 region(s) mismatched' 'vm0 state live -> resyncing' \
+        'vm0 mirror-resumed' 'vm0 verify-done .*1 region\(s\) mismatched' 'vm0 state live -> (resyncing|recovering)' \
         'vm1 created' 'vm1 removed' 'vm2 created'; do
-        grep -q " $want" /tmp/events.log || { ev_ok=0; fail events "no line matching '$want' in: $(cat /tmp/events.log)"; break; }
+        grep -qE " $want" /tmp/events.log || { ev_ok=0; fail events "no line matching '$want' in: $(cat /tmp/events.log)"; break; }
     done
     [ $ev_ok -eq 0 ] || pass events
 
