@@ -245,12 +245,20 @@ const AUTO_ACTIVATED: [(&str, &str); 3] = [
 /// Warnings for the data devices whose signature (read with `blkid -p`,
 /// the device itself, not a cache) the host would activate by itself.
 pub fn signature_warnings(args: &DeviceArgs) -> Vec<String> {
+    signature_warnings_by(args, probe_type)
+}
+
+/// `signature_warnings` with the probe given (tests give their own).
+fn signature_warnings_by(
+    args: &DeviceArgs,
+    probe: impl Fn(&Path) -> Option<String>,
+) -> Vec<String> {
     let mut out = Vec::new();
     for (key, p) in [
         ("--primary", &args.primary),
         ("--secondary", &args.secondary),
     ] {
-        let Some(kind) = probe_type(p) else { continue };
+        let Some(kind) = probe(p) else { continue };
         if let Some((_, why)) = AUTO_ACTIVATED.iter().find(|(k, _)| *k == kind) {
             out.push(format!(
                 "{key} {} carries a {kind} signature: {why}, and writes through that \
@@ -561,6 +569,26 @@ mod tests {
         for other in ["ublkb4", "ublkc3", "sda", "ublkb3p", "ublkb3px", "ublkb"] {
             assert_eq!(n(other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn signatures_the_host_activates_are_warned_about() {
+        let d = tempfile::tempdir().unwrap();
+        let a = args(d.path());
+        let probe = |p: &Path| match p.file_name().and_then(|n| n.to_str()) {
+            Some("p") => Some("LVM2_member".to_string()),
+            Some("s") => Some("ext4".to_string()),
+            _ => None,
+        };
+        let w = signature_warnings_by(&a, probe);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("--primary") && w[0].contains("LVM2_member"),
+            "{w:?}"
+        );
+        // The real probe on a blank file finds nothing.
+        std::fs::write(&a.primary, vec![0u8; 1 << 20]).unwrap();
+        assert_eq!(probe_type(&a.primary), None);
     }
 
     #[test]

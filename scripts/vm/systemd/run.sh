@@ -156,6 +156,18 @@ case "$1" in
     udevadm settle
     check vm2-enable tandemctl enable vm2 --primary "$D2/vm2-p.img" --secondary "$S2" --record "$D2/vm2.rec" --degraded-after 10s
     dd if=/dev/urandom of=/dev/tandem/vm2 bs=1M count=8 oflag=direct status=none
+    # A partition table (one MBR entry: 8 MiB from sector 2048): udev names
+    # the partition /dev/tandem/vm2-part1.
+    { head -c 446 /dev/zero
+      printf '\000\000\000\000\203\000\000\000\000\010\000\000\000\100\000\000'
+      head -c 48 /dev/zero
+      printf '\125\252'; } | dd of=/dev/tandem/vm2 bs=512 count=1 iflag=fullblock oflag=direct status=none
+    blockdev --rereadpt /dev/tandem/vm2
+    if wait_for 20 test -b /dev/tandem/vm2-part1; then
+        pass udev-partition-name
+    else
+        fail udev-partition-name "no /dev/tandem/vm2-part1: $(ls -l /dev/tandem/ 2>&1 | tr '\n' ' ')"
+    fi
     tandemctl wait-synced vm2 --timeout 60 >/dev/null
 
     sleep 1
