@@ -387,6 +387,10 @@ pub fn generate(config_dir: &Path, out_dir: &Path, unit_dir: &Path) -> Result<Ve
         for m in mounts {
             conf += &format!("RequiresMountsFor={}\n", m.display());
         }
+        if args.peer.is_some() || args.listen.is_some() {
+            // Two nodes: the link needs the network.
+            conf += "Wants=network-online.target\nAfter=network-online.target\n";
+        }
         let dropin = out_dir.join(format!("{unit}.d"));
         std::fs::create_dir_all(&dropin).with_context(|| format!("create {}", dropin.display()))?;
         let f = dropin.join("50-tandem-generator.conf");
@@ -503,6 +507,8 @@ mod tests {
         assert!(!out.exists(), "nothing generated without config files");
         let mut block = args(d.path());
         block.primary = "/dev/disk/by-id/virtio-disk0".into();
+        block.peer = Some("[::1]:7789".into());
+        block.node_id = Some(1);
         // Written directly: enable would refuse a primary that is missing.
         std::fs::create_dir_all(&conf).unwrap();
         std::fs::write(
@@ -530,6 +536,7 @@ mod tests {
         let a = std::fs::read_to_string(out.join("tandem@a.service.d/50-tandem-generator.conf"))
             .unwrap();
         assert!(a.contains(&format!("Requires={dev}")), "{a}");
+        assert!(a.contains("After=network-online.target"), "{a}");
         assert!(
             a.contains(&format!("RequiresMountsFor={}", d.path().display())),
             "{a}"
@@ -544,6 +551,7 @@ mod tests {
             b.contains(&format!("RequiresMountsFor={}/p", d.path().display())),
             "{b}"
         );
+        assert!(!b.contains("network-online"), "{b}");
         // A broken config is still started, so that its error shows.
         assert!(
             std::fs::symlink_metadata(out.join("tandem.target.wants/tandem@c.service")).is_ok()
