@@ -168,18 +168,27 @@ pub fn diff(
     out
 }
 
-/// Every device's snapshot now (a daemon that is gone is `down`; one that
-/// is starting, not listening yet, is left for the next poll).
-pub fn poll(run_dir: &Path) -> Result<BTreeMap<String, Snapshot>> {
+/// Every device's snapshot now: a daemon that is gone is `down`; one alive
+/// that does not answer (starting, busy) stays as `last` saw it.
+pub fn poll(
+    run_dir: &Path,
+    last: Option<&BTreeMap<String, Snapshot>>,
+) -> Result<BTreeMap<String, Snapshot>> {
     let mut out = BTreeMap::new();
     for st in crate::device::states(run_dir)? {
         let s = match crate::device::status(&st.name, run_dir) {
-            Ok(s) => s,
-            // Starting: its state file is there before its control socket.
-            Err(_) if tandem::control::pid_alive(st.pid) => continue,
-            Err(e) => DeviceStatus::of(&st, State::Down, Some(format!("{e:#}"))),
+            Ok(s) => Snapshot::of(&s),
+            // Alive and not answering (starting, or busy): as it was last
+            // seen; not seen yet, it is left for the next poll.
+            Err(_) if tandem::control::pid_alive(st.pid) => {
+                match last.and_then(|l| l.get(&st.name)) {
+                    Some(prev) => prev.clone(),
+                    None => continue,
+                }
+            }
+            Err(e) => Snapshot::of(&DeviceStatus::of(&st, State::Down, Some(format!("{e:#}")))),
         };
-        out.insert(st.name.clone(), Snapshot::of(&s));
+        out.insert(st.name.clone(), s);
     }
     Ok(out)
 }
@@ -192,7 +201,7 @@ pub fn stream(
     once: bool,
     mut emit: impl FnMut(&Event) -> bool,
 ) -> Result<()> {
-    let mut last = poll(run_dir)?;
+    let mut last = poll(run_dir, None)?;
     for e in diff(None, &last, now()) {
         if !emit(&e) {
             return Ok(());
@@ -203,7 +212,7 @@ pub fn stream(
     }
     loop {
         std::thread::sleep(every);
-        let next = poll(run_dir)?;
+        let next = poll(run_dir, Some(&last))?;
         for e in diff(Some(&last), &next, now()) {
             if !emit(&e) {
                 return Ok(());

@@ -146,11 +146,21 @@ impl Devices {
             .filter_map(|st| match crate::device::status(&st.name, &self.run_dir) {
                 Ok(s) => Some(s),
                 // Starting: its state file is there before its control socket.
-                Err(_) if tandem::control::pid_alive(st.pid) => None,
+                Err(_) if tandem::control::pid_alive(st.pid) && !st_socket(&self.run_dir, st) => {
+                    None
+                }
+                // Gone, or alive and not answering: tandem_up 0.
                 Err(e) => Some(DeviceStatus::of(st, State::Down, Some(format!("{e:#}")))),
             })
             .collect()
     }
+}
+
+/// Whether the daemon of `st` has its control socket yet.
+fn st_socket(run_dir: &Path, st: &tandem::control::DeviceState) -> bool {
+    tandem::control::RunFiles::new(run_dir, &st.name)
+        .socket
+        .exists()
 }
 
 fn device_label(s: &DeviceStatus) -> Labels {
@@ -254,9 +264,17 @@ impl prometheus_client::collector::Collector for Devices {
             let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
             for (s, e) in &live {
                 let h: &tandem::stats::LatencyStatus = pick(e);
-                // The +Inf bucket is the encoder's own, from the count.
+                // The encoder sums the buckets itself: each bucket's own
+                // count, then +Inf's (what lies above the last bound).
+                let mut own = Vec::with_capacity(h.buckets.len() + 1);
+                let mut below = 0;
+                for &(le, cumulative) in &h.buckets {
+                    own.push((le, cumulative - below));
+                    below = cumulative;
+                }
+                own.push((f64::INFINITY, h.count - below));
                 m.encode_family(&device_label(s))?
-                    .encode_histogram::<Labels>(h.sum_seconds, h.count, &h.buckets, None)?;
+                    .encode_histogram::<Labels>(h.sum_seconds, h.count, &own, None)?;
             }
         }
         Ok(())
@@ -418,6 +436,10 @@ mod tests {
             "tandem_written_bytes_total{device=\"vm0\"} 8192",
             "tandem_write_latency_seconds_bucket{le=\"0.0001\",device=\"vm0\"} 1",
             "tandem_write_latency_seconds_count{device=\"vm0\"} 2",
+            "tandem_write_latency_seconds_bucket{le=\"0.0025\",device=\"vm0\"} 1",
+            "tandem_write_latency_seconds_bucket{le=\"0.005\",device=\"vm0\"} 2",
+            "tandem_write_latency_seconds_bucket{le=\"5.0\",device=\"vm0\"} 2",
+            "tandem_write_latency_seconds_bucket{le=\"+Inf\",device=\"vm0\"} 2",
             "# TYPE tandem_written_bytes_total counter",
         ] {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");

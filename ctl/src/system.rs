@@ -76,7 +76,11 @@ pub fn enable(
     if args.degraded_after.is_none() {
         args.degraded_after = Some(DEFAULT_DEGRADED_AFTER.parse::<TimeSpan>()?);
     }
-    args.engine_config()?;
+    let config = args.engine_config()?;
+    // `--assume-clean` is for the first start only: the record is created
+    // clean now, and the config file does not say it (at a later start
+    // without a record, the whole device must be copied).
+    let assume_clean = std::mem::take(&mut args.assume_clean);
     let path = tandem::config::path(config_dir, name);
     let text = tandem::config::render(name, &args)?;
     // What would be written must read back as these arguments.
@@ -89,6 +93,12 @@ pub fn enable(
             path.display()
         ),
         _ => write_atomically(&path, &text)?,
+    }
+    if assume_clean && !args.paths().create_clean_record(&config)? {
+        log::info!(
+            "{}: the record exists already; --assume-clean changes nothing",
+            args.record.display()
+        );
     }
     let mut warnings = path_warnings(&args);
     warnings.extend(signature_warnings(&args));
@@ -381,9 +391,7 @@ pub fn generate(config_dir: &Path, out_dir: &Path, unit_dir: &Path) -> Result<Ve
             mounts.push(args.primary.clone());
             link(&out_dir.join("tandem.target.wants"), &unit, &template)?;
         }
-        if !args.secondary.starts_with("/dev/") {
-            mounts.push(args.secondary.clone());
-        }
+        // Not the secondary's: a device starts degraded without it.
         for m in mounts {
             conf += &format!("RequiresMountsFor={}\n", m.display());
         }
@@ -475,6 +483,7 @@ mod tests {
         let loaded = tandem::config::load(&conf.join("vm0.toml")).unwrap();
         assert_eq!(loaded.pair_name.as_deref(), Some("vm0"));
         assert_eq!(loaded.degraded_after.unwrap().to_string(), "30s");
+        assert!(!loaded.assume_clean);
         // The same again is fine; other settings need --replace.
         enable("vm0", args(d.path()), &conf, true, false).unwrap();
         let mut other = args(d.path());
@@ -493,6 +502,37 @@ mod tests {
         assert!(!conf.join("vm0.toml").exists());
         let err = disable("vm0", &conf, true).unwrap_err();
         assert!(format!("{err:#}").contains("not enabled"), "{err:#}");
+    }
+
+    #[test]
+    fn assume_clean_makes_a_clean_record_now_and_is_not_saved() {
+        let d = tempfile::tempdir().unwrap();
+        let conf = d.path().join("etc");
+        let mut a = args(d.path());
+        for p in [&a.primary, &a.secondary] {
+            std::fs::File::create(p).unwrap().set_len(8 << 20).unwrap();
+        }
+        a.assume_clean = true;
+        enable("vm0", a.clone(), &conf, true, false).unwrap();
+        let text = std::fs::read_to_string(conf.join("vm0.toml")).unwrap();
+        assert!(!text.contains("assume_clean"), "{text}");
+        assert!(
+            a.record.metadata().unwrap().len() > 0,
+            "the record was made"
+        );
+        // The engine finds a record with nothing to resync.
+        let loaded = tandem::config::load(&conf.join("vm0.toml")).unwrap();
+        let config = loaded.engine_config().unwrap();
+        let e =
+            tandem::Engine::open_manual(loaded.paths().open(&config).unwrap(), &config).unwrap();
+        assert_eq!(e.status().resync_total_bytes, 0);
+        assert_eq!(e.status().start, tandem::engine::StartKind::Recovered);
+        // Without the record, the next start copies everything.
+        drop(e);
+        std::fs::remove_file(&a.record).unwrap();
+        let e =
+            tandem::Engine::open_manual(loaded.paths().open(&config).unwrap(), &config).unwrap();
+        assert_eq!(e.status().resync_total_bytes, 8 << 20);
     }
 
     #[test]

@@ -355,6 +355,12 @@ impl DeviceArgs {
                 )));
             }
         }
+        if let (Some(t), None, None) = (&self.degraded_after, &self.pair_name, &self.lease) {
+            return Err(Error::Config(format!(
+                "--degraded-after {t} needs --pair-name (or --lease): a device that may start \
+                 without its secondary must not take its identity from the secondary's path"
+            )));
+        }
         let config = EngineConfig {
             identity,
             peer,

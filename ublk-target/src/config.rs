@@ -131,12 +131,15 @@ fn flags_to_keys(msg: &str) -> String {
         let end = flag
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
             .unwrap_or(flag.len());
-        if end == 0 {
+        // A flag starts a word; a `--` inside a value (a path) stays.
+        let at_word = out.is_empty() || out.ends_with([' ', '(', '`']);
+        if end == 0 || !at_word {
             out.push_str("--");
+            rest = flag;
         } else {
             out.push_str(&flag[..end].replace('-', "_"));
+            rest = &flag[end..];
         }
-        rest = &flag[end..];
     }
     out.push_str(rest);
     out
@@ -229,5 +232,9 @@ mod tests {
             "lease /l needs node_id (this node's id)"
         );
         assert_eq!(flags_to_keys("a -- b"), "a -- b");
+        assert_eq!(
+            flags_to_keys("--primary /dev/disk/by-id/x--y-z: gone"),
+            "primary /dev/disk/by-id/x--y-z: gone"
+        );
     }
 }

@@ -145,6 +145,7 @@ case "$1" in
     # systemctl stop deletes the device cleanly; disable removes the config.
     dev1="$(field vm1 device)"
     systemctl stop tandem@vm1.service
+    udevadm settle
     check stop-deletes-device sh -c "[ ! -e /dev/tandem/vm1 ] && [ ! -e $dev1 ] && [ ! -e /run/tandem/vm1.json ]"
     check stop-clean sh -c 'journalctl -b --no-pager -t tandem-vm1 | grep -q "stopped cleanly"'
     tandemctl disable vm1 --no-stop

@@ -157,6 +157,30 @@ impl Paths {
     }
 }
 
+impl Paths {
+    /// Creates the record with no region set, if there is none yet: what
+    /// `--assume-clean` does at a first start, done once and for all (by
+    /// `tandemctl enable`, which keeps `assume_clean` out of the config
+    /// file: a record lost later must lead to a full copy, never to
+    /// "clean"). Returns whether it created one. Not for a device with a
+    /// lease (opening would claim it).
+    pub fn create_clean_record(&self, config: &EngineConfig) -> Result<bool> {
+        if config.lease.is_some() {
+            return Err(Error::Config(
+                "--assume-clean with --lease: start the device once with `tandemctl add` instead"
+                    .into(),
+            ));
+        }
+        let devices = self.open(config)?;
+        if !devices.record_is_new {
+            return Ok(false);
+        }
+        let geometry = Geometry::new(devices.primary.size(), config.region_size)?;
+        RegionFile::create(devices.record, &geometry, devices.identity, false)?;
+        Ok(true)
+    }
+}
+
 impl Engine {
     /// Opens the engine: loads or creates the record, marks what it lists as
     /// dirty, and starts the mirror pool, which resyncs it while I/O is served.
