@@ -179,6 +179,7 @@ mod tests {
             ("max_lag = \"soon\"", "soon"),
             ("cache = \"sometimes\"", "sometimes"),
             ("lease = \"/l\"", "node_id"),
+            ("degraded_after = \"30s\"", "pair_name"),
         ] {
             let e = err(&format!("{}{line}\n", minimal()));
             assert!(e.contains(FILE) && e.contains(want), "{line}: {e}");
@@ -206,6 +207,7 @@ mod tests {
         );
         a.capacity = "64MiB".parse().unwrap();
         a.degraded_after = Some("30s".parse().unwrap());
+        a.pair_name = Some("vm0".into());
         a.max_copy_rate = Some("100MiB".parse().unwrap());
         let text = render("vm0", &a).unwrap();
         assert!(text.contains("capacity = \"64MiB\""), "{text}");
