@@ -438,18 +438,7 @@ pub fn format_status(v: &DeviceStatus) -> String {
 /// plain lines otherwise.
 pub fn wait_synced(name: &str, run_dir: &Path, timeout: Option<Duration>) -> Result<DeviceStatus> {
     let deadline = timeout.map(|t| Instant::now() + t);
-    let tty = std::io::stderr().is_terminal();
-    let bar = tty.then(|| {
-        let b = indicatif::ProgressBar::new(0);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:40}] {bytes}/{total_bytes} ({eta})",
-            )
-            .expect("template")
-            .progress_chars("=> "),
-        );
-        b
-    });
+    let bar = progress_bar("{msg} [{bar:40}] {bytes}/{total_bytes} ({eta})");
     let mut peak = 0u64;
     let mut last_line = Instant::now() - Duration::from_secs(10);
     loop {
@@ -490,6 +479,20 @@ pub fn wait_synced(name: &str, run_dir: &Path, timeout: Option<Duration>) -> Res
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A progress bar on stderr with `template`, when stderr is a terminal
+/// (otherwise the callers print a line now and then).
+pub fn progress_bar(template: &str) -> Option<indicatif::ProgressBar> {
+    std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(template)
+                .expect("a valid progress template")
+                .progress_chars("=> "),
+        );
+        b
+    })
 }
 
 /// Stops the daemon of `name` cleanly and deletes the device.

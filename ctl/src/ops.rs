@@ -2,7 +2,6 @@
 //! clean regions, with progress and a JSON summary), `set` (runtime
 //! settings), `pause`, `resume` and `invalidate`.
 
-use std::io::IsTerminal;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -39,15 +38,7 @@ pub fn verify(
     max_rate: Option<u64>,
 ) -> Result<VerifyReport> {
     ask(name, run_dir, &Request::Verify { repair, max_rate })?;
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let b = indicatif::ProgressBar::new(0);
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} regions ({eta})")
-                .expect("template")
-                .progress_chars("=> "),
-        );
-        b
-    });
+    let bar = crate::device::progress_bar("{msg} [{bar:40}] {pos}/{len} regions ({eta})");
     let mut last_line = Instant::now();
     loop {
         std::thread::sleep(Duration::from_millis(200));

@@ -10,11 +10,10 @@
 //! ordered after it; one over files is wanted by `tandem.target`. Both wait
 //! for the filesystems of their files and record (`RequiresMountsFor=`).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use tandem::args::{check_name, DeviceArgs};
 use tandem::control::RunFiles;
@@ -92,7 +91,7 @@ pub fn enable(
              --replace to overwrite it",
             path.display()
         ),
-        _ => write_atomically(&path, &text)?,
+        _ => tandem::config::write(config_dir, name, &text)?,
     }
     if assume_clean && !args.paths().create_clean_record(&config)? {
         log::info!(
@@ -166,23 +165,6 @@ fn systemctl(args: &[&str]) -> Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(())
-}
-
-fn write_atomically(path: &Path, text: &str) -> Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| anyhow!("{} has no directory", path.display()))?;
-    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("rename {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
 

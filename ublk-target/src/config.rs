@@ -67,6 +67,13 @@ pub fn parse(path: &Path, text: &str) -> Result<DeviceArgs> {
     Ok(args)
 }
 
+/// Writes the config file of `name` in `dir` (created if missing), durably:
+/// a crash leaves the old file or the new one, never a torn one.
+pub fn write(dir: &Path, name: &str, text: &str) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+    crate::peer::write_durably(&path(dir, name), text)
+}
+
 /// The keys every config file has.
 const PATHS: [&str; 3] = ["primary", "secondary", "record"];
 

@@ -67,7 +67,7 @@ fn resolve(address: &str) -> Result<std::net::SocketAddr> {
 
 /// Replaces the small file `path` with `text` durably: written to a
 /// temporary file, synced, renamed over `path`, and the directory synced.
-fn write_durably(path: &std::path::Path, text: &str) -> Result<()> {
+pub(crate) fn write_durably(path: &std::path::Path, text: &str) -> Result<()> {
     // NAME.tmp beside NAME (not with the extension replaced: two files of one
     // stem, such as ID.owner and ID.stopped, must not share a temporary).
     let mut tmp = path.as_os_str().to_owned();
