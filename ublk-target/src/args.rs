@@ -194,7 +194,9 @@ impl DeviceArgs {
     /// the same files.
     pub fn make_absolute(&mut self) -> Result<()> {
         for p in [&mut self.primary, &mut self.secondary, &mut self.record] {
-            *p = absolute(p)?;
+            if !crate::dev::nbd::is_uri(p) {
+                *p = absolute(p)?;
+            }
         }
         for p in [&mut self.lease, &mut self.other_lease]
             .into_iter()
@@ -456,7 +458,7 @@ impl DeviceArgs {
     /// start (`--degraded-after`); without that, a missing secondary is an
     /// error of `check_paths`.
     pub fn secondary_missing(&self) -> bool {
-        self.degraded_after.is_some() && std::fs::metadata(&self.secondary).is_err()
+        self.degraded_after.is_some() && !crate::dev::present(&self.secondary)
     }
 
     pub fn paths(&self) -> Paths {
@@ -475,13 +477,16 @@ impl DeviceArgs {
         };
         meta("--primary", &self.primary)?;
         let secondary_missing = self.secondary_missing();
-        if !secondary_missing {
+        let remote = crate::dev::nbd::is_uri(&self.secondary);
+        if remote {
+            crate::dev::NbdUri::parse(&self.secondary.to_string_lossy())?;
+        } else if !secondary_missing {
             meta("--secondary", &self.secondary)?;
             self.paths().check_distinct()?;
         }
         let size = |p: &PathBuf| -> Result<u64> {
-            use crate::dev::{BlockDev, FileDev, OpenOptions};
-            Ok(FileDev::open(p, &OpenOptions::default())?.size())
+            use crate::dev::OpenOptions;
+            Ok(crate::dev::open_data(p, &OpenOptions::default())?.size())
         };
         let ps = size(&self.primary)?;
         let ss = if secondary_missing {

@@ -459,7 +459,7 @@ fn wait_for_secondary(opts: &Options) {
     let (Some(wait), path) = (opts.args.degraded_after, &opts.args.secondary) else {
         return;
     };
-    if path.exists() {
+    if tandem::dev::present(path) {
         return;
     }
     let start = std::time::Instant::now();
@@ -469,7 +469,7 @@ fn wait_for_secondary(opts: &Options) {
         path.display()
     );
     let mut last = None;
-    while !path.exists() && start.elapsed() < wait.duration() {
+    while !tandem::dev::present(path) && start.elapsed() < wait.duration() {
         let left = wait.duration().saturating_sub(start.elapsed()).as_secs();
         if last != Some(left) {
             last = Some(left);
@@ -480,7 +480,7 @@ fn wait_for_secondary(opts: &Options) {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    if path.exists() {
+    if tandem::dev::present(path) {
         log::info!(
             "{}: secondary {} appeared after {:.1}s",
             opts.name,

@@ -6,9 +6,11 @@
 
 mod file;
 mod mem;
+pub mod nbd;
 
 pub use file::{FileDev, OpenOptions};
 pub use mem::{Faults, MemDev};
+pub use nbd::{NbdDev, NbdUri};
 
 use std::io;
 use std::sync::Arc;
@@ -142,6 +144,34 @@ pub trait BlockDev: Send + Sync {
     fn missing(&self) -> Option<String> {
         None
     }
+    /// A count that grows whenever writes this device acknowledged may
+    /// have been lost before a sync covered them (a connection to a server
+    /// broke with its cache unflushed). A caller whose writes and sync span
+    /// a change must write again. Local devices never lose them: 0.
+    fn losses(&self) -> u64 {
+        0
+    }
+}
+
+/// Opens a data device named by a path (a file or block device) or by an
+/// NBD URI (`nbd://HOST[:PORT]/EXPORT`, `nbd+unix:///EXPORT?socket=PATH`).
+pub fn open_data(spec: &std::path::Path, opts: &OpenOptions) -> crate::Result<Dev> {
+    if nbd::is_uri(spec) {
+        let uri = NbdUri::parse(&spec.to_string_lossy())?;
+        return Ok(Arc::new(NbdDev::connect(&uri)?));
+    }
+    Ok(Arc::new(FileDev::open(spec, opts)?))
+}
+
+/// Whether the device `spec` names is there: a path that exists, or an NBD
+/// export that accepts a connection.
+pub fn present(spec: &std::path::Path) -> bool {
+    if nbd::is_uri(spec) {
+        return NbdUri::parse(&spec.to_string_lossy())
+            .and_then(|uri| NbdDev::connect(&uri))
+            .is_ok();
+    }
+    std::fs::metadata(spec).is_ok()
 }
 
 /// A device that was missing at start (a secondary, with
@@ -196,7 +226,7 @@ impl BlockDev for MissingDev {
             direct: self.direct,
             create_size: None,
         };
-        Ok(std::sync::Arc::new(FileDev::open(&self.path, &opts)?))
+        open_data(&self.path, &opts)
     }
     fn missing(&self) -> Option<String> {
         Some(format!(

@@ -95,7 +95,7 @@ impl Paths {
             ..OpenOptions::default()
         };
         let primary: Dev = Arc::new(FileDev::open(&primary_path, &data)?);
-        let missing = config.allow_missing_secondary && !self.secondary.exists();
+        let missing = config.allow_missing_secondary && !crate::dev::present(&self.secondary);
         let (secondary, secondary_path): (Dev, _) = if missing {
             // A degraded start: the identity takes the path as given.
             log::warn!(
@@ -105,6 +105,10 @@ impl Paths {
             );
             let dev = MissingDev::new(self.secondary.clone(), primary.size(), data.direct);
             (Arc::new(dev), self.secondary.clone())
+        } else if crate::dev::nbd::is_uri(&self.secondary) {
+            // An NBD export: its URI is its name.
+            let dev = crate::dev::open_data(&self.secondary, &data)?;
+            (dev, self.secondary.clone())
         } else {
             let path = canon("secondary", &self.secondary)?;
             self.check_distinct()?;

@@ -66,6 +66,10 @@ impl Shared {
                 return;
             }
         };
+        // A remote secondary that lost acknowledged writes (a connection
+        // broke before a flush covered them) during this batch: its sync
+        // says nothing about them, so nothing is marked clean.
+        let losses = secondary.losses();
         let mut copied = 0u64;
         let mut result = Ok(());
         let mut taken: Vec<(u64, ChunkMask)> = Vec::new();
@@ -102,6 +106,19 @@ impl Shared {
                 secondary
                     .sync()
                     .map_err(|e| Error::io(format!("sync secondary {}", secondary.describe()), e))
+            })
+            .and_then(|()| {
+                if secondary.losses() == losses {
+                    Ok(())
+                } else {
+                    Err(Error::io(
+                        format!(
+                            "secondary {}: a connection broke before its writes were flushed",
+                            secondary.describe()
+                        ),
+                        std::io::Error::from_raw_os_error(libc::EIO),
+                    ))
+                }
             })
             .and_then(|()| match self.fence.get() {
                 Some(lease) => lease.check(),
