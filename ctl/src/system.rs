@@ -377,8 +377,10 @@ pub fn generate(config_dir: &Path, out_dir: &Path, unit_dir: &Path) -> Result<Ve
         for m in mounts {
             conf += &format!("RequiresMountsFor={}\n", m.display());
         }
-        if args.peer.is_some() || args.listen.is_some() {
-            // Two nodes: the link needs the network.
+        if args.peer.is_some() || args.listen.is_some() || tandem::dev::nbd::is_uri(&args.secondary)
+        {
+            // Two nodes, or a secondary on an NBD server: the link needs
+            // the network.
             conf += "Wants=network-online.target\nAfter=network-online.target\n";
         }
         let dropin = out_dir.join(format!("{unit}.d"));
@@ -544,11 +546,27 @@ mod tests {
         )
         .unwrap();
         std::fs::write(conf.join("c.toml"), "primary = 1\n").unwrap();
+        let mut remote = args(d.path());
+        remote.secondary = "nbd://[::1]:10809/disk".into();
+        std::fs::write(
+            conf.join("d.toml"),
+            tandem::config::render("d", &remote).unwrap(),
+        )
+        .unwrap();
         let made = generate(&conf, &out, &units).unwrap();
         assert_eq!(
             made,
-            ["tandem@a.service", "tandem@b.service", "tandem@c.service"]
+            [
+                "tandem@a.service",
+                "tandem@b.service",
+                "tandem@c.service",
+                "tandem@d.service"
+            ]
         );
+        let remote =
+            std::fs::read_to_string(out.join("tandem@d.service.d/50-tandem-generator.conf"))
+                .unwrap();
+        assert!(remote.contains("After=network-online.target"), "{remote}");
         let dev = "dev-disk-by\\x2did-virtio\\x2ddisk0.device";
         let wanted = out.join(format!("{dev}.wants/tandem@a.service"));
         assert_eq!(

@@ -827,5 +827,24 @@ mod tests {
             .unwrap();
         a.check_paths().unwrap();
         assert!(!a.record.exists(), "checking created nothing");
+
+        // A secondary on an NBD server: its URI stays as given, a bad one
+        // is named, an unreachable one is an error that names it.
+        let mut remote = a.clone();
+        remote.secondary = "nbd://h:99999/x".into();
+        remote.make_absolute().unwrap();
+        assert_eq!(remote.secondary, PathBuf::from("nbd://h:99999/x"));
+        let e = remote.check_paths().unwrap_err().to_string();
+        assert!(e.contains("nbd://h:99999/x") && e.contains("port"), "{e}");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        remote.secondary = format!("nbd://127.0.0.1:{port}/x").into();
+        let e = remote.check_paths().unwrap_err().to_string();
+        assert!(e.contains(&format!("127.0.0.1:{port}")), "{e}");
+        remote.degraded_after = Some("1s".parse().unwrap());
+        assert!(remote.secondary_missing(), "unreachable counts as missing");
     }
 }

@@ -55,9 +55,10 @@ pub fn parse(path: &Path, text: &str) -> Result<DeviceArgs> {
         ("other_lease", args.other_lease.as_ref()),
     ];
     for (key, p) in paths {
-        if let Some(p) = p.filter(|p| !p.is_absolute()) {
+        let uri = key == "secondary" && crate::dev::nbd::is_uri(&args.secondary);
+        if let Some(p) = p.filter(|p| !p.is_absolute() && !uri) {
             return Err(in_file(format!(
-                "{key} = {:?}: must be an absolute path",
+                "{key} = {:?}: must be an absolute path (or, for secondary, an nbd:// URI)",
                 p.display().to_string()
             )));
         }

@@ -262,12 +262,7 @@ fn nbdkit_error_filter_failures_are_retried_until_the_copy_lands() {
 fn nbdkit_delay_filter_slows_copies_but_not_the_host() {
     let s = setup();
     let port = free_port();
-    let server = nbdkit(
-        &s.export,
-        port,
-        &["delay"],
-        &["delay-write=20ms"],
-    );
+    let server = nbdkit(&s.export, port, &["delay"], &["delay-write=20ms"]);
     let e = open(&s, &server.uri);
     let start = Instant::now();
     write_random(&e, 200, 23);

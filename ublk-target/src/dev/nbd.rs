@@ -238,9 +238,11 @@ impl NbdUri {
                     "TLS (nbds) is not supported; use nbd:// over a tunnel".into()
                 ))
             }
-            other => return Err(bad(format!(
+            other => {
+                return Err(bad(format!(
                 "scheme {other:?}: use nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH"
-            ))),
+            )))
+            }
         };
         if export.len() > 4096 {
             return Err(bad("export name longer than 4096 bytes".into()));
