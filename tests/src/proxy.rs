@@ -108,3 +108,64 @@ fn pump(mut from: TcpStream, mut to: TcpStream, delay_us: &AtomicU64) {
     let _ = to.shutdown(Shutdown::Both);
     let _ = from.shutdown(Shutdown::Both);
 }
+
+/// A TCP proxy on loopback that delays every byte by a fixed one-way time,
+/// both ways, without limiting bandwidth: a reader stamps each chunk as it
+/// arrives and a writer forwards it once its time has come. Two of them
+/// make a link with a round trip of twice the delay (the host kernel may
+/// have no netem).
+pub struct DelayLine {
+    pub port: u16,
+}
+
+impl DelayLine {
+    pub fn start(upstream: u16, one_way: Duration) -> std::io::Result<DelayLine> {
+        let listener = TcpListener::bind(("127.0.0.1", 0))?;
+        let port = listener.local_addr()?.port();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
+                    continue;
+                };
+                for (from, to) in [(client, s2), (server, c2)] {
+                    let (tx, rx) = std::sync::mpsc::channel::<(std::time::Instant, Vec<u8>)>();
+                    let reader = from.try_clone();
+                    std::thread::spawn(move || {
+                        let Ok(mut from) = reader else { return };
+                        let mut buf = vec![0u8; 256 << 10];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0
+                                || tx
+                                    .send((std::time::Instant::now(), buf[..n].to_vec()))
+                                    .is_err()
+                            {
+                                break;
+                            }
+                        }
+                    });
+                    std::thread::spawn(move || {
+                        let mut to = to;
+                        for (at, data) in rx {
+                            let due = at + one_way;
+                            let now = std::time::Instant::now();
+                            if due > now {
+                                std::thread::sleep(due - now);
+                            }
+                            if to.write_all(&data).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(Shutdown::Both);
+                        let _ = from.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Ok(DelayLine { port })
+    }
+}

@@ -52,6 +52,12 @@ const MULTI_CONN: usize = 4;
 /// The largest payload of one request when the server names none (the
 /// protocol's default maximum).
 const DEFAULT_MAX_PAYLOAD: u32 = 32 << 20;
+/// Reads and writes are cut into requests of at most this many bytes
+/// (and the server's maximum), sent together: a large copy over a slow
+/// link pays one round trip, not one per request.
+const PART: u64 = 1 << 20;
+/// Requests one read or write keeps in flight at most.
+const PIPELINE: usize = 16;
 /// Largest length of one WRITE_ZEROES request.
 const MAX_ZEROES: u64 = 1 << 30;
 /// Largest option reply accepted during the handshake.
@@ -646,16 +652,16 @@ impl Conn {
         Ok(())
     }
 
-    /// Sends one request and waits for its reply.
-    fn call(
-        &self,
+    /// Sends one request; its reply is waited for with `Sent::wait`, so
+    /// that one caller can have several in flight.
+    fn send(
+        self: &Arc<Self>,
         cmd: u16,
         flags: u16,
         offset: u64,
         len: u32,
         payload: Option<&[u8]>,
-        timeout: Duration,
-    ) -> Reply {
+    ) -> io::Result<Sent> {
         let (tx, rx) = mpsc::sync_channel(1);
         let cookie = self.next_cookie.fetch_add(1, Ordering::Relaxed);
         let read_len = if cmd == proto::CMD_READ { len } else { 0 };
@@ -679,16 +685,32 @@ impl Conn {
                 .and_then(|()| payload.map_or(Ok(()), |p| w.write_all(p)))
         };
         if let Err(e) = sent {
+            // Its waiter is failed with the reason.
             self.break_with(&format!("send to the server: {e}"));
         }
-        match rx.recv_timeout(timeout) {
+        Ok(Sent {
+            conn: self.clone(),
+            rx,
+        })
+    }
+}
+
+/// A request sent, its reply still to come.
+struct Sent {
+    conn: Arc<Conn>,
+    rx: mpsc::Receiver<Reply>,
+}
+
+impl Sent {
+    fn wait(self, timeout: Duration) -> Reply {
+        match self.rx.recv_timeout(timeout) {
             Ok(reply) => reply,
             Err(_) => {
                 let why = format!(
                     "no reply from the server within {} s",
                     timeout.as_secs_f64()
                 );
-                self.break_with(&why);
+                self.conn.break_with(&why);
                 Err(io::Error::new(io::ErrorKind::TimedOut, why))
             }
         }
@@ -896,7 +918,13 @@ impl NbdDev {
 
     /// Flushes on `conn`; the writes acknowledged before it are durable
     /// once it succeeds, on every connection.
-    fn flush(&self, conn: &Conn) -> io::Result<()> {
+    /// The size of one request of a large read or write.
+    fn part_size(&self) -> usize {
+        let min = u64::from(self.info.min_block);
+        (self.max_payload().min(PART) / min * min).max(min) as usize
+    }
+
+    fn flush(&self, conn: &Arc<Conn>) -> io::Result<()> {
         let live: Vec<Arc<Conn>> = self
             .slots
             .iter()
@@ -907,7 +935,10 @@ impl NbdDev {
         for c in &live {
             c.unflushed.store(false, Ordering::Release);
         }
-        match conn.call(proto::CMD_FLUSH, 0, 0, 0, None, self.timeout) {
+        match conn
+            .send(proto::CMD_FLUSH, 0, 0, 0, None)
+            .and_then(|s| s.wait(self.timeout))
+        {
             Ok(_) => Ok(()),
             Err(e) => {
                 for c in &live {
@@ -951,18 +982,31 @@ impl BlockDev for NbdDev {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.check_aligned(offset, buf.len() as u64)?;
-        let max = self.max_payload() as usize;
-        for (i, part) in buf.chunks_mut(max).enumerate() {
-            let at = offset + (i * max) as u64;
-            let data = self.pick()?.call(
-                proto::CMD_READ,
-                0,
-                at,
-                part.len() as u32,
-                None,
-                self.timeout,
-            )?;
-            part.copy_from_slice(&data);
+        let part = self.part_size();
+        for (w, window) in buf.chunks_mut(part * PIPELINE).enumerate() {
+            let at = offset + (w * part * PIPELINE) as u64;
+            let mut sent = Vec::new();
+            for (i, p) in window.chunks(part).enumerate() {
+                let r = self.pick().and_then(|c| {
+                    c.send(
+                        proto::CMD_READ,
+                        0,
+                        at + (i * part) as u64,
+                        p.len() as u32,
+                        None,
+                    )
+                });
+                sent.push(r);
+            }
+            let mut result = Ok(());
+            for (p, s) in window.chunks_mut(part).zip(sent) {
+                match s.and_then(|s| s.wait(self.timeout)) {
+                    Ok(data) if data.len() == p.len() => p.copy_from_slice(&data),
+                    Ok(_) => result = result.and(Err(proto_err("short read reply"))),
+                    Err(e) => result = result.and(Err(e)),
+                }
+            }
+            result?;
         }
         Ok(())
     }
@@ -970,22 +1014,35 @@ impl BlockDev for NbdDev {
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
         self.check_aligned(offset, buf.len() as u64)?;
         let native_fua = fua && self.info.has(proto::TF_SEND_FUA);
-        let max = self.max_payload() as usize;
-        for (i, part) in buf.chunks(max).enumerate() {
-            let at = offset + (i * max) as u64;
-            let conn = self.pick()?;
-            let flags = if native_fua { proto::CMD_FLAG_FUA } else { 0 };
-            // Before it is sent: a break while it is in flight counts as a
-            // loss too, since the server may have taken it.
-            conn.unflushed.store(true, Ordering::Release);
-            conn.call(
-                proto::CMD_WRITE,
-                flags,
-                at,
-                part.len() as u32,
-                Some(part),
-                self.timeout,
-            )?;
+        let flags = if native_fua { proto::CMD_FLAG_FUA } else { 0 };
+        let part = self.part_size();
+        for (w, window) in buf.chunks(part * PIPELINE).enumerate() {
+            let at = offset + (w * part * PIPELINE) as u64;
+            let mut sent = Vec::new();
+            for (i, p) in window.chunks(part).enumerate() {
+                let r = self.pick().and_then(|c| {
+                    // Before it is sent: a break while it is in flight
+                    // counts as a loss too, since the server may have
+                    // taken it.
+                    c.unflushed.store(true, Ordering::Release);
+                    c.send(
+                        proto::CMD_WRITE,
+                        flags,
+                        at + (i * part) as u64,
+                        p.len() as u32,
+                        Some(p),
+                    )
+                });
+                sent.push(r);
+            }
+            // Every reply is waited for, the first error returned.
+            let mut result = Ok(());
+            for s in sent {
+                if let Err(e) = s.and_then(|s| s.wait(self.timeout)) {
+                    result = result.and(Err(e));
+                }
+            }
+            result?;
         }
         if fua && !native_fua {
             self.sync()?;
@@ -999,7 +1056,7 @@ impl BlockDev for NbdDev {
         }
         // One connection, or several with CAN_MULTI_CONN: a flush on any
         // covers the writes acknowledged on all of them.
-        self.flush(&*self.pick()?)
+        self.flush(&self.pick()?)
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -1016,7 +1073,8 @@ impl BlockDev for NbdDev {
                 let n = (offset + len - at).min(MAX_ZEROES);
                 let conn = self.pick()?;
                 conn.unflushed.store(true, Ordering::Release);
-                conn.call(proto::CMD_WRITE_ZEROES, 0, at, n as u32, None, self.timeout)?;
+                conn.send(proto::CMD_WRITE_ZEROES, 0, at, n as u32, None)?
+                    .wait(self.timeout)?;
                 at += n;
             }
             return Ok(());

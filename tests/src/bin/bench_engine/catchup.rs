@@ -84,32 +84,13 @@ pub(crate) fn catchup_bench(a: &CatchupArgs) -> anyhow::Result<Value> {
         remove_all(&paths)?;
         remove(&copy)?;
         println!("\n### {} ({})\n", dir.display(), df_of(dir));
-        println!("| copier | MiB/s median | min | max | seconds median |");
-        println!("|---|---:|---:|---:|---:|");
-        let mut rows = Vec::new();
-        let mut bw = Vec::new();
-        for (i, (name, _)) in tools.iter().enumerate() {
-            let rate: Vec<f64> = secs[i].iter().map(|s| size as f64 / MIB / s).collect();
-            let r = spread(&rate);
-            let s = spread(&secs[i]);
-            println!(
-                "| {name} | {:.0} | {:.0} | {:.0} | {:.2} |",
-                r.median, r.min, r.max, s.median
-            );
-            bw.push(r.median);
-            rows.push(json!({ "copier": name, "mib_s": r, "seconds": s }));
-        }
-        let mut ratios = json!({});
-        for (i, key) in [(1, "vs_dd"), (2, "vs_dd_iflag_direct")] {
-            let ratio = bw[0] / bw[i];
-            let verdict = if ratio >= 0.8 {
-                "goal >= 0.8: met".to_string()
-            } else {
-                format!("goal >= 0.8: MISSED by {:.0}%", (0.8 - ratio) / 0.8 * 100.0)
-            };
-            println!("- engine / {} = {ratio:.3} ({verdict})", tools[i].0);
-            ratios[key] = json!(ratio);
-        }
+        let names: Vec<&str> = tools.iter().map(|t| t.0).collect();
+        let (rows, ratios) = copier_table(
+            &names,
+            &secs,
+            size,
+            &[(1, "vs_dd"), (2, "vs_dd_iflag_direct")],
+        );
         println!(
             "  (the engine copied {} for a {} device; wall time {:.1} s)",
             format_size(copied),

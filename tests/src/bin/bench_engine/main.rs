@@ -14,6 +14,9 @@
 //! - `dual`: dual-active, a read of a region in the other node's record (a
 //!   status check first) against one outside it, and the share of a
 //!   migration-like mix that needs a check.
+//! - `nbd`: the mirror's full copy to an nbdkit export over a 10 ms round
+//!   trip (a delay line on loopback), against nbdcopy over the same link.
+//!   Goal: >= 0.8 x nbdcopy.
 //! - `all`: all of them in a row, one table each, one JSON file.
 //!
 //! `scripts/bench-host` builds in release and runs everything.
@@ -43,6 +46,7 @@ mod catchup;
 mod dual;
 mod load;
 mod micro;
+mod nbd;
 mod peer;
 mod recovery;
 mod takeover;
@@ -52,6 +56,7 @@ use catchup::*;
 use dual::*;
 use load::*;
 use micro::*;
+use nbd::*;
 use peer::*;
 use recovery::*;
 use takeover::*;
@@ -86,6 +91,26 @@ enum Cmd {
     /// Dual-active: a read of a region in the other node's record (a status
     /// check first) against one outside it, and the share that need one.
     Dual(PeerArgs),
+    /// The mirror's full copy to an NBD export over a slow link, against nbdcopy.
+    Nbd(NbdArgs),
+}
+
+#[derive(Args, Clone)]
+struct NbdArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Directory for the primary, the record and the export's file.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Bytes to copy [default: 1GiB, quick 64MiB].
+    #[arg(long)]
+    size: Option<String>,
+    /// Rounds [default: 3, quick 1].
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// The link's round trip.
+    #[arg(long, default_value = "10ms")]
+    rtt: String,
 }
 
 #[derive(Args, Clone)]
@@ -287,6 +312,14 @@ fn main() -> anyhow::Result<()> {
             report["peer"] = peer_bench(&peer)?;
             report["takeover"] = takeover_bench(&peer)?;
             report["dual"] = dual_bench(&peer)?;
+            let nbd = NbdArgs {
+                common: a.common.clone(),
+                dir: a.disk_dir.clone(),
+                size: None,
+                rounds: None,
+                rtt: "10ms".into(),
+            };
+            report["nbd"] = nbd_bench(&nbd)?;
             write_json(&a.common, &report)
         }
         Cmd::Load(a) => {
@@ -312,6 +345,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Dual(a) => {
             let r = dual_bench(&a)?;
             write_json(&a.common, &json!({ "dual": r }))
+        }
+        Cmd::Nbd(a) => {
+            let r = nbd_bench(&a)?;
+            write_json(&a.common, &json!({ "nbd": r }))
         }
     }
 }

@@ -159,3 +159,41 @@ pub(crate) fn df_of(dir: &Path) -> String {
         })
         .unwrap_or_default()
 }
+
+/// Prints the table of copiers (each copied `size` bytes in `secs[i]`
+/// seconds, one entry a round) and the verdict of `copiers[0]` against each
+/// of `against`; returns the rows and each ratio, as JSON.
+pub(crate) fn copier_table(
+    names: &[&str],
+    secs: &[Vec<f64>],
+    size: u64,
+    against: &[(usize, &str)],
+) -> (Vec<Value>, Value) {
+    println!("| copier | MiB/s median | min | max | seconds median |");
+    println!("|---|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
+    let mut bw = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let rate: Vec<f64> = secs[i].iter().map(|s| size as f64 / MIB / s).collect();
+        let r = spread(&rate);
+        let s = spread(&secs[i]);
+        println!(
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.2} |",
+            r.median, r.min, r.max, s.median
+        );
+        bw.push(r.median);
+        rows.push(json!({ "copier": name, "mib_s": r, "seconds": s }));
+    }
+    let mut ratios = json!({});
+    for &(i, key) in against {
+        let ratio = bw[0] / bw[i];
+        let verdict = if ratio >= 0.8 {
+            "goal >= 0.8: met".to_string()
+        } else {
+            format!("goal >= 0.8: MISSED by {:.0}%", (0.8 - ratio) / 0.8 * 100.0)
+        };
+        println!("- engine / {} = {ratio:.3} ({verdict})", names[i]);
+        ratios[key] = json!(ratio);
+    }
+    (rows, ratios)
+}
