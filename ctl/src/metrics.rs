@@ -38,7 +38,7 @@ const STATES: [State; 8] = [
 type Figure = fn(&EngineStatus) -> f64;
 
 /// Gauges: name, help, figure.
-const GAUGES: [(&str, &str, Figure); 11] = [
+const GAUGES: [(&str, &str, Figure); 14] = [
     (
         "tandem_dirty_bytes",
         "Bytes of regions the secondary may lack",
@@ -48,6 +48,25 @@ const GAUGES: [(&str, &str, Figure); 11] = [
         "tandem_lag_seconds",
         "Age of the oldest write the secondary lacks",
         |e| e.lag_seconds,
+    ),
+    (
+        "tandem_recovery_point_seconds",
+        "The recovery point: seconds of writes the secondary lacks (the age of the oldest)",
+        |e| e.lag_seconds,
+    ),
+    (
+        "tandem_max_dirty_bytes",
+        "The bound on the dirty backlog (--max-dirty; 0 without one)",
+        |e| {
+            e.max_dirty
+                .as_ref()
+                .map_or(0.0, |m| m.max_dirty_bytes as f64)
+        },
+    ),
+    (
+        "tandem_over_max_dirty",
+        "1 while the dirty backlog is over --max-dirty",
+        |e| f64::from(u8::from(e.max_dirty.as_ref().is_some_and(|m| m.over))),
     ),
     (
         "tandem_record_bytes",
@@ -105,7 +124,7 @@ const GAUGES: [(&str, &str, Figure); 11] = [
 /// Counters: name (without `_total`), help, figure.
 type Count = fn(&EngineStatus) -> u64;
 
-const COUNTERS: [(&str, &str, Count); 6] = [
+const COUNTERS: [(&str, &str, Count); 7] = [
     ("tandem_writes", "Host writes", |e| e.writes),
     ("tandem_written_bytes", "Bytes written by the host", |e| {
         e.bytes_written
@@ -124,6 +143,11 @@ const COUNTERS: [(&str, &str, Count); 6] = [
     ("tandem_copy_errors", "Failed mirror copies", |e| {
         e.copy_errors
     }),
+    (
+        "tandem_throttled_writes",
+        "Host writes that waited for the dirty backlog (--max-dirty with throttle)",
+        |e| e.max_dirty.as_ref().map_or(0, |m| m.throttled_writes),
+    ),
 ];
 
 /// Every device's status at scrape time.

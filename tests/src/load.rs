@@ -121,6 +121,8 @@ impl LoadArgs {
             dual: None,
             identity: None,
             allow_missing_secondary: false,
+            max_dirty: None,
+            on_max_dirty: Default::default(),
             lease: self.lease.as_ref().map(|path| tandem::lease::LeaseConfig {
                 path: path.clone(),
                 node: 1,

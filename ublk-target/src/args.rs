@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::dev::Cache;
-use crate::engine::{EngineConfig, Paths, PeerConfig, DEFAULT_CAPACITY};
+use crate::engine::{EngineConfig, OverMaxDirty, Paths, PeerConfig, DEFAULT_CAPACITY};
 use crate::error::{Error, Result};
 use crate::geometry::{check_region_size, DEFAULT_REGION_SIZE};
 use crate::mirror::{MirrorConfig, DEFAULT_MAX_COPY_BYTES, DEFAULT_MAX_LAG, DEFAULT_THREADS};
@@ -185,6 +185,19 @@ pub struct DeviceArgs {
     #[cfg_attr(feature = "cli", arg(long, value_name = "TIME"))]
     #[serde(default)]
     pub degraded_after: Option<TimeSpan>,
+    /// Bound the dirty backlog: the bytes of regions the secondary lacks
+    /// (e.g. 256MiB; at least one region). What a backlog over it does is
+    /// `--on-max-dirty`'s. None by default: the backlog may grow.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "SIZE"))]
+    #[serde(default)]
+    pub max_dirty: Option<Size>,
+    /// What a backlog over `--max-dirty` does: `throttle` (host writes wait
+    /// until the mirror has brought it under, so the recovery point stays
+    /// bounded; not while the secondary is down or mirroring is paused) or
+    /// `pull-ahead` (writes go on and the record grows).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = OverMaxDirty::default()))]
+    #[serde(default)]
+    pub on_max_dirty: OverMaxDirty,
 }
 
 impl DeviceArgs {
@@ -363,7 +376,17 @@ impl DeviceArgs {
                  without its secondary must not take its identity from the secondary's path"
             )));
         }
+        if let Some(max) = self.max_dirty {
+            if max.bytes() < region_size {
+                return Err(Error::Config(format!(
+                    "--max-dirty {max} is smaller than one region ({})",
+                    self.region_size
+                )));
+            }
+        }
         let config = EngineConfig {
+            max_dirty: self.max_dirty.map(Size::bytes),
+            on_max_dirty: self.on_max_dirty,
             identity,
             peer,
             dual,
@@ -419,6 +442,10 @@ impl DeviceArgs {
         if let Some(t) = &self.degraded_after {
             opt("degraded-after", t.to_string().into());
         }
+        if let Some(max) = &self.max_dirty {
+            opt("max-dirty", max.to_string().into());
+        }
+        opt("on-max-dirty", self.on_max_dirty.to_string().into());
         if self.assume_clean {
             v.push("--assume-clean".into());
         }
@@ -567,6 +594,8 @@ mod tests {
             lease_timeout: default_lease_timeout(),
             other_lease: None,
             degraded_after: None,
+            max_dirty: None,
+            on_max_dirty: OverMaxDirty::Throttle,
         }
     }
 
@@ -721,6 +750,8 @@ mod tests {
             ("--cache", "sometimes"),
             ("--poll", "eager"),
             ("--max-copy-rate", "fast"),
+            ("--max-dirty", "plenty"),
+            ("--on-max-dirty", "panic"),
         ] {
             let mut argv: Vec<&str> = base.to_vec();
             argv.extend([flag, bad]);
@@ -730,6 +761,18 @@ mod tests {
                 .to_string();
             assert!(e.contains(bad) && e.contains(flag), "{e}");
         }
+    }
+
+    #[test]
+    fn max_dirty_is_at_least_a_region() {
+        let mut a = args();
+        a.max_dirty = Some("64KiB".parse().unwrap());
+        let e = a.engine_config().unwrap_err().to_string();
+        assert!(e.contains("--max-dirty 64KiB") && e.contains("1MiB"), "{e}");
+        a.max_dirty = Some("8MiB".parse().unwrap());
+        let c = a.engine_config().unwrap();
+        assert_eq!(c.max_dirty, Some(8 << 20));
+        assert_eq!(c.on_max_dirty, OverMaxDirty::Throttle);
     }
 
     #[test]
@@ -760,6 +803,8 @@ mod tests {
         a.poll = "0".parse().unwrap();
         a.assume_clean = true;
         a.passthrough = true;
+        a.max_dirty = Some("256MiB".parse().unwrap());
+        a.on_max_dirty = OverMaxDirty::PullAhead;
         let mut argv: Vec<std::ffi::OsString> = vec!["x".into()];
         argv.extend(a.to_cli_args());
         let p = <P as clap::Parser>::try_parse_from(argv).unwrap();

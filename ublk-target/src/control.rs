@@ -335,6 +335,8 @@ mod tests {
                 lease_timeout: "3s".parse().unwrap(),
                 other_lease: Some("/shared/lease-b".into()),
                 degraded_after: Some("30s".parse().unwrap()),
+                max_dirty: Some("64MiB".parse().unwrap()),
+                on_max_dirty: crate::engine::OverMaxDirty::PullAhead,
             },
         };
         files.write_state(&st).unwrap();

@@ -385,3 +385,110 @@ fn a_malformed_reply_is_an_error_not_a_crash() {
         server.join().unwrap();
     }
 }
+
+/// Writes each of the first `n` regions once, in order, and returns the
+/// largest dirty backlog seen after a write.
+fn fill_regions(e: &Engine, n: u64) -> u64 {
+    let buf = vec![0x5a; REGION as usize];
+    let mut most = 0;
+    for r in 0..n {
+        e.serve(Request::write(r * REGION, REGION, false), Data::From(&buf))
+            .unwrap_or_else(|err| panic!("host write of region {r} failed: {err}"));
+        most = most.max(e.status().dirty_bytes);
+    }
+    most
+}
+
+#[test]
+fn max_dirty_throttle_bounds_the_backlog_and_pull_ahead_does_not() {
+    let s = setup();
+    let port = free_port();
+    // A secondary far slower than the host: 30 ms a write.
+    let server = nbdkit(&s.export, port, &["delay"], &["delay-write=30ms"]);
+    let max = 4 * REGION;
+    let mut seen = Vec::new();
+    for policy in [
+        tandem::engine::OverMaxDirty::Throttle,
+        tandem::engine::OverMaxDirty::PullAhead,
+    ] {
+        let mut paths = s.paths.clone();
+        paths.secondary = server.uri.clone().into();
+        let _ = std::fs::remove_file(&paths.record);
+        let config = EngineConfig {
+            max_dirty: Some(max),
+            on_max_dirty: policy,
+            mirror: tandem::mirror::MirrorConfig {
+                copy_delay: Duration::ZERO,
+                ..Default::default()
+            },
+            ..config()
+        };
+        let e = Engine::open(paths.open(&config).unwrap(), &config).unwrap();
+        let t0 = Instant::now();
+        let most = fill_regions(&e, SIZE / REGION);
+        let secs = t0.elapsed().as_secs_f64();
+        let st = e.status();
+        let bound = st.max_dirty.clone().expect("the status shows the bound");
+        eprintln!(
+            "{policy}: most dirty {} KiB (bound {} KiB), {} writes throttled for {:.2} s, \
+             host writes took {secs:.2} s, recovery point now {:.2} s",
+            most >> 10,
+            max >> 10,
+            bound.throttled_writes,
+            bound.throttled_seconds,
+            st.lag_seconds
+        );
+        assert_eq!(bound.max_dirty_bytes, max);
+        assert_eq!(bound.on_max_dirty, policy);
+        seen.push((most, bound.throttled_writes));
+        synced(&e, Duration::from_secs(60));
+        e.shutdown().unwrap();
+        drop(e);
+        assert_export_matches(&s.paths.primary, &server.uri);
+    }
+    let (throttled, pulled) = (seen[0], seen[1]);
+    // One write in flight at a time: at most one region over the bound.
+    assert!(
+        throttled.0 <= max + REGION,
+        "throttle let the backlog reach {} bytes",
+        throttled.0
+    );
+    assert!(throttled.1 > 0, "no write was throttled");
+    assert!(
+        pulled.0 > 2 * max,
+        "pull-ahead kept the backlog at {}",
+        pulled.0
+    );
+    assert_eq!(pulled.1, 0, "pull-ahead throttled writes");
+}
+
+#[test]
+fn throttle_never_holds_writes_while_the_secondary_is_down() {
+    let s = setup();
+    let port = free_port();
+    let server = nbdkit(&s.export, port, &[], &[]);
+    let mut paths = s.paths.clone();
+    paths.secondary = server.uri.clone().into();
+    let config = EngineConfig {
+        max_dirty: Some(2 * REGION),
+        ..config()
+    };
+    let e = Engine::open(paths.open(&config).unwrap(), &config).unwrap();
+    drop(server);
+    // Writes until the mirror has noticed, then all of the device: none waits for ever.
+    write_random(&e, 50, 29);
+    wait_for("degraded mode", || e.status().state == State::Degraded);
+    let t0 = Instant::now();
+    fill_regions(&e, SIZE / REGION);
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "degraded writes were held for {:?}",
+        t0.elapsed()
+    );
+    assert!(e.status().dirty_bytes > 2 * REGION);
+    let server = nbdkit(&s.export, port, &[], &[]);
+    synced(&e, Duration::from_secs(60));
+    e.shutdown().unwrap();
+    drop(e);
+    assert_export_matches(&s.paths.primary, &server.uri);
+}

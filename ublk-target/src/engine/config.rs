@@ -41,6 +41,10 @@ pub struct EngineConfig {
     /// A secondary missing at open starts the engine degraded instead of
     /// failing (`--degraded-after`, once its wait is over).
     pub allow_missing_secondary: bool,
+    /// The bound on the dirty backlog in bytes (`--max-dirty`), and what a
+    /// backlog over it does.
+    pub max_dirty: Option<u64>,
+    pub on_max_dirty: super::OverMaxDirty,
 }
 
 /// Dual-active service (`--listen`): where this node holds the other's
@@ -82,6 +86,8 @@ impl Default for EngineConfig {
             identity: None,
             lease: None,
             allow_missing_secondary: false,
+            max_dirty: None,
+            on_max_dirty: super::OverMaxDirty::default(),
         }
     }
 }

@@ -32,6 +32,7 @@ mod request;
 mod status;
 #[cfg(test)]
 mod tests;
+mod throttle;
 mod verify;
 mod write;
 
@@ -40,8 +41,18 @@ pub use dual::{DualStatus, DualTakeover, OtherLease};
 pub use open::{named_identity, pair_identity, Devices, Paths};
 pub use request::{ublk_result, Data, Io, IoTicket, Issue, Op, PendingIo, Plan, Request};
 pub use status::{EngineStatus, StartKind};
+pub use throttle::{OverMaxDirty, ThrottleStatus};
 pub use verify::{Mismatch, VerifyReport};
 use write::{PendingWrite, WriteGuard, WriteStart};
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // The throttle's thread ends, and lets any waiting write go.
+        if let Some((t, _)) = &self.throttle {
+            t.stop();
+        }
+    }
+}
 
 /// The mirroring engine of one device.
 pub struct Engine {
@@ -78,6 +89,8 @@ pub struct Engine {
     /// (`note_latency`).
     read_latency: crate::stats::Latency,
     write_latency: crate::stats::Latency,
+    /// The bound on the dirty backlog (`--max-dirty`), and its thread.
+    throttle: Option<(Arc<throttle::Throttle>, std::thread::JoinHandle<()>)>,
     /// The running or last `verify`.
     verify: std::sync::Mutex<Option<Arc<verify::VerifyJob>>>,
 }
@@ -201,6 +214,9 @@ impl Engine {
     /// makes it durable, so the next start resyncs only what is still dirty.
     pub fn shutdown(&self) -> Result<()> {
         self.stop_verify();
+        if let Some((t, _)) = &self.throttle {
+            t.stop();
+        }
         self.committer.stop();
         if let Some(d) = &self.destager {
             d.stop();

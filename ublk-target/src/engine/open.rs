@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::{Engine, EngineConfig, StartKind};
+use super::{throttle, Engine, EngineConfig, StartKind};
 use crate::dev::{Cache, Dev, MissingDev};
 use crate::error::{Error, Result};
 use crate::geometry::Geometry;
@@ -308,7 +308,30 @@ impl Engine {
         } else {
             Some(DestageThread::start(record.clone(), DESTAGE_INTERVAL)?)
         };
+        let throttle = match config.max_dirty {
+            Some(max) if !config.passthrough => {
+                let t = throttle::Throttle::new(max, config.on_max_dirty);
+                let (t2, states, region, working) = (
+                    t.clone(),
+                    record.clone(),
+                    geometry.region_size(),
+                    mirror.working(),
+                );
+                let thread = std::thread::Builder::new()
+                    .name("throttle".into())
+                    .spawn(move || {
+                        t2.run(|| {
+                            let over = states.states().dirty_count() * region > t2.max_dirty;
+                            t2.must_wait(over, working())
+                        })
+                    })
+                    .map_err(|e| Error::io("start the throttle thread", e))?;
+                Some((t, thread))
+            }
+            _ => None,
+        };
         Ok(Engine {
+            throttle,
             destager,
             geometry,
             primary,

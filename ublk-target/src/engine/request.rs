@@ -203,6 +203,18 @@ enum Wait<'a> {
     Record(PendingWrite<'a>),
     /// Regions the other node's record lists: ask it first.
     Check(Vec<u64>),
+    /// The dirty backlog is over `--max-dirty` (`throttle`): wait until
+    /// the mirror has brought it under.
+    Throttle,
+}
+
+/// The gates a request has passed, so that planning it again skips them.
+#[derive(Debug, Clone, Copy, Default)]
+struct Passed {
+    /// The other node was asked about its regions.
+    checked: bool,
+    /// It waited for the backlog (once is enough: it is not held again).
+    throttled: bool,
 }
 
 /// A pending request in the hands of the record committer thread, or of
@@ -216,9 +228,11 @@ pub struct IoTicket<'a> {
 
 enum Ticket<'a> {
     Record(AdmitTicket<'a>),
-    Check {
+    /// A status check, or a wait for the backlog: planned again after.
+    Gate {
         outcome: std::sync::mpsc::Receiver<Outcome>,
         seen: Option<Outcome>,
+        throttle: bool,
     },
 }
 
@@ -228,10 +242,10 @@ impl Engine {
     /// request that changes data, registers it with the record. Never
     /// blocks.
     pub fn plan(&self, req: Request) -> Plan<'_> {
-        self.plan_with(req, false)
+        self.plan_with(req, Passed::default())
     }
 
-    fn plan_with(&self, req: Request, checked: bool) -> Plan<'_> {
+    fn plan_with(&self, req: Request, passed: Passed) -> Plan<'_> {
         let ready = |write, host_io| {
             Plan::Ready(Io {
                 engine: self,
@@ -246,7 +260,17 @@ impl Engine {
         if let Err(e) = self.geometry.check_range(req.offset, req.len) {
             return Plan::Done(Err(e));
         }
-        if !checked {
+        if req.op.changes_data() && !passed.throttled && self.must_throttle() {
+            // Before the status check, whose answer must be fresh when the
+            // write goes, and before it registers, so the mirror can claim
+            // its regions meanwhile.
+            return Plan::Pending(PendingIo {
+                engine: self,
+                req,
+                wait: Wait::Throttle,
+            });
+        }
+        if !passed.checked {
             // Before the write registers as in flight: the other node's
             // answer may wait for this node's writes in flight, never for
             // one that waits for it.
@@ -422,7 +446,11 @@ impl<'a> PendingIo<'a> {
             Wait::Record(pending) => admitted(engine, req, pending.admit()),
             Wait::Check(regions) => {
                 let outcome = engine.submit_check(regions, Box::new(|| {})).recv();
-                checked(engine, req, outcome.ok())
+                gated(engine, req, outcome.ok(), false)
+            }
+            Wait::Throttle => {
+                let outcome = engine.submit_throttle(Box::new(|| {})).recv();
+                gated(engine, req, outcome.ok(), true)
             }
         }
     }
@@ -435,9 +463,15 @@ impl<'a> PendingIo<'a> {
     pub fn submit(self, done: Box<dyn FnOnce() + Send>) -> IoTicket<'a> {
         let ticket = match self.wait {
             Wait::Record(pending) => Ticket::Record(pending.submit(done)),
-            Wait::Check(regions) => Ticket::Check {
+            Wait::Check(regions) => Ticket::Gate {
                 outcome: self.engine.submit_check(regions, done),
                 seen: None,
+                throttle: false,
+            },
+            Wait::Throttle => Ticket::Gate {
+                outcome: self.engine.submit_throttle(done),
+                seen: None,
+                throttle: true,
             },
         };
         IoTicket {
@@ -453,7 +487,7 @@ impl<'a> IoTicket<'a> {
     pub fn is_ready(&mut self) -> bool {
         match &mut self.ticket {
             Ticket::Record(t) => t.is_ready(),
-            Ticket::Check { outcome, seen } => {
+            Ticket::Gate { outcome, seen, .. } => {
                 if seen.is_none() {
                     *seen = match outcome.try_recv() {
                         Ok(o) => Some(o),
@@ -475,19 +509,28 @@ impl<'a> IoTicket<'a> {
         let (engine, req) = (self.engine, self.req);
         match self.ticket {
             Ticket::Record(t) => admitted(engine, req, t.finish()),
-            Ticket::Check { outcome, seen } => {
+            Ticket::Gate {
+                outcome,
+                seen,
+                throttle,
+            } => {
                 let o = seen.or_else(|| outcome.recv().ok());
-                checked(engine, req, o)
+                gated(engine, req, o, throttle)
             }
         }
     }
 }
 
 /// The request planned again once the other node has answered about its
-/// regions, or done with why it could not be asked.
-fn checked(engine: &Engine, req: Request, outcome: Option<Outcome>) -> Plan<'_> {
+/// regions (or, `throttle`, once the backlog let it go), or done with why
+/// it could not be asked. A throttled request is checked afresh.
+fn gated(engine: &Engine, req: Request, outcome: Option<Outcome>, throttle: bool) -> Plan<'_> {
+    let passed = Passed {
+        checked: !throttle,
+        throttled: true,
+    };
     match outcome {
-        Some(Ok(())) => engine.plan_with(req, true),
+        Some(Ok(())) => engine.plan_with(req, passed),
         Some(Err(f)) => Plan::Done(Err(Error::io(
             format!("status check before the {req}: {}", f.message),
             io::Error::from_raw_os_error(-f.errno),

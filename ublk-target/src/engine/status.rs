@@ -93,6 +93,9 @@ pub struct EngineStatus {
     /// The maximum lag in effect (`--max-lag`, `tandemctl set`).
     #[serde(default)]
     pub max_lag_seconds: f64,
+    /// The bound on the dirty backlog (`--max-dirty`), when there is one.
+    #[serde(default)]
+    pub max_dirty: Option<super::ThrottleStatus>,
     /// Host read latencies (from the request's arrival to its answer).
     #[serde(default)]
     pub read_latency: crate::stats::LatencyStatus,
@@ -146,6 +149,7 @@ impl Engine {
             mirror_paused: ms.paused,
             max_copy_rate: ms.max_copy_rate,
             max_lag_seconds: ms.max_lag_seconds,
+            max_dirty: self.throttle_status(),
             verify: self.verify_report(),
             read_latency: self.read_latency.status(),
             write_latency: self.write_latency.status(),

@@ -357,6 +357,18 @@ impl MirrorPool {
         s.wake.notify_all();
     }
 
+    /// Whether copies can go on now: the secondary works and mirroring is
+    /// not paused.
+    pub fn is_working(&self) -> bool {
+        !self.shared.degraded.load(Ordering::Acquire) && !self.shared.paused.load(Ordering::Acquire)
+    }
+
+    /// `is_working` as a closure another thread may keep.
+    pub fn working(&self) -> impl Fn() -> bool + Send + 'static {
+        let s = self.shared.clone();
+        move || !s.degraded.load(Ordering::Acquire) && !s.paused.load(Ordering::Acquire)
+    }
+
     /// Pauses or resumes mirroring: while paused, nothing is copied.
     pub fn set_paused(&self, paused: bool) {
         let s = &self.shared;
