@@ -310,6 +310,7 @@ impl Engine {
         };
         let throttle = match config.max_dirty {
             Some(max) if !config.passthrough => {
+                mirror.set_max_dirty_regions(max / geometry.region_size());
                 let t = throttle::Throttle::new(max, config.on_max_dirty);
                 let (t2, states, region, working) = (
                     t.clone(),

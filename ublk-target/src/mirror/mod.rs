@@ -133,6 +133,9 @@ struct Shared {
     pacer: Mutex<Pacer>,
     /// Whether copies are being held back for heavy host I/O right now.
     deferring: AtomicBool,
+    /// With `--max-dirty`, the bound in regions: copies are not deferred
+    /// for host I/O once the backlog reaches half of it.
+    max_dirty_regions: AtomicU64,
     /// The device's lease: a copy marks nothing clean unless it is valid
     /// (another node may be copying instead).
     fence: std::sync::OnceLock<Arc<crate::lease::Lease>>,
@@ -270,6 +273,7 @@ impl MirrorPool {
             host_io,
             pacer: Mutex::new(Pacer::default()),
             deferring: AtomicBool::new(false),
+            max_dirty_regions: AtomicU64::new(u64::MAX),
             fence: std::sync::OnceLock::new(),
             gate: std::sync::OnceLock::new(),
             config,
@@ -355,6 +359,14 @@ impl MirrorPool {
         s.max_lag_ns.store(lag.as_nanos() as u64, Ordering::Relaxed);
         let _q = lock(&s.queue);
         s.wake.notify_all();
+    }
+
+    /// The bound on the backlog (`--max-dirty`), in regions: past half of
+    /// it copies no longer wait for host I/O to ease.
+    pub fn set_max_dirty_regions(&self, regions: u64) {
+        self.shared
+            .max_dirty_regions
+            .store(regions.max(1), Ordering::Relaxed);
     }
 
     /// Whether copies can go on now: the secondary works and mirroring is

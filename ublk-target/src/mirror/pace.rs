@@ -85,11 +85,18 @@ impl Shared {
     /// until now (the waiting workers need a wake-up).
     pub(super) fn pace(&self, now: Instant) -> (bool, bool) {
         let util = lock(&self.pacer).sample(now, self.host_io.get() > 0);
+        let dirty = self.record.states().dirty_count();
         let backlog_ok =
-            self.record.states().dirty_count() < (self.record.capacity_regions() / 2).max(1);
+            dirty < (self.record.capacity_regions() / 2).max(1) && !self.near_max_dirty();
         let defer = util >= BUSY_UTIL && backlog_ok;
         let eased = self.deferring.swap(defer, Ordering::Relaxed) && !defer;
         (defer, eased)
+    }
+
+    /// Whether the backlog has reached half of `--max-dirty`.
+    pub(super) fn near_max_dirty(&self) -> bool {
+        self.record.states().dirty_count()
+            >= (self.max_dirty_regions.load(Ordering::Relaxed) / 2).max(1)
     }
 
     /// Whether copies wait for host I/O now: the pacer thread's last

@@ -84,6 +84,10 @@ impl Shared {
             let deferring = blocking && !q.entries.is_empty() && self.deferring_now(now);
             let delay = if deferring {
                 self.max_lag()
+            } else if self.near_max_dirty() {
+                // Host writes wait for this backlog (`--max-dirty`): no
+                // coalescing delay.
+                Duration::ZERO
             } else {
                 self.config.copy_delay
             };

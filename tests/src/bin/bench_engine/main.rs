@@ -16,7 +16,9 @@
 //!   migration-like mix that needs a check.
 //! - `nbd`: the mirror's full copy to an nbdkit export over a 10 ms round
 //!   trip (a delay line on loopback), against nbdcopy over the same link.
-//!   Goal: >= 0.8 x nbdcopy.
+//!   Goal: >= 0.8 x nbdcopy. Then host writes against a secondary slower
+//!   than the host: IOPS and the largest recovery point with no bound,
+//!   `--max-dirty` with pull-ahead, and with throttle.
 //! - `all`: all of them in a row, one table each, one JSON file.
 //!
 //! `scripts/bench-host` builds in release and runs everything.
@@ -320,6 +322,7 @@ fn main() -> anyhow::Result<()> {
                 rtt: "10ms".into(),
             };
             report["nbd"] = nbd_bench(&nbd)?;
+            report["lag"] = lag_bench(&nbd)?;
             write_json(&a.common, &report)
         }
         Cmd::Load(a) => {
@@ -348,7 +351,8 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Nbd(a) => {
             let r = nbd_bench(&a)?;
-            write_json(&a.common, &json!({ "nbd": r }))
+            let lag = lag_bench(&a)?;
+            write_json(&a.common, &json!({ "nbd": r, "lag": lag }))
         }
     }
 }

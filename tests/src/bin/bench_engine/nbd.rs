@@ -113,3 +113,119 @@ pub(crate) fn nbd_bench(a: &NbdArgs) -> anyhow::Result<Value> {
         "copiers": rows, "ratios": ratios,
     }))
 }
+
+/// Host writes against a secondary slower than the host (nbdkit's delay
+/// filter), with no bound, `--max-dirty` with pull-ahead, and with throttle:
+/// host IOPS, the largest backlog and the largest recovery point seen.
+pub(crate) fn lag_bench(a: &NbdArgs) -> anyhow::Result<Value> {
+    use tandem::engine::OverMaxDirty;
+    let quick = a.common.quick;
+    let size: u64 = if quick { 64 << 20 } else { 256 << 20 };
+    let secs = if quick { 1.0 } else { 5.0 };
+    let max_dirty: u64 = size / 16;
+    let block: u64 = 64 << 10;
+    let threads = 4;
+    println!(
+        "\n## A secondary slower than the host (nbdkit, 5 ms a write): {threads} writer \
+         threads of random {} writes over a {} device for {secs} s; --max-dirty {}",
+        format_size(block),
+        format_size(size),
+        format_size(max_dirty)
+    );
+    let dir = &a.dir;
+    let paths = paths_in(dir, "lag");
+    let export = dir.join("bench-lag-export.img");
+    let mut rows = Vec::new();
+    println!("\n| policy | host IOPS | largest backlog | largest recovery point (s) | writes throttled |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, bound) in [
+        ("no bound", None),
+        ("pull-ahead", Some(OverMaxDirty::PullAhead)),
+        ("throttle", Some(OverMaxDirty::Throttle)),
+    ] {
+        remove_all(&paths)?;
+        remove(&export)?;
+        create_sparse(&paths.primary, size)?;
+        create_sparse(&export, size)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new("nbdkit")
+            .args(["-f", "--exit-with-parent", "-i", "127.0.0.1", "-p"])
+            .arg(port.to_string())
+            .args(["--filter=delay", "file"])
+            .arg(&export)
+            .arg("delay-write=5ms")
+            .stdin(Stdio::null())
+            .spawn()
+            .context("run nbdkit (Debian's nbdkit package)")?;
+        let _server = Nbdkit(child);
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            ensure!(
+                t0.elapsed() < Duration::from_secs(20),
+                "nbdkit did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut p = paths.clone();
+        p.secondary = format!("nbd://127.0.0.1:{port}/").into();
+        let config = EngineConfig {
+            assume_clean: true,
+            max_dirty: bound.map(|_| max_dirty),
+            on_max_dirty: bound.unwrap_or_default(),
+            ..EngineConfig::default()
+        };
+        let engine = Engine::open(p.open(&config)?, &config)?;
+        let stop = AtomicBool::new(false);
+        let writes = std::sync::atomic::AtomicU64::new(0);
+        let (mut most_dirty, mut most_lag) = (0u64, 0f64);
+        std::thread::scope(|s| -> anyhow::Result<()> {
+            for t in 0..threads {
+                let (engine, stop, writes) = (&engine, &stop, &writes);
+                s.spawn(move || {
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(t as u64);
+                    let mut buf = vec![0u8; block as usize];
+                    fill_pattern(&mut buf, t as u64);
+                    while !stop.load(Ordering::Relaxed) {
+                        let at = rng.gen_range(0..size / block) * block;
+                        engine.write(&buf, at, false).expect("host write");
+                        writes.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+            let start = Instant::now();
+            while start.elapsed().as_secs_f64() < secs {
+                std::thread::sleep(Duration::from_millis(20));
+                let st = engine.status();
+                most_dirty = most_dirty.max(st.dirty_bytes);
+                most_lag = most_lag.max(st.lag_seconds);
+            }
+            stop.store(true, Ordering::Relaxed);
+            Ok(())
+        })?;
+        let iops = writes.load(Ordering::Relaxed) as f64 / secs;
+        let throttled = engine.status().max_dirty.map_or(0, |m| m.throttled_writes);
+        ensure!(
+            engine.wait_synced(Duration::from_secs(600)),
+            "{name}: the mirror did not catch up"
+        );
+        engine.shutdown()?;
+        drop(engine);
+        ensure!(
+            same_contents(&paths.primary, &export, size)?,
+            "{name}: the export differs from the primary"
+        );
+        println!(
+            "| {name} | {iops:.0} | {} | {most_lag:.2} | {throttled} |",
+            format_size(most_dirty)
+        );
+        rows.push(json!({
+            "policy": name, "host_iops": iops, "largest_backlog_bytes": most_dirty,
+            "largest_recovery_point_seconds": most_lag, "throttled_writes": throttled,
+        }));
+    }
+    remove_all(&paths)?;
+    remove(&export)?;
+    Ok(json!({ "bytes": size, "max_dirty": max_dirty, "seconds": secs, "runs": rows }))
+}
