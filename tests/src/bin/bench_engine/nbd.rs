@@ -16,15 +16,19 @@ impl Drop for Nbdkit {
     }
 }
 
-fn nbdkit(file: &Path) -> anyhow::Result<(Nbdkit, u16)> {
+/// nbdkit's file plugin serving `file`, after `before` (filters) and with
+/// `after` (their parameters), on 127.0.0.1 at a free port.
+fn nbdkit(file: &Path, before: &[&str], after: &[&str]) -> anyhow::Result<(Nbdkit, u16)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     let child = Command::new("nbdkit")
         .args(["-f", "--exit-with-parent", "-i", "127.0.0.1", "-p"])
         .arg(port.to_string())
+        .args(before)
         .arg("file")
         .arg(file)
+        .args(after)
         .stdin(Stdio::null())
         .spawn()
         .context("run nbdkit (Debian's nbdkit package)")?;
@@ -59,7 +63,7 @@ pub(crate) fn nbd_bench(a: &NbdArgs) -> anyhow::Result<Value> {
     remove(&export)?;
     write_data_file(&paths.primary, size, 11)?;
     create_sparse(&export, size)?;
-    let (server, port) = nbdkit(&export)?;
+    let (server, port) = nbdkit(&export, &[], &[])?;
     let link = DelayLine::start(port, rtt / 2)?;
     let uri = format!("nbd://127.0.0.1:{}/", link.port);
     let tools = ["engine mirror pool", "nbdcopy"];
@@ -147,27 +151,7 @@ pub(crate) fn lag_bench(a: &NbdArgs) -> anyhow::Result<Value> {
         remove(&export)?;
         create_sparse(&paths.primary, size)?;
         create_sparse(&export, size)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let child = Command::new("nbdkit")
-            .args(["-f", "--exit-with-parent", "-i", "127.0.0.1", "-p"])
-            .arg(port.to_string())
-            .args(["--filter=delay", "file"])
-            .arg(&export)
-            .arg("delay-write=5ms")
-            .stdin(Stdio::null())
-            .spawn()
-            .context("run nbdkit (Debian's nbdkit package)")?;
-        let _server = Nbdkit(child);
-        let t0 = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            ensure!(
-                t0.elapsed() < Duration::from_secs(20),
-                "nbdkit did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let (_server, port) = nbdkit(&export, &["--filter=delay"], &["delay-write=5ms"])?;
         let mut p = paths.clone();
         p.secondary = format!("nbd://127.0.0.1:{port}/").into();
         let config = EngineConfig {
