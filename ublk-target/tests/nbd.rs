@@ -492,3 +492,41 @@ fn throttle_never_holds_writes_while_the_secondary_is_down() {
     drop(e);
     assert_export_matches(&s.paths.primary, &server.uri);
 }
+
+#[test]
+fn a_connection_lost_with_writes_unflushed_counts_a_loss_and_a_flushed_one_does_not() {
+    let s = setup();
+    let port = free_port();
+    let server = nbdkit(&s.export, port, &[], &[]);
+    let dev = NbdDev::connect(&NbdUri::parse(&server.uri).unwrap()).unwrap();
+    let block = vec![7u8; 1 << 20];
+
+    // Written and flushed, then the server dies: nothing was at risk.
+    dev.write_at(&block, 0, false).unwrap();
+    dev.sync().unwrap();
+    let before = dev.losses();
+    drop(server);
+    let mut buf = vec![0u8; 4096];
+    wait_for("the client to see the server gone", || {
+        dev.read_at(&mut buf, 0).is_err()
+    });
+    assert_eq!(dev.losses(), before, "a flushed connection lost nothing");
+
+    // Written, not flushed, and the server dies: the write may be lost, and
+    // a flush on the next connection must not count as covering it.
+    let server = nbdkit(&s.export, port, &[], &[]);
+    wait_for("a reconnection", || dev.read_at(&mut buf, 0).is_ok());
+    dev.write_at(&block, 1 << 20, false).unwrap();
+    let before = dev.losses();
+    drop(server);
+    wait_for("the client to see the server gone", || {
+        dev.read_at(&mut buf, 0).is_err()
+    });
+    let _server = nbdkit(&s.export, port, &[], &[]);
+    wait_for("a reconnection", || dev.sync().is_ok());
+    assert!(
+        dev.losses() > before,
+        "writes unflushed on a lost connection were not counted"
+    );
+    assert!(dev.reconnects() >= 2, "{} reconnects", dev.reconnects());
+}

@@ -575,8 +575,12 @@ struct Conn {
     inflight: Mutex<Inflight>,
     next_cookie: AtomicU64,
     broken: AtomicBool,
-    /// Writes acknowledged on this connection since its last flush began.
+    /// Writes sent on this connection that a completed flush may not
+    /// cover: set before each write is sent, cleared when a flush is sent
+    /// with no write in flight here.
     unflushed: AtomicBool,
+    /// Writes sent and not yet answered.
+    writes_in_flight: AtomicU64,
     losses: Arc<AtomicU64>,
 }
 
@@ -652,6 +656,32 @@ impl Conn {
         Ok(())
     }
 
+    /// Sends a request that changes data: counted in flight and unflushed
+    /// before it is sent, so that a break while it is in flight counts as
+    /// a loss too (the server may have taken it), and a flush sent before
+    /// its answer does not count as covering it.
+    fn send_write(
+        self: &Arc<Self>,
+        cmd: u16,
+        flags: u16,
+        offset: u64,
+        len: u32,
+        payload: Option<&[u8]>,
+    ) -> io::Result<Sent> {
+        self.writes_in_flight.fetch_add(1, Ordering::SeqCst);
+        self.unflushed.store(true, Ordering::SeqCst);
+        match self.send(cmd, flags, offset, len, payload) {
+            Ok(mut sent) => {
+                sent.write = true;
+                Ok(sent)
+            }
+            Err(e) => {
+                self.writes_in_flight.fetch_sub(1, Ordering::SeqCst);
+                Err(e)
+            }
+        }
+    }
+
     /// Sends one request; its reply is waited for with `Sent::wait`, so
     /// that one caller can have several in flight.
     fn send(
@@ -691,6 +721,7 @@ impl Conn {
         Ok(Sent {
             conn: self.clone(),
             rx,
+            write: false,
         })
     }
 }
@@ -699,11 +730,17 @@ impl Conn {
 struct Sent {
     conn: Arc<Conn>,
     rx: mpsc::Receiver<Reply>,
+    /// A write (`send_write`): no longer in flight once answered.
+    write: bool,
 }
 
 impl Sent {
     fn wait(self, timeout: Duration) -> Reply {
-        match self.rx.recv_timeout(timeout) {
+        let reply = self.rx.recv_timeout(timeout);
+        if self.write {
+            self.conn.writes_in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+        match reply {
             Ok(reply) => reply,
             Err(_) => {
                 let why = format!(
@@ -930,10 +967,14 @@ impl NbdDev {
             .iter()
             .filter_map(|s| lock(s).conn.clone())
             .collect();
-        // Writes sent after this point are not known to be covered: they
-        // set the flag again themselves.
+        // Covered: the writes answered before the flush is sent. A write
+        // still in flight keeps its connection unflushed; one sent after
+        // this point sets the flag again itself.
         for c in &live {
-            c.unflushed.store(false, Ordering::Release);
+            c.unflushed.store(false, Ordering::SeqCst);
+            if c.writes_in_flight.load(Ordering::SeqCst) > 0 {
+                c.unflushed.store(true, Ordering::SeqCst);
+            }
         }
         match conn
             .send(proto::CMD_FLUSH, 0, 0, 0, None)
@@ -965,6 +1006,7 @@ fn open_conn(uri: &NbdUri, losses: &Arc<AtomicU64>) -> io::Result<(Arc<Conn>, Ex
         next_cookie: AtomicU64::new(1),
         broken: AtomicBool::new(false),
         unflushed: AtomicBool::new(false),
+        writes_in_flight: AtomicU64::new(0),
         losses: losses.clone(),
     });
     let c = conn.clone();
@@ -1021,11 +1063,7 @@ impl BlockDev for NbdDev {
             let mut sent = Vec::new();
             for (i, p) in window.chunks(part).enumerate() {
                 let r = self.pick().and_then(|c| {
-                    // Before it is sent: a break while it is in flight
-                    // counts as a loss too, since the server may have
-                    // taken it.
-                    c.unflushed.store(true, Ordering::Release);
-                    c.send(
+                    c.send_write(
                         proto::CMD_WRITE,
                         flags,
                         at + (i * part) as u64,
@@ -1072,8 +1110,7 @@ impl BlockDev for NbdDev {
             while at < offset + len {
                 let n = (offset + len - at).min(MAX_ZEROES);
                 let conn = self.pick()?;
-                conn.unflushed.store(true, Ordering::Release);
-                conn.send(proto::CMD_WRITE_ZEROES, 0, at, n as u32, None)?
+                conn.send_write(proto::CMD_WRITE_ZEROES, 0, at, n as u32, None)?
                     .wait(self.timeout)?;
                 at += n;
             }
