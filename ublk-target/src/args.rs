@@ -503,8 +503,9 @@ impl DeviceArgs {
             std::fs::metadata(p).map_err(|e| Error::Config(format!("{what} {}: {e}", p.display())))
         };
         meta("--primary", &self.primary)?;
-        let secondary_missing = self.secondary_missing();
         let remote = crate::dev::nbd::is_uri(&self.secondary);
+        // An NBD export's presence is known from the one connection below.
+        let secondary_missing = !remote && self.secondary_missing();
         if remote {
             crate::dev::NbdUri::parse(&self.secondary.to_string_lossy())?;
         } else if !secondary_missing {
@@ -519,7 +520,11 @@ impl DeviceArgs {
         let ss = if secondary_missing {
             u64::MAX
         } else {
-            size(&self.secondary)?
+            match size(&self.secondary) {
+                // Unreachable, and the device may start degraded without it.
+                Err(_) if remote && self.degraded_after.is_some() => u64::MAX,
+                ss => ss?,
+            }
         };
         if ps == 0 {
             return Err(Error::Config(format!(

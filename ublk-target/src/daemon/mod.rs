@@ -469,7 +469,8 @@ fn wait_for_secondary(opts: &Options) {
         path.display()
     );
     let mut last = None;
-    while !tandem::dev::present(path) && start.elapsed() < wait.duration() {
+    let mut there = false;
+    while !there && start.elapsed() < wait.duration() {
         let left = wait.duration().saturating_sub(start.elapsed()).as_secs();
         if last != Some(left) {
             last = Some(left);
@@ -479,8 +480,9 @@ fn wait_for_secondary(opts: &Options) {
             ))]);
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
+        there = tandem::dev::present(path);
     }
-    if tandem::dev::present(path) {
+    if there {
         log::info!(
             "{}: secondary {} appeared after {:.1}s",
             opts.name,

@@ -95,7 +95,15 @@ impl Paths {
             ..OpenOptions::default()
         };
         let primary: Dev = Arc::new(FileDev::open(&primary_path, &data)?);
-        let missing = config.allow_missing_secondary && !crate::dev::present(&self.secondary);
+        // An NBD export is connected to once: that attempt also says
+        // whether it is there.
+        let remote = crate::dev::nbd::is_uri(&self.secondary)
+            .then(|| crate::dev::open_data(&self.secondary, &data));
+        let missing = config.allow_missing_secondary
+            && match &remote {
+                Some(opened) => opened.is_err(),
+                None => !self.secondary.exists(),
+            };
         let (secondary, secondary_path): (Dev, _) = if missing {
             // A degraded start: the identity takes the path as given.
             log::warn!(
@@ -105,10 +113,9 @@ impl Paths {
             );
             let dev = MissingDev::new(self.secondary.clone(), primary.size(), data.direct);
             (Arc::new(dev), self.secondary.clone())
-        } else if crate::dev::nbd::is_uri(&self.secondary) {
+        } else if let Some(opened) = remote {
             // An NBD export: its URI is its name.
-            let dev = crate::dev::open_data(&self.secondary, &data)?;
-            (dev, self.secondary.clone())
+            (opened?, self.secondary.clone())
         } else {
             let path = canon("secondary", &self.secondary)?;
             self.check_distinct()?;
