@@ -47,6 +47,9 @@ fn default_lease_timeout() -> TimeSpan {
 fn default_max_lag() -> TimeSpan {
     TimeSpan(DEFAULT_MAX_LAG)
 }
+fn default_copy_buffer() -> Size {
+    Size(crate::mirror::DEFAULT_COPY_BUFFER)
+}
 fn default_poll() -> TimeSpan {
     TimeSpan(Duration::from_micros(300))
 }
@@ -111,6 +114,13 @@ pub struct DeviceArgs {
     #[cfg_attr(feature = "cli", arg(long, default_value_t = default_max_lag()))]
     #[serde(default = "default_max_lag")]
     pub max_lag: TimeSpan,
+    /// Host memory for recent writes' data, which the mirror copies to the
+    /// secondary from there instead of reading it back from the primary
+    /// (e.g. 64MiB, 1GiB); 0 reads every copy back. Past it, writes are
+    /// read back until their copies free room.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = default_copy_buffer()))]
+    #[serde(default = "default_copy_buffer")]
+    pub copy_buffer: Size,
     /// Host page cache for the data devices: `none` (O_DIRECT) or `writeback`
     /// (writes complete in host memory and are durable at the next flush or
     /// FUA write, like a disk's volatile cache; uses host memory).
@@ -399,6 +409,7 @@ impl DeviceArgs {
                 max_copy_bytes: self.max_copy_size.bytes(),
                 max_rate: self.max_copy_rate.map(Size::bytes),
                 max_lag: self.max_lag.duration(),
+                copy_buffer: self.copy_buffer.bytes(),
                 ..MirrorConfig::default()
             },
             assume_clean: self.assume_clean,
@@ -434,6 +445,7 @@ impl DeviceArgs {
         opt("mirror-threads", self.mirror_threads.to_string().into());
         opt("max-copy-size", self.max_copy_size.to_string().into());
         opt("max-lag", self.max_lag.to_string().into());
+        opt("copy-buffer", self.copy_buffer.to_string().into());
         opt("cache", self.cache.to_string().into());
         opt("poll", self.poll.to_string().into());
         if let Some(rate) = &self.max_copy_rate {
@@ -587,6 +599,7 @@ mod tests {
             max_copy_rate: None,
             max_copy_size: "4MiB".parse().unwrap(),
             max_lag: "10s".parse().unwrap(),
+            copy_buffer: "64MiB".parse().unwrap(),
             cache: Cache::None,
             poll: "300us".parse().unwrap(),
             assume_clean: false,
@@ -804,6 +817,7 @@ mod tests {
         let mut a = args();
         a.max_copy_rate = Some("10MiB".parse().unwrap());
         a.max_lag = "250ms".parse().unwrap();
+        a.copy_buffer = "0".parse().unwrap();
         a.cache = Cache::Writeback;
         a.poll = "0".parse().unwrap();
         a.assume_clean = true;
@@ -819,7 +833,7 @@ mod tests {
     #[test]
     fn state_files_written_before_max_lag_cache_and_poll_existed_still_load() {
         let mut v = serde_json::to_value(args()).unwrap();
-        for key in ["max_lag", "cache", "poll"] {
+        for key in ["max_lag", "cache", "poll", "copy_buffer"] {
             v.as_object_mut().unwrap().remove(key).unwrap();
         }
         let a: DeviceArgs = serde_json::from_value(v).unwrap();

@@ -323,6 +323,7 @@ mod tests {
                 max_copy_rate: None,
                 max_copy_size: "4MiB".parse().unwrap(),
                 max_lag: "10s".parse().unwrap(),
+                copy_buffer: "16MiB".parse().unwrap(),
                 cache: crate::dev::Cache::None,
                 poll: "50us".parse().unwrap(),
                 assume_clean: true,

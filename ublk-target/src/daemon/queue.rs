@@ -186,7 +186,7 @@ async fn serve_op(q: &UblkQueue<'_>, tag: u16, buf: &mut [u8], engine: &Engine, 
                     Issue::Run => io.run(Data::Into(&mut buf[..len])),
                     Issue::Detached => off_thread(io.job()).await,
                 };
-                return ublk_result(&req, io.complete(res));
+                return ublk_result(&req, io.complete_written(res, &buf[..len]));
             }
         };
     }

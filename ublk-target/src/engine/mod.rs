@@ -130,16 +130,22 @@ impl Engine {
                 engine: self,
                 offset,
                 len: 0,
+                began: [0; write::BEGAN],
                 _host_io: host_io,
             });
         }
         let mut misses = Vec::new();
-        self.record
-            .begin_write(self.geometry.regions_of(offset, len), &mut misses);
+        let mut began = [0; write::BEGAN];
+        self.record.begin_write_seqs(
+            self.geometry.regions_of(offset, len),
+            &mut misses,
+            &mut began,
+        );
         let guard = WriteGuard {
             engine: self,
             offset,
             len,
+            began,
             _host_io: host_io,
         };
         if misses.is_empty() {
@@ -208,6 +214,11 @@ impl Engine {
 
     pub fn mirror_stats(&self) -> MirrorStats {
         self.mirror.stats()
+    }
+
+    /// The write-data buffer the mirror copies from.
+    pub fn copy_buffer(&self) -> &crate::mirror::WriteBuffer {
+        self.mirror.buffer()
     }
 
     /// Clean stop: stops the mirror, drops clean regions from the record and

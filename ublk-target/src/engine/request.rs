@@ -154,6 +154,26 @@ pub enum Data<'b> {
     None,
 }
 
+impl Data<'_> {
+    /// The same buffer, borrowed again.
+    pub fn reborrow(&mut self) -> Data<'_> {
+        match self {
+            Data::Into(b) => Data::Into(b),
+            Data::From(b) => Data::From(b),
+            Data::None => Data::None,
+        }
+    }
+
+    /// What a write takes from it.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Data::Into(b) => b,
+            Data::From(b) => b,
+            Data::None => &[],
+        }
+    }
+}
+
 impl<'b> From<&'b mut [u8]> for Data<'b> {
     fn from(buf: &'b mut [u8]) -> Self {
         Data::Into(buf)
@@ -312,15 +332,15 @@ impl Engine {
         r
     }
 
-    fn serve_timed(&self, req: Request, data: Data<'_>) -> Result<usize> {
+    fn serve_timed(&self, req: Request, mut data: Data<'_>) -> Result<usize> {
         let mut plan = self.plan(req);
         loop {
             plan = match plan {
                 Plan::Done(outcome) => return outcome,
                 Plan::Pending(p) => p.submit(Box::new(|| {})).finish(),
                 Plan::Ready(io) => {
-                    let res = io.run(data);
-                    return io.complete(res);
+                    let res = io.run(data.reborrow());
+                    return io.complete_written(res, data.bytes());
                 }
             };
         }
@@ -410,13 +430,22 @@ impl<'a> Io<'a> {
     /// mirror, succeeded or not. Returns the request's outcome; a transfer
     /// that moved less than asked fails with EIO, never as a success.
     pub fn complete(self, res: i32) -> Result<usize> {
+        self.complete_written(res, &[])
+    }
+
+    /// Like `complete`, for a write whose buffer is `data`: once the
+    /// primary has it all, the mirror may copy it from there instead of
+    /// reading it back.
+    pub fn complete_written(self, res: i32, data: &[u8]) -> Result<usize> {
         let Io {
             engine, req, write, ..
         } = self;
-        if let Some(guard) = write {
-            guard.complete();
-        }
         let want = if req.op.moves_data() { req.len } else { 0 };
+        if let Some(guard) = write {
+            let whole =
+                req.op == Op::Write && u64::try_from(res) == Ok(want) && data.len() as u64 >= want;
+            guard.complete(whole.then(|| &data[..want as usize]));
+        }
         let failed = |errno: i32| {
             Err(Error::io(
                 format!("{req} on the primary {}", engine.primary.describe()),

@@ -15,14 +15,54 @@ pub(crate) struct WriteGuard<'a> {
     /// Zero for a write the record does not track (passthrough), and once
     /// the regions are released.
     pub(super) len: u64,
+    /// The write's own sequence in each region it touches (the first
+    /// `BEGAN` regions; the write-data buffer drops what it holds of the
+    /// others).
+    pub(super) began: [u32; BEGAN],
     pub(super) _host_io: GaugeGuard<'a>,
 }
 
+/// Regions of one write whose sequence the guard keeps.
+pub(super) const BEGAN: usize = 8;
+
 impl WriteGuard<'_> {
     /// Ends the write: the regions turn dirty and are queued for mirroring.
-    /// Call it whether or not the primary write succeeded.
-    pub fn complete(self) {
-        // Drop does the work, so a panicking caller still releases the regions.
+    /// Call it whether or not the primary write succeeded; `data` is what
+    /// the primary now holds (a write that completed in full), which the
+    /// mirror may copy from instead of reading it back. (Drop ends a write
+    /// without it, so a panicking caller still releases the regions.)
+    pub fn complete(mut self, data: Option<&[u8]>) {
+        self.end(data);
+    }
+
+    fn end(&mut self, data: Option<&[u8]>) {
+        if self.len == 0 {
+            return;
+        }
+        let (offset, len) = (self.offset, self.len);
+        self.len = 0;
+        let engine = self.engine;
+        let buffer = engine.mirror.buffer();
+        if buffer.is_on() {
+            let states = engine.record.states();
+            for (i, r) in engine.geometry.regions_of(offset, len).enumerate() {
+                let region = engine.geometry.region_bytes(r);
+                let (lo, hi) = (offset.max(region.start), (offset + len).min(region.end));
+                match self.began.get(i) {
+                    Some(&began) => buffer.keep(
+                        states,
+                        r,
+                        (lo - region.start) as u32..(hi - region.start) as u32,
+                        began,
+                        data.map(|d| &d[(lo - offset) as usize..(hi - offset) as usize]),
+                    ),
+                    None => buffer.poison_region(states, r),
+                }
+            }
+        }
+        let mut dirtied = Vec::new();
+        engine.record.end_write_span(offset, len, &mut dirtied);
+        engine.mirror.enqueue(&dirtied);
     }
 
     /// Ends a write that was never issued: its regions are released without
@@ -153,13 +193,6 @@ fn settle(guard: WriteGuard<'_>, outcome: Result<()>) -> Result<WriteGuard<'_>> 
 
 impl Drop for WriteGuard<'_> {
     fn drop(&mut self) {
-        if self.len == 0 {
-            return;
-        }
-        let mut dirtied = Vec::new();
-        self.engine
-            .record
-            .end_write_span(self.offset, self.len, &mut dirtied);
-        self.engine.mirror.enqueue(&dirtied);
+        self.end(None);
     }
 }

@@ -1,6 +1,8 @@
-//! One batch's copy: the chunks written since the last copy are read from
-//! the primary and written to the secondary, which is then synced; the
-//! regions are marked clean only where no write started since the claim.
+//! One batch's copy: the chunks written since the last copy are taken from
+//! the write-data buffer where it knows them (`buffer`) and read from the
+//! primary where it does not, and written to the secondary, which is then
+//! synced; the regions are marked clean only where no write started since
+//! the claim.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -8,6 +10,7 @@ use std::time::{Duration, Instant};
 /// A region the other node copies now is asked about again after this.
 const GRANT_RETRY: Duration = Duration::from_millis(50);
 
+use super::buffer::Taken;
 use super::queue::{Batch, Entry};
 use super::{lock, Shared};
 use crate::dev::Dev;
@@ -73,6 +76,7 @@ impl Shared {
         let mut copied = 0u64;
         let mut result = Ok(());
         let mut taken: Vec<(u64, ChunkMask)> = Vec::new();
+        let mut kept: Vec<(u64, Taken)> = Vec::new();
         'runs: for (run, _) in &batch {
             if self.stopping() {
                 // Stopping: leave the rest dirty (and recorded) for the next start.
@@ -87,7 +91,7 @@ impl Shared {
             // clean on its side too once this copy lands, and the chunks it
             // wrote are not among this node's.
             let granted = |r: u64| grants.iter().any(|&(g, _)| g == r);
-            for (start, end) in self.dirty_extents(run, &mut taken, &granted) {
+            for (start, end) in self.dirty_extents(run, &mut taken, &mut kept, &granted) {
                 if !grants.is_empty() && asked.elapsed() > crate::peer::COPY_LIMIT {
                     result = Err(Error::Peer(format!(
                         "a granted copy was not landed within {} s of asking: copied again",
@@ -95,7 +99,9 @@ impl Shared {
                     )));
                     break 'runs;
                 }
-                result = self.copy(&secondary, start, end, buf).map(|n| copied += n);
+                result = self
+                    .copy(&secondary, start, end, buf, &kept)
+                    .map(|n| copied += n);
                 if result.is_err() {
                     break 'runs;
                 }
@@ -183,24 +189,33 @@ impl Shared {
             .collect()
     }
 
-    /// Takes the written chunks of a claimed run (noting them in `taken`) and
-    /// returns the byte extents to copy, adjacent chunks merged; every chunk
-    /// of the regions `whole` names.
+    /// Takes the written chunks of a claimed run (noting them in `taken`)
+    /// and then the pieces the write-data buffer holds of it (in `kept`),
+    /// and returns the byte extents to copy, adjacent chunks merged; every
+    /// chunk of the regions `whole` names.
     pub(super) fn dirty_extents(
         &self,
         run: &[(u64, CopyClaim)],
         taken: &mut Vec<(u64, ChunkMask)>,
+        kept: &mut Vec<(u64, Taken)>,
         whole: &dyn Fn(u64) -> bool,
     ) -> Vec<(u64, u64)> {
         let g = self.record.geometry();
         let shift = self.record.chunk_shift();
+        let states = self.record.states();
         let mut extents: Vec<(u64, u64)> = Vec::new();
         for &(r, _) in run {
-            let mut mask = self.record.states().take_chunks(r);
+            let mut mask = states.take_chunks(r);
             if whole(r) {
                 mask = crate::record::ALL_CHUNKS;
             }
             taken.push((r, mask));
+            // After the chunks: a write that set its chunks before kept its
+            // piece before.
+            let pieces = self.buffer.take(states, r);
+            if !pieces.is_empty() {
+                kept.push((r, pieces));
+            }
             let region = g.region_bytes(r);
             let mut bits = mask;
             while bits != 0 {
@@ -220,13 +235,16 @@ impl Shared {
         extents
     }
 
-    /// Copies bytes `start..end` from primary to secondary (not yet durable).
+    /// Copies bytes `start..end` to the secondary (not yet durable): each
+    /// chunk from the pieces `kept` when they know it, else read from the
+    /// primary.
     pub(super) fn copy(
         &self,
         secondary: &Dev,
         start: u64,
         end: u64,
         buf: &mut CopyBuf,
+        kept: &[(u64, Taken)],
     ) -> Result<u64> {
         let len = (end - start) as usize;
         let buf = buf.get(len);
@@ -240,12 +258,7 @@ impl Shared {
                 }
             }
         }
-        self.primary.read_at(&mut buf[..len], start).map_err(|e| {
-            Error::io(
-                format!("read primary {} at {start}", self.primary.describe()),
-                e,
-            )
-        })?;
+        self.fill(start, end, buf, kept)?;
         secondary.write_at(&buf[..len], start, false).map_err(|e| {
             Error::io(
                 format!("write secondary {} at {start}", secondary.describe()),
@@ -253,6 +266,53 @@ impl Shared {
             )
         })?;
         Ok(len as u64)
+    }
+
+    /// Fills `buf` with bytes `start..end`: chunk by chunk from the pieces
+    /// kept where they know the chunk, the rest read from the primary in
+    /// runs.
+    fn fill(&self, start: u64, end: u64, buf: &mut [u8], kept: &[(u64, Taken)]) -> Result<()> {
+        let g = self.record.geometry();
+        let chunk = 1u64 << self.record.chunk_shift();
+        let mut unread: Option<u64> = None;
+        let mut from_buffer = 0;
+        let read = |from: u64, to: u64, buf: &mut [u8]| {
+            let part = &mut buf[(from - start) as usize..(to - start) as usize];
+            self.primary.read_at(part, from).map_err(|e| {
+                Error::io(
+                    format!("read primary {} at {from}", self.primary.describe()),
+                    e,
+                )
+            })
+        };
+        let mut pos = start;
+        while pos < end {
+            let next = ((pos / chunk + 1) * chunk).min(end);
+            let r = g.region_of(pos);
+            let base = g.region_bytes(r).start;
+            let out = &mut buf[(pos - start) as usize..(next - start) as usize];
+            let known = kept
+                .iter()
+                .find(|(k, _)| *k == r)
+                .is_some_and(|(_, t)| t.fill((pos - base) as u32..(next - base) as u32, out));
+            if known {
+                from_buffer += next - pos;
+                if let Some(from) = unread.take() {
+                    read(from, pos, buf)?;
+                }
+            } else {
+                unread.get_or_insert(pos);
+            }
+            pos = next;
+        }
+        if let Some(from) = unread {
+            read(from, end, buf)?;
+        }
+        let c = &self.counters;
+        c.from_buffer.fetch_add(from_buffer, Ordering::Relaxed);
+        c.read_back
+            .fetch_add(end - start - from_buffer, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Drops the claims of a batch that was not copied; its regions stay dirty.
@@ -290,6 +350,7 @@ impl Shared {
         for (run, since) in &batch {
             for &(r, claim) in run {
                 if states.finish_copy(r, claim, durable && !changed.contains(&r)) {
+                    self.buffer.forget(r);
                     cleaned.push(r);
                 } else {
                     requeue.push(Entry {

@@ -24,6 +24,7 @@ use crate::error::{Error, Failure, Result};
 use crate::record::Record;
 use crate::stats::Gauge;
 
+pub mod buffer;
 mod copy;
 mod health;
 mod pace;
@@ -31,6 +32,7 @@ mod queue;
 #[cfg(test)]
 mod tests;
 
+pub use buffer::{WriteBuffer, DEFAULT_COPY_BUFFER};
 use copy::CopyBuf;
 use health::MIN_BACKOFF;
 use pace::{Pacer, Throttle};
@@ -51,6 +53,9 @@ pub struct MirrorConfig {
     /// Under heavy host I/O, how long a dirty region may wait for its copy;
     /// zero copies at once whatever the load.
     pub max_lag: Duration,
+    /// Bytes of recent writes' data kept for their copies
+    /// (`--copy-buffer`); 0 reads every copy back from the primary.
+    pub copy_buffer: u64,
 }
 
 /// Mirror threads, by default.
@@ -66,6 +71,7 @@ impl Default for MirrorConfig {
             max_rate: None,
             copy_delay: Duration::from_millis(50),
             max_lag: DEFAULT_MAX_LAG,
+            copy_buffer: DEFAULT_COPY_BUFFER,
         }
     }
 }
@@ -81,6 +87,10 @@ struct Counters {
     copy_errors: AtomicU64,
     resync_total: AtomicU64,
     resync_done: AtomicU64,
+    /// Bytes copies read back from the primary.
+    read_back: AtomicU64,
+    /// Bytes copies sent from the write-data buffer.
+    from_buffer: AtomicU64,
 }
 
 /// Dual-active: what the other node says about copying a region.
@@ -142,6 +152,8 @@ struct Shared {
     /// Dual-active: the other node's grants for the regions its record
     /// lists.
     gate: std::sync::OnceLock<Arc<dyn CopyGate>>,
+    /// Recent writes' data, which copies send instead of reading it back.
+    buffer: Arc<WriteBuffer>,
 }
 
 /// A snapshot of the pool's figures.
@@ -167,6 +179,13 @@ pub struct MirrorStats {
     pub max_copy_rate: Option<u64>,
     /// The maximum lag in effect.
     pub max_lag_seconds: f64,
+    /// Bytes copies read back from the primary, and bytes they sent from
+    /// the write-data buffer instead (together `bytes_copied`).
+    pub read_back_bytes: u64,
+    pub from_buffer_bytes: u64,
+    /// The write-data buffer: bytes held now, and its budget (0: off).
+    pub copy_buffer_bytes: u64,
+    pub copy_buffer_budget: u64,
 }
 
 /// The pool of mirror threads of one device.
@@ -276,6 +295,7 @@ impl MirrorPool {
             max_dirty_regions: AtomicU64::new(u64::MAX),
             fence: std::sync::OnceLock::new(),
             gate: std::sync::OnceLock::new(),
+            buffer: Arc::new(WriteBuffer::new(config.copy_buffer)),
             config,
         });
         let mut workers = Vec::new();
@@ -333,7 +353,15 @@ impl MirrorPool {
     /// Dual-active: copies regions that the other node's record lists only
     /// under its grant (`gate`).
     pub fn gate_with(&self, gate: Arc<dyn CopyGate>) {
+        // The other node writes the shared primary too, and its writes are
+        // not in this node's buffer: every copy reads the primary.
+        self.shared.buffer.switch_off();
         let _ = self.shared.gate.set(gate);
+    }
+
+    /// The write-data buffer, which writes keep their data in.
+    pub fn buffer(&self) -> &WriteBuffer {
+        &self.shared.buffer
     }
 
     /// Regions marked clean by another node's copy (dual-active, under
@@ -428,6 +456,14 @@ impl MirrorPool {
             paused: s.paused.load(Ordering::Relaxed),
             max_copy_rate: lock(&s.throttle).as_ref().map(|t| t.rate),
             max_lag_seconds: s.max_lag().as_secs_f64(),
+            read_back_bytes: s.counters.read_back.load(Ordering::Relaxed),
+            from_buffer_bytes: s.counters.from_buffer.load(Ordering::Relaxed),
+            copy_buffer_bytes: if s.buffer.is_on() { s.buffer.held() } else { 0 },
+            copy_buffer_budget: if s.buffer.is_on() {
+                s.buffer.budget()
+            } else {
+                0
+            },
         }
     }
 

@@ -423,6 +423,7 @@ fn a_write_between_claim_and_finish_keeps_the_region_dirty() {
             REGION,
             2 * REGION,
             &mut CopyBuf::default(),
+            &[],
         )
         .unwrap();
     rig.secondary.sync().unwrap();
@@ -628,6 +629,7 @@ fn resync_counts_real_bytes_and_completes() {
             0,
             REGION,
             &mut CopyBuf::default(),
+            &[],
         )
         .unwrap();
     rig.secondary.sync().unwrap();

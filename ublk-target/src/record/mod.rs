@@ -225,6 +225,21 @@ impl Record {
         }
     }
 
+    /// Like `begin_write`, and notes each region's write sequence in
+    /// `began` (as many as it holds).
+    #[inline]
+    pub fn begin_write_seqs(&self, regions: Range<u64>, misses: &mut Vec<u64>, began: &mut [u32]) {
+        for (i, r) in regions.enumerate() {
+            let (hit, seq) = self.states.begin_write_seq(r);
+            if !hit {
+                misses.push(r);
+            }
+            if let Some(b) = began.get_mut(i) {
+                *b = seq;
+            }
+        }
+    }
+
     /// Ends a write begun with `begin_write`; pushes regions that turned dirty.
     #[inline]
     pub fn end_write(&self, regions: Range<u64>, dirtied: &mut Vec<u64>) {

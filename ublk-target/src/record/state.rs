@@ -83,11 +83,21 @@ impl RegionStates {
     /// already in the durable record (a hit). One atomic operation.
     #[inline]
     pub fn begin_write(&self, r: u64) -> bool {
+        self.begin_write_seq(r).0
+    }
+
+    /// Like `begin_write`, and also returns the write's own sequence in `r`
+    /// (the one its start made).
+    #[inline]
+    pub fn begin_write_seq(&self, r: u64) -> (bool, u32) {
         let old = self
             .word(r)
             .fetch_add(INFLIGHT_ONE | SEQ_ONE, Ordering::AcqRel);
         debug_assert!(old & INFLIGHT_MASK != INFLIGHT_MASK, "in-flight overflow");
-        old & RECORDED != 0
+        (
+            old & RECORDED != 0,
+            ((old >> SEQ_SHIFT) as u32).wrapping_add(1),
+        )
     }
 
     /// Completes a write to `r` that reached the primary (or may have partly).
