@@ -367,7 +367,7 @@ pub fn format_status(v: &DeviceStatus) -> String {
         return s;
     };
     s.push_str(&format!(
-        "  record: {} regions, {} (capacity {}), policy {}, cache {}\n  dirty {}, lag {:.1}s{}, copied {}\n  \
+        "  record: {} regions, {} (capacity {}), policy {}, cache {}\n  dirty {}, lag {:.1}s{}, copied {} ({} from the write buffer, {} read back)\n  \
          writes {}, record updates {} ({:.2} per 1000 writes), queues spun {:.1}s\n  resync {} of {}\n",
         e.record_regions,
         format_size(e.record_bytes),
@@ -385,6 +385,8 @@ pub fn format_status(v: &DeviceStatus) -> String {
             String::new()
         },
         format_size(e.bytes_copied),
+        format_size(e.copy_from_buffer_bytes),
+        format_size(e.copy_read_back_bytes),
         e.writes,
         e.record_updates,
         e.updates_per_1000_writes,

@@ -38,7 +38,7 @@ const STATES: [State; 8] = [
 type Figure = fn(&EngineStatus) -> f64;
 
 /// Gauges: name, help, figure.
-const GAUGES: [(&str, &str, Figure); 14] = [
+const GAUGES: [(&str, &str, Figure); 16] = [
     (
         "tandem_dirty_bytes",
         "Bytes of regions the secondary may lack",
@@ -67,6 +67,16 @@ const GAUGES: [(&str, &str, Figure); 14] = [
         "tandem_over_max_dirty",
         "1 while the dirty backlog is over --max-dirty",
         |e| f64::from(u8::from(e.max_dirty.as_ref().is_some_and(|m| m.over))),
+    ),
+    (
+        "tandem_copy_buffer_bytes",
+        "Bytes of write data held to copy from instead of reading the primary back",
+        |e| e.copy_buffer_bytes as f64,
+    ),
+    (
+        "tandem_copy_buffer_budget_bytes",
+        "Budget of the write-data buffer (--copy-buffer; 0 when off)",
+        |e| e.copy_buffer_budget as f64,
     ),
     (
         "tandem_record_bytes",
@@ -124,7 +134,7 @@ const GAUGES: [(&str, &str, Figure); 14] = [
 /// Counters: name (without `_total`), help, figure.
 type Count = fn(&EngineStatus) -> u64;
 
-const COUNTERS: [(&str, &str, Count); 7] = [
+const COUNTERS: [(&str, &str, Count); 9] = [
     ("tandem_writes", "Host writes", |e| e.writes),
     ("tandem_written_bytes", "Bytes written by the host", |e| {
         e.bytes_written
@@ -139,6 +149,16 @@ const COUNTERS: [(&str, &str, Count); 7] = [
         "tandem_copied_bytes",
         "Bytes the mirror copied to the secondary",
         |e| e.bytes_copied,
+    ),
+    (
+        "tandem_copy_read_back_bytes",
+        "Copied bytes read back from the primary",
+        |e| e.copy_read_back_bytes,
+    ),
+    (
+        "tandem_copy_from_buffer_bytes",
+        "Copied bytes sent from the write-data buffer",
+        |e| e.copy_from_buffer_bytes,
     ),
     ("tandem_copy_errors", "Failed mirror copies", |e| {
         e.copy_errors

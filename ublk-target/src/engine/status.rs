@@ -54,6 +54,18 @@ pub struct EngineStatus {
     pub predicted_regions: u64,
     pub predicted_never_written: u64,
     pub bytes_copied: u64,
+    /// Of `bytes_copied`, those read back from the primary: the write-data
+    /// buffer did not hold them (over budget, resync, or overtaken).
+    #[serde(default)]
+    pub copy_read_back_bytes: u64,
+    /// Of `bytes_copied`, those sent from the write-data buffer.
+    #[serde(default)]
+    pub copy_from_buffer_bytes: u64,
+    /// Bytes of write data the buffer holds now, and its budget (0: off).
+    #[serde(default)]
+    pub copy_buffer_bytes: u64,
+    #[serde(default)]
+    pub copy_buffer_budget: u64,
     pub copy_errors: u64,
     pub resync_total_bytes: u64,
     pub resync_done_bytes: u64,
@@ -165,6 +177,10 @@ impl Engine {
             predicted_regions: rs.predicted_regions,
             predicted_never_written: rs.predicted_never_written,
             bytes_copied: ms.bytes_copied,
+            copy_read_back_bytes: ms.read_back_bytes,
+            copy_from_buffer_bytes: ms.from_buffer_bytes,
+            copy_buffer_bytes: ms.copy_buffer_bytes,
+            copy_buffer_budget: ms.copy_buffer_budget,
             copy_errors: ms.copy_errors,
             resync_total_bytes: ms.resync_total_bytes,
             resync_done_bytes: ms.resync_done_bytes,

@@ -670,6 +670,8 @@ fn a_new_record_without_assume_clean_copies_the_whole_primary() {
     let s = e.status();
     assert_eq!(s.resync_done_bytes, size);
     assert_eq!(s.bytes_copied, size);
+    assert_eq!(s.copy_read_back_bytes, size, "a resync reads the primary");
+    assert_eq!(s.copy_from_buffer_bytes, 0);
     assert_eq!(s.state, State::Live);
     assert_eq!(
         &rig.secondary.durable_contents()[..size as usize],
@@ -781,6 +783,16 @@ fn status_counters_are_consistent() {
     // Only the written 4 KiB chunks move: region 0 chunks 0, 1, 2 and 15
     // (the straddling write), region 1 chunks 0 and 1.
     assert_eq!(s.bytes_copied, 6 * 4096);
+    // Each write's own data went, but for region 0's chunk 15: the buffer
+    // holds only the straddling write's half of it, so the chunk is read
+    // back from the primary.
+    assert_eq!(s.copy_from_buffer_bytes, 5 * 4096);
+    assert_eq!(s.copy_read_back_bytes, 4096);
+    assert_eq!(
+        s.copy_buffer_bytes, 0,
+        "the buffer is empty once all is clean"
+    );
+    assert!(s.copy_buffer_budget > 0);
     assert_eq!(s.copy_errors, 0);
     assert_eq!(s.lag_seconds, 0.0);
     assert!(!s.degraded);
