@@ -25,7 +25,7 @@
 //! Dual-active service turns the buffer off (`switch_off`): the other node
 //! writes the shared primary too, and its writes are not here.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -87,6 +87,14 @@ struct Slot {
     /// Writes that began at or before this sequence are kept as markers.
     horizon: Option<u32>,
     pieces: Vec<Piece>,
+    /// In `WriteBuffer::order`.
+    listed: bool,
+}
+
+impl Slot {
+    fn has_data(&self) -> bool {
+        self.pieces.iter().any(|p| p.data.is_some())
+    }
 }
 
 /// A region's pieces as a copy took them.
@@ -113,6 +121,10 @@ pub struct WriteBuffer {
     shards: Box<[Mutex<HashMap<u64, Slot>>]>,
     budget: u64,
     held: Arc<AtomicU64>,
+    /// Regions holding data, in the order their first data came (stale
+    /// entries, whose data has gone, are skipped): the mirror copies these
+    /// first when the buffer fills (`oldest_held`).
+    order: Mutex<VecDeque<u64>>,
     off: AtomicBool,
     /// A planted bug for the power-loss test (`plant_stale`).
     stale: AtomicBool,
@@ -132,6 +144,7 @@ impl WriteBuffer {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             budget,
             held: Arc::new(AtomicU64::new(0)),
+            order: Mutex::new(VecDeque::new()),
             off: AtomicBool::new(budget == 0),
             stale: AtomicBool::new(false),
             #[cfg(test)]
@@ -151,6 +164,7 @@ impl WriteBuffer {
         for s in self.shards.iter() {
             lock(s).clear();
         }
+        lock(&self.order).clear();
     }
 
     /// Plants a bug, for the tests that must catch it: a write over bytes
@@ -168,6 +182,12 @@ impl WriteBuffer {
 
     pub fn budget(&self) -> u64 {
         self.budget
+    }
+
+    /// Whether it holds half its budget or more: copies should stop
+    /// waiting, or new writes will find no room.
+    pub fn half_full(&self) -> bool {
+        self.budget > 0 && self.is_on() && self.held() >= self.budget / 2
     }
 
     fn shard(&self, r: u64) -> MutexGuard<'_, HashMap<u64, Slot>> {
@@ -240,7 +260,62 @@ impl WriteBuffer {
             self.poison(slot, now);
             return;
         }
+        let list = piece.data.is_some() && !slot.listed;
         slot.pieces.push(piece);
+        if list {
+            slot.listed = true;
+            lock(&self.order).push_back(r);
+            drop(shard);
+            // One entry in, up to two stale ones out: the list stays as
+            // long as the regions holding data, give or take.
+            self.prune(2);
+        }
+    }
+
+    /// Drops up to `n` stale entries from the front of `order`.
+    fn prune(&self, n: usize) {
+        for _ in 0..n {
+            let Some(r) = lock(&self.order).pop_front() else {
+                return;
+            };
+            let mut shard = self.shard(r);
+            match shard.get_mut(&r) {
+                Some(slot) if slot.has_data() => {
+                    // Still holding: it keeps its place.
+                    drop(shard);
+                    lock(&self.order).push_front(r);
+                    return;
+                }
+                Some(slot) => slot.listed = false,
+                None => {}
+            }
+        }
+    }
+
+    /// The region whose data has been held longest, taken off the list
+    /// (`relist` puts it back when it cannot be copied now).
+    pub(crate) fn oldest_held(&self) -> Option<u64> {
+        loop {
+            let r = lock(&self.order).pop_front()?;
+            let mut shard = self.shard(r);
+            if let Some(slot) = shard.get_mut(&r) {
+                slot.listed = false;
+                if slot.has_data() {
+                    return Some(r);
+                }
+            }
+        }
+    }
+
+    /// Puts region `r` back at the front of the list, when it holds data.
+    pub(crate) fn relist(&self, r: u64) {
+        let mut shard = self.shard(r);
+        if let Some(slot) = shard.get_mut(&r) {
+            if slot.has_data() && !slot.listed {
+                slot.listed = true;
+                lock(&self.order).push_front(r);
+            }
+        }
     }
 
     /// Drops a region's pieces: writes begun so far are read back.

@@ -80,14 +80,18 @@ impl Pacer {
 
 impl Shared {
     /// Samples the host I/O and decides whether copies wait for it to ease:
-    /// they do while it is heavy and the dirty backlog is below half the
-    /// capacity. Returns the decision and whether copies were held back
-    /// until now (the waiting workers need a wake-up).
+    /// they do while it is heavy, the dirty backlog is below half the
+    /// capacity, and the write-data buffer is less than half full (held
+    /// back longer, its writes would overflow it, and every copy would read
+    /// the primary back instead of sending what the buffer holds). Returns
+    /// the decision and whether copies were held back until now (the
+    /// waiting workers need a wake-up).
     pub(super) fn pace(&self, now: Instant) -> (bool, bool) {
         let util = lock(&self.pacer).sample(now, self.host_io.get() > 0);
         let dirty = self.record.states().dirty_count();
-        let backlog_ok =
-            dirty < (self.record.capacity_regions() / 2).max(1) && !self.near_max_dirty();
+        let backlog_ok = dirty < (self.record.capacity_regions() / 2).max(1)
+            && !self.near_max_dirty()
+            && !self.buffer.half_full();
         let defer = util >= BUSY_UTIL && backlog_ok;
         let eased = self.deferring.swap(defer, Ordering::Relaxed) && !defer;
         (defer, eased)

@@ -91,6 +91,56 @@ impl Shared {
             } else {
                 self.config.copy_delay
             };
+            let claim_run = |r: u64, claim: CopyClaim| {
+                let mut run = vec![(r, claim)];
+                let mut next = r + 1;
+                while (run.len() as u64) < max_regions && next < regions {
+                    match states.claim_copy(next) {
+                        Ok(c) => run.push((next, c)),
+                        Err(_) => break,
+                    }
+                    next += 1;
+                }
+                run
+            };
+            // With the write-data buffer half full, the regions whose data
+            // it has held longest go first, whatever their place in the
+            // queue: their copies read nothing back, and they make room
+            // before new writes find none (under a load the mirror cannot
+            // keep up with, the queue's head came while the buffer was full
+            // and is read back anyway). Their queue entries stay, to be
+            // skipped once clean, so the lag still counts from them. Not
+            // near `--max-dirty`: host writes wait for the backlog, which
+            // the queue's long runs bring down fastest.
+            if self.buffer.half_full() && !self.near_max_dirty() {
+                let mut busy = Vec::new();
+                for _ in 0..2 * EXTENTS_PER_SYNC {
+                    if batch.len() >= EXTENTS_PER_SYNC {
+                        break;
+                    }
+                    let Some(r) = self.buffer.oldest_held() else {
+                        break;
+                    };
+                    match states.claim_copy(r) {
+                        Ok(claim) => {
+                            // Alone: its neighbours' data is likely not
+                            // held.
+                            q.copying.push(now);
+                            batch.push((vec![(r, claim)], now));
+                        }
+                        Err(ClaimRefused::Busy) => busy.push(r),
+                        Err(ClaimRefused::Clean) | Err(ClaimRefused::Claimed) => {}
+                    }
+                }
+                for r in busy.into_iter().rev() {
+                    self.buffer.relist(r);
+                }
+                if !batch.is_empty() {
+                    // Not topped up from the queue, whose head would be read
+                    // back: the next batch looks at the buffer again first.
+                    return Some(batch);
+                }
+            }
             while batch.len() < EXTENTS_PER_SYNC {
                 let Some(&e) = q.entries.front() else {
                     break;
@@ -104,17 +154,8 @@ impl Shared {
                 q.entries.pop_front();
                 match states.claim_copy(e.region) {
                     Ok(claim) => {
-                        let mut run = vec![(e.region, claim)];
-                        let mut next = e.region + 1;
-                        while (run.len() as u64) < max_regions && next < regions {
-                            match states.claim_copy(next) {
-                                Ok(c) => run.push((next, c)),
-                                Err(_) => break,
-                            }
-                            next += 1;
-                        }
                         q.copying.push(e.since);
-                        batch.push((run, e.since));
+                        batch.push((claim_run(e.region, claim), e.since));
                     }
                     Err(ClaimRefused::Busy) => {
                         q.delayed.push_back(Entry {

@@ -7,16 +7,20 @@ pub(crate) enum Mode {
     Raw,
     Passthrough,
     Mirrored,
+    /// Mirrored with the write-data buffer off (`--copy-buffer 0`): every
+    /// copy reads the primary back, as before the buffer.
+    ReadBack,
 }
 
 impl Mode {
-    const ALL: [Mode; 3] = [Mode::Raw, Mode::Passthrough, Mode::Mirrored];
+    const ALL: [Mode; 4] = [Mode::Raw, Mode::Passthrough, Mode::Mirrored, Mode::ReadBack];
 
     fn name(self) -> &'static str {
         match self {
             Mode::Raw => "a_raw_io_uring",
             Mode::Passthrough => "b_engine_passthrough",
             Mode::Mirrored => "c_engine_mirrored",
+            Mode::ReadBack => "d_engine_mirrored_read_back",
         }
     }
 
@@ -25,6 +29,7 @@ impl Mode {
             Mode::Raw => "(a) raw io_uring",
             Mode::Passthrough => "(b) engine passthrough",
             Mode::Mirrored => "(c) engine mirror+record",
+            Mode::ReadBack => "(d) as (c), copy buffer off",
         }
     }
 }
@@ -167,19 +172,22 @@ pub(crate) fn run_mode(
                 Ok(())
             })
         }
-        Mode::Passthrough | Mode::Mirrored => {
+        Mode::Passthrough | Mode::Mirrored | Mode::ReadBack => {
             // A new record each run: the mirrored engine starts with nothing
             // to copy, and passthrough's all-set record never leaks into it.
             remove(&paths.record)?;
             let mut config = engine_config(mode == Mode::Passthrough);
             mirror.apply(&mut config)?;
+            if mode == Mode::ReadBack {
+                config.mirror.copy_buffer = 0;
+            }
             let engine = Engine::open(paths.open(&config)?, &config)?;
             note_direct(direct_seen, "engine primary", engine.primary().direct());
             let mut r = drive(threads, dur, wl, size, &|buf, off| {
                 engine.write(buf, off, false)?;
                 Ok(())
             })?;
-            if mode == Mode::Mirrored {
+            if mode != Mode::Passthrough {
                 let s = engine.status();
                 r.engine = Some(json!({
                     "writes": s.writes,
@@ -188,6 +196,8 @@ pub(crate) fn run_mode(
                     "record_bytes": s.record_bytes,
                     "dirty_bytes": s.dirty_bytes,
                     "bytes_copied": s.bytes_copied,
+                    "copy_read_back_bytes": s.copy_read_back_bytes,
+                    "copy_from_buffer_bytes": s.copy_from_buffer_bytes,
                     "lag_seconds": s.lag_seconds,
                     "degraded": s.degraded,
                 }));
@@ -236,10 +246,11 @@ pub(crate) fn load_bench(a: &LoadArgs) -> anyhow::Result<Value> {
             .iter()
             .filter(|w| a.workloads.is_empty() || a.workloads.iter().any(|n| n == w.name));
         for &wl in workloads {
-            let mut runs: Vec<Vec<RunResult>> = vec![Vec::new(); 3];
+            let n = Mode::ALL.len();
+            let mut runs: Vec<Vec<RunResult>> = vec![Vec::new(); n];
             for round in 0..rounds {
-                for k in 0..3 {
-                    let mode = Mode::ALL[(round + k) % 3];
+                for k in 0..n {
+                    let mode = Mode::ALL[(round + k) % n];
                     let r = run_mode(
                         mode,
                         &paths,
@@ -299,7 +310,11 @@ pub(crate) fn load_bench(a: &LoadArgs) -> anyhow::Result<Value> {
             }
             // Ratios of medians, and the range of the per-round ratios
             // (each round runs the modes back to back).
-            for (mode, goal) in [(Mode::Passthrough, None), (Mode::Mirrored, Some(0.9))] {
+            for (mode, goal) in [
+                (Mode::Passthrough, None),
+                (Mode::Mirrored, Some(0.9)),
+                (Mode::ReadBack, None),
+            ] {
                 let per_round: Vec<f64> = runs[mode as usize]
                     .iter()
                     .zip(&runs[0])
@@ -319,7 +334,11 @@ pub(crate) fn load_bench(a: &LoadArgs) -> anyhow::Result<Value> {
                     Some(g) => format!(" (goal >= {g}: MISSED by {:.0}%)", (g - ratio) / g * 100.0),
                     None => String::new(),
                 };
-                let key = if mode == Mode::Mirrored { "c" } else { "b" };
+                let key = match mode {
+                    Mode::Mirrored => "c",
+                    Mode::ReadBack => "d",
+                    _ => "b",
+                };
                 writeln!(
                     ratio_lines,
                     "- {} ({key})/(a) = {ratio:.3}{verdict}; per round {:.3}..{:.3}",
@@ -330,25 +349,41 @@ pub(crate) fn load_bench(a: &LoadArgs) -> anyhow::Result<Value> {
                     "of_medians": ratio, "per_round": pr, "goal": goal,
                 });
             }
-            let last: Vec<&Value> = runs[Mode::Mirrored as usize]
-                .iter()
-                .filter_map(|r| r.engine.as_ref())
-                .collect();
-            if let Some(e) = last.last() {
-                writeln!(
-                    ratio_lines,
-                    "  - {} (c), last round's engine: {} writes, {} record updates ({:.2}/1000), \
-                     record {}, dirty {} at the end, {} copied, lag {:.2} s",
-                    wl.name,
-                    e["writes"],
-                    e["record_updates"],
-                    e["updates_per_1000_writes"].as_f64().unwrap_or(0.0),
-                    format_size(e["record_bytes"].as_u64().unwrap_or(0)),
-                    format_size(e["dirty_bytes"].as_u64().unwrap_or(0)),
-                    format_size(e["bytes_copied"].as_u64().unwrap_or(0)),
-                    e["lag_seconds"].as_f64().unwrap_or(0.0),
-                )
-                .unwrap();
+            for (mode, key) in [(Mode::Mirrored, "c"), (Mode::ReadBack, "d")] {
+                let engines: Vec<&Value> = runs[mode as usize]
+                    .iter()
+                    .filter_map(|r| r.engine.as_ref())
+                    .collect();
+                // Bytes read back from the primary per byte copied, over all
+                // rounds.
+                let sum = |k: &str| {
+                    engines
+                        .iter()
+                        .map(|e| e[k].as_u64().unwrap_or(0))
+                        .sum::<u64>()
+                };
+                let read_back =
+                    sum("copy_read_back_bytes") as f64 / sum("bytes_copied").max(1) as f64;
+                wl_json[format!("read_back_per_copied_{key}")] = json!(read_back);
+                if let Some(e) = engines.last() {
+                    writeln!(
+                        ratio_lines,
+                        "  - {} ({key}): {read_back:.3} bytes read back from the primary per byte \
+                         mirrored (all rounds); last round's engine: {} writes, {} record updates \
+                         ({:.2}/1000), record {}, dirty {} at the end, {} copied ({} from the \
+                         write buffer), lag {:.2} s",
+                        wl.name,
+                        e["writes"],
+                        e["record_updates"],
+                        e["updates_per_1000_writes"].as_f64().unwrap_or(0.0),
+                        format_size(e["record_bytes"].as_u64().unwrap_or(0)),
+                        format_size(e["dirty_bytes"].as_u64().unwrap_or(0)),
+                        format_size(e["bytes_copied"].as_u64().unwrap_or(0)),
+                        format_size(e["copy_from_buffer_bytes"].as_u64().unwrap_or(0)),
+                        e["lag_seconds"].as_f64().unwrap_or(0.0),
+                    )
+                    .unwrap();
+                }
             }
             dir_json.push(wl_json);
         }

@@ -2,8 +2,10 @@
 //!
 //! - `load`: writer threads drive (a) raw io_uring writes to the primary file,
 //!   (b) the engine in passthrough mode (mirror and record off), (c) the
-//!   engine with mirror and record; 4 KiB random and 128 KiB sequential
-//!   writes, fixed duration, interleaved rounds, medians with min and max.
+//!   engine with mirror and record, (d) the same with the write-data buffer
+//!   off, so every copy reads the primary back; 4 KiB random and 128 KiB
+//!   sequential writes, fixed duration, interleaved rounds, medians with min
+//!   and max, and the bytes read back per byte mirrored for (c) and (d).
 //!   Goal: (c) >= 0.9 x (a).
 //! - `catchup`: the mirror pool's full initial copy of a filled primary,
 //!   against `dd` copying the same file. Goal: >= 0.8 x dd.
