@@ -1311,3 +1311,34 @@ fn a_clean_shutdown_releases_the_lease() {
     let mut watch = Watch::new(&lc.path).unwrap();
     assert!(matches!(watch.poll().unwrap(), Seen::Released(b) if b.owner == 1));
 }
+
+#[test]
+fn a_half_full_write_buffer_copies_what_it_holds_before_older_regions() {
+    let mut rig = rig();
+    rig.config.mirror.copy_buffer = 8192;
+    let e = rig.open(true);
+    // Region 1 first, with no data kept (a write-zeroes), then 4 KiB to
+    // region 3: the buffer holds half its budget.
+    e.write_zeroes(REGION, 4096).unwrap();
+    e.write(&pattern(1, 4096), 3 * REGION, false).unwrap();
+    assert_eq!(dirty(&e), vec![1, 3]);
+    assert!(e.copy_buffer().half_full());
+    // The first copy takes the held region, ahead of the queue's head.
+    assert!(e.pump_mirror());
+    let s = e.status();
+    assert_eq!(dirty(&e), vec![1], "region 3 went first");
+    assert_eq!(
+        (s.copy_from_buffer_bytes, s.copy_read_back_bytes),
+        (4096, 0)
+    );
+    assert!(!e.copy_buffer().half_full());
+    // Then the queue as usual: region 1 is read back.
+    pump_all(&e);
+    let s = e.status();
+    assert!(dirty(&e).is_empty());
+    assert_eq!(
+        (s.copy_from_buffer_bytes, s.copy_read_back_bytes),
+        (4096, 4096)
+    );
+    assert!(rig.in_sync());
+}
