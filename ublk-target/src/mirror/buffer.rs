@@ -120,6 +120,9 @@ pub(crate) enum Bug {
 pub struct WriteBuffer {
     shards: Box<[Mutex<HashMap<u64, Slot>>]>,
     budget: u64,
+    /// The copy's unit: a chunk is sent from here only when pieces cover it
+    /// whole.
+    chunk: u32,
     held: Arc<AtomicU64>,
     /// Regions holding data, in the order their first data came (stale
     /// entries, whose data has gone, are skipped): the mirror copies these
@@ -143,6 +146,7 @@ impl WriteBuffer {
         WriteBuffer {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             budget,
+            chunk: 1,
             held: Arc::new(AtomicU64::new(0)),
             order: Mutex::new(VecDeque::new()),
             off: AtomicBool::new(budget == 0),
@@ -182,6 +186,27 @@ impl WriteBuffer {
 
     pub fn budget(&self) -> u64 {
         self.budget
+    }
+
+    /// Sets the copy's chunk size (bytes, a power of two).
+    pub fn with_chunk(mut self, chunk: u32) -> Self {
+        self.chunk = chunk.max(1);
+        self
+    }
+
+    /// Whether a piece's data may help fill a whole chunk: it covers one,
+    /// starts one, or goes on from data held just before it. A small write
+    /// inside a chunk (4 KiB at random in 16 KiB chunks) would only take
+    /// memory and copying: its chunk is read back anyway.
+    fn worth_holding(&self, slot: &Slot, at: &Range<u32>) -> bool {
+        let c = self.chunk;
+        let first_whole = at.start.div_ceil(c).saturating_mul(c);
+        at.start % c == 0
+            || first_whole.saturating_add(c) <= at.end
+            || slot
+                .pieces
+                .iter()
+                .any(|p| p.data.is_some() && p.end == at.start)
     }
 
     /// Whether it holds half its budget or more: copies should stop
@@ -236,7 +261,9 @@ impl WriteBuffer {
             Some(h) => before(h, began),
             None => true,
         };
-        let data = data.filter(|_| trusted).and_then(|d| self.hold(d));
+        let data = data
+            .filter(|_| trusted && self.worth_holding(slot, &at))
+            .and_then(|d| self.hold(d));
         let piece = Piece {
             start: at.start,
             end: at.end,

@@ -264,6 +264,7 @@ impl MirrorPool {
         }
         let throttle = Mutex::new(throttle_for(config.max_rate)?);
         let missing = secondary.missing();
+        let chunk = 1u32 << record.chunk_shift();
         let shared = Arc::new(Shared {
             record,
             primary,
@@ -295,7 +296,7 @@ impl MirrorPool {
             max_dirty_regions: AtomicU64::new(u64::MAX),
             fence: std::sync::OnceLock::new(),
             gate: std::sync::OnceLock::new(),
-            buffer: Arc::new(WriteBuffer::new(config.copy_buffer)),
+            buffer: Arc::new(WriteBuffer::new(config.copy_buffer).with_chunk(chunk)),
             config,
         });
         let mut workers = Vec::new();

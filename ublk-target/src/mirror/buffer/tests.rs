@@ -337,3 +337,20 @@ fn a_write_in_flight_across_a_take_is_read_back() {
     let e = run(Bug::NoHorizon, 1 << 20, &steps).expect_err("the planted bug went unseen");
     assert!(e.contains("clean, but byte"), "{e}");
 }
+
+#[test]
+fn data_that_cannot_fill_a_chunk_is_not_held() {
+    let states = RegionStates::new(1);
+    let b = WriteBuffer::new(1 << 20).with_chunk(4096);
+    let mut keep = |at: std::ops::Range<u32>| {
+        let (_, began) = states.begin_write_seq(0);
+        let data = vec![3; at.len()];
+        b.keep(&states, 0, at, began, Some(&data));
+        b.held()
+    };
+    assert_eq!(keep(9216..10240), 0, "1 KiB inside a chunk: a marker");
+    assert_eq!(keep(1024..6144), 0, "5 KiB over a chunk edge, none whole");
+    assert_eq!(keep(12288..13312), 1024, "a chunk's start is held");
+    assert_eq!(keep(13312..14336), 2048, "and what goes on from it");
+    assert_eq!(keep(15360..20480), 7168, "a whole chunk inside");
+}
