@@ -85,11 +85,27 @@ device() {
     tandemctl status "$1"
 }
 
-# load NAME: fio with verify in the background (in FIO), a larger span than
-# fio_verify's so that it outlasts the faults.
+# load NAME LOOPS: fio with verify in the background (in FIO), over a larger
+# span than fio_verify's and LOOPS times, so that it outlasts the fault.
 load() {
-    fio_verify "$dev" "/tmp/$1.fio" --size=96M --loops=2 &
+    fio_verify "$dev" "/tmp/$1.fio" --size=96M --loops="$2" &
     FIO=$!
+}
+
+# running NAME: the load is still going (the fault came in the middle of it).
+running() {
+    kill -0 $FIO 2>/dev/null || {
+        cat "/tmp/$1.fio"
+        echo "fio ended before the fault was seen: make the load longer" >&2
+        return 1
+    }
+}
+
+# clean_up: what a failed case before this one may have left.
+clean_up() {
+    for _n in nk nc; do tandemctl del "$_n" >/dev/null 2>&1 || true; done
+    pkill -9 qemu-nbd 2>/dev/null || true
+    sleep 0.2
 }
 
 # settle NAME: the load verified with no error, the secondary caught up, and
@@ -109,28 +125,29 @@ settle() {
 
 kill_case() {
     need_tools
+    clean_up
     link 5ms 1%
     serve
     device nk
-    load nk
+    load nk 3
     sleep 2
     kill -9 "$SERVER"
     wait "$SERVER" 2>/dev/null || true
     echo "killed qemu-nbd $SERVER under the load"
     wait_field nk degraded true 60
     tandemctl status nk
-    sleep 3
-    kill -0 $FIO || { cat /tmp/nk.fio; echo "fio ended while the server was away" >&2; return 1; }
+    running nk
     serve
     settle nk
 }
 
 cut_case() {
     need_tools
+    clean_up
     link 5ms 1%
     serve
     device nc
-    load nc
+    load nc 12
     sleep 2
     link 5ms 100%
     # A request waits 30 s for its reply before its connection is given up.
@@ -139,6 +156,7 @@ cut_case() {
     dirty=$(status_num nc dirty_bytes)
     echo "cut: degraded with $dirty bytes dirty"
     [ "$dirty" -gt 0 ]
+    running nc
     link 5ms 1%
     settle nc
 }
