@@ -116,6 +116,11 @@ pub trait BlockDev: Send + Sync {
     }
     /// A description for messages: usually the path.
     fn describe(&self) -> String;
+    /// Whether the device is reached over a network (an NBD export): its
+    /// requests wait for a round trip, so more of them should be in flight.
+    fn remote(&self) -> bool {
+        false
+    }
     /// The file descriptor, for callers that submit I/O on their own ring
     /// (the ublk queues). `None` for devices that are not files.
     fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
@@ -220,6 +225,9 @@ impl BlockDev for MissingDev {
     }
     fn describe(&self) -> String {
         self.path.display().to_string()
+    }
+    fn remote(&self) -> bool {
+        nbd::is_uri(&self.path)
     }
     fn reopen(&self) -> crate::Result<Dev> {
         let opts = OpenOptions {

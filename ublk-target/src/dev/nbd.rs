@@ -1138,6 +1138,10 @@ impl BlockDev for NbdDev {
         self.info.preferred_block.clamp(512, 64 << 10)
     }
 
+    fn remote(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         self.uri.text.clone()
     }

@@ -201,7 +201,7 @@ impl WriteBuffer {
     fn worth_holding(&self, slot: &Slot, at: &Range<u32>) -> bool {
         let c = self.chunk;
         let first_whole = at.start.div_ceil(c).saturating_mul(c);
-        at.start % c == 0
+        at.start.is_multiple_of(c)
             || first_whole.saturating_add(c) <= at.end
             || slot
                 .pieces

@@ -58,6 +58,8 @@ pub struct MirrorConfig {
     pub copy_buffer: u64,
 }
 
+/// Mirror threads at least, for a remote secondary (`BlockDev::remote`).
+pub const REMOTE_THREADS: usize = 16;
 /// Mirror threads, by default.
 pub const DEFAULT_THREADS: usize = 2;
 /// The largest extent one copy moves, by default.
@@ -261,6 +263,12 @@ impl MirrorPool {
                 config.max_copy_bytes,
                 record.geometry().region_size()
             )));
+        }
+        // A remote secondary: each worker waits a round trip per extent
+        // and per flush, so more of them keep the link busy.
+        let mut config = config;
+        if secondary.remote() {
+            config.threads = config.threads.max(REMOTE_THREADS);
         }
         let throttle = Mutex::new(throttle_for(config.max_rate)?);
         let missing = secondary.missing();

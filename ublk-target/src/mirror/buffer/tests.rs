@@ -342,7 +342,7 @@ fn a_write_in_flight_across_a_take_is_read_back() {
 fn data_that_cannot_fill_a_chunk_is_not_held() {
     let states = RegionStates::new(1);
     let b = WriteBuffer::new(1 << 20).with_chunk(4096);
-    let mut keep = |at: std::ops::Range<u32>| {
+    let keep = |at: std::ops::Range<u32>| {
         let (_, began) = states.begin_write_seq(0);
         let data = vec![3; at.len()];
         b.keep(&states, 0, at, began, Some(&data));
