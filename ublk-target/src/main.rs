@@ -84,12 +84,28 @@ enum Cmd {
     },
 }
 
+/// A panic on any thread ends the process at once, after the message is
+/// logged. A queue thread that died quietly would leave its requests
+/// unanswered while the daemon still looks alive; a dead daemon is what the
+/// device's user recovery and the service's restart are built for (the
+/// record then lists every region that may differ).
+fn abort_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        log::error!("{info}; the daemon stops now (recover the device to go on)");
+        log::logger().flush();
+        std::process::abort();
+    }));
+}
+
 fn main() {
     let cli = Cli::parse();
     daemon::systemd::init_logging(match &cli.cmd {
         Cmd::Serve { name, .. } | Cmd::Start { name, .. } => Some(name),
         _ => None,
     });
+    abort_on_panic();
     let r = match cli.cmd {
         Cmd::Serve {
             name,

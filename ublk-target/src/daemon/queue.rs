@@ -186,7 +186,10 @@ async fn serve_op(q: &UblkQueue<'_>, tag: u16, buf: &mut [u8], engine: &Engine, 
                     Issue::Run => io.run(Data::Into(&mut buf[..len])),
                     Issue::Detached => off_thread(io.job()).await,
                 };
-                return ublk_result(&req, io.complete_written(res, &buf[..len]));
+                // Only a write's data is in the buffer (a discard's length
+                // is not bounded by it).
+                let written: &[u8] = if op == Op::Write { &buf[..len] } else { &[] };
+                return ublk_result(&req, io.complete_written(res, written));
             }
         };
     }
