@@ -530,3 +530,119 @@ fn a_connection_lost_with_writes_unflushed_counts_a_loss_and_a_flushed_one_does_
     );
     assert!(dev.reconnects() >= 2, "{} reconnects", dev.reconnects());
 }
+
+/// A link on loopback to `upstream` that forwards until it is told to
+/// swallow: from then on it neither reads nor writes, and never closes,
+/// as a route that drops every packet does.
+fn black_hole(upstream: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::net::TcpStream;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let swallow = Arc::new(AtomicBool::new(false));
+    let s = swallow.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let server = TcpStream::connect(("127.0.0.1", upstream)).unwrap();
+            for (mut from, mut to) in [
+                (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                (server, client),
+            ] {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 << 10];
+                    // Once swallowing, the pump stops and holds both
+                    // sockets open: what is sent fills their buffers.
+                    while !s.load(Ordering::Acquire) {
+                        match from.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) if !s.load(Ordering::Acquire) => {
+                                if to.write_all(&buf[..n]).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => break,
+                        }
+                    }
+                    std::thread::sleep(Duration::from_secs(3600));
+                    drop((from, to));
+                });
+            }
+        }
+    });
+    (port, swallow)
+}
+
+#[test]
+fn a_link_that_drops_everything_fails_requests_within_their_timeout() {
+    let s = setup();
+    let port = free_port();
+    let _server = nbdkit(&s.export, port, &[], &[]);
+    let (hole, swallow) = black_hole(port);
+    let uri = NbdUri::parse(&format!("nbd://127.0.0.1:{hole}/")).unwrap();
+    let timeout = Duration::from_secs(2);
+    let dev = NbdDev::connect_with(&uri, timeout).unwrap();
+    let block = vec![3u8; 8 << 20];
+    dev.write_at(&block, 0, false).unwrap();
+    dev.sync().unwrap();
+    swallow.store(true, std::sync::atomic::Ordering::Release);
+    // Far more than the sockets' buffers take: a send would block until
+    // TCP gave up (many minutes) without a timeout of its own.
+    let t0 = Instant::now();
+    let err = dev
+        .write_at(&vec![4u8; SIZE as usize], 0, false)
+        .unwrap_err();
+    let took = t0.elapsed();
+    eprintln!("a write into the black hole failed after {took:?}: {err}");
+    assert!(
+        took < timeout * 3,
+        "the write took {took:?} to fail, with a request timeout of {timeout:?}"
+    );
+    let t0 = Instant::now();
+    assert!(
+        dev.sync().is_err(),
+        "a flush through the black hole succeeded"
+    );
+    assert!(
+        t0.elapsed() < timeout * 3,
+        "the flush took {:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn concurrent_syncs_share_flushes_and_each_covers_its_writes() {
+    let s = setup();
+    let port = free_port();
+    let server = nbdkit(&s.export, port, &[], &[]);
+    let dev = std::sync::Arc::new(NbdDev::connect(&NbdUri::parse(&server.uri).unwrap()).unwrap());
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let dev = dev.clone();
+            std::thread::spawn(move || {
+                for i in 0..16u64 {
+                    let at = (t * 16 + i) * IO;
+                    dev.write_at(&vec![(t * 16 + i) as u8; IO as usize], at, false)
+                        .unwrap();
+                    dev.sync().unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let flushes = dev.flushes_sent();
+    eprintln!("128 syncs from 8 threads sent {flushes} flushes");
+    assert!(flushes > 0 && flushes <= 128, "{flushes} flushes");
+    let mut buf = vec![0u8; IO as usize];
+    for k in 0..128u64 {
+        dev.read_at(&mut buf, k * IO).unwrap();
+        assert!(
+            buf.iter().all(|&b| b == k as u8),
+            "block {k} reads back wrong"
+        );
+    }
+}

@@ -5,6 +5,7 @@
 //! test double for the property tests and the trace simulator.
 
 mod file;
+mod group;
 mod mem;
 pub mod nbd;
 

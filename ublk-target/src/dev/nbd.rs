@@ -20,6 +20,10 @@
 //! - Writes acknowledged on a connection that broke before a flush covered
 //!   them may be lost with the server's cache: `losses` counts such breaks,
 //!   and the mirror marks nothing clean across one.
+//! - Flushes are group-committed: a caller that comes while a flush is in
+//!   flight waits for it and then for the next, which one of the waiters
+//!   sends for all of them (each flush costs the server a sync of its whole
+//!   store, and many mirror threads want one at once).
 //! - A malformed reply (bad magic, unknown cookie, an oversized option
 //!   reply) breaks the connection with a message that names it; it never
 //!   panics.
@@ -299,14 +303,23 @@ impl Stream {
     }
 
     fn set_timeouts(&self, t: Option<Duration>) -> io::Result<()> {
+        self.set_read_write_timeouts(t, t)
+    }
+
+    /// The socket's own timeouts (every clone shares them).
+    fn set_read_write_timeouts(
+        &self,
+        read: Option<Duration>,
+        write: Option<Duration>,
+    ) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => {
-                s.set_read_timeout(t)?;
-                s.set_write_timeout(t)
+                s.set_read_timeout(read)?;
+                s.set_write_timeout(write)
             }
             Stream::Unix(s) => {
-                s.set_read_timeout(t)?;
-                s.set_write_timeout(t)
+                s.set_read_timeout(read)?;
+                s.set_write_timeout(write)
             }
         }
     }
@@ -592,6 +605,11 @@ impl Conn {
     /// Marks the connection broken (once), fails every request in flight
     /// on it, and counts a loss if acknowledged writes were not yet flushed.
     fn break_with(&self, why: &str) {
+        self.break_as(io::ErrorKind::ConnectionAborted, why);
+    }
+
+    /// Like `break_with`, the requests in flight failing with `kind`.
+    fn break_as(&self, kind: io::ErrorKind, why: &str) {
         let waiters = {
             let mut inflight = lock(&self.inflight);
             if inflight.broken.is_some() {
@@ -606,10 +624,7 @@ impl Conn {
         }
         self.control.shutdown();
         for (_, w) in waiters {
-            let _ = w.tx.try_send(Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                why.to_string(),
-            )));
+            let _ = w.tx.try_send(Err(io::Error::new(kind, why.to_string())));
         }
     }
 
@@ -715,13 +730,23 @@ impl Conn {
                 .and_then(|()| payload.map_or(Ok(()), |p| w.write_all(p)))
         };
         if let Err(e) = sent {
-            // Its waiter is failed with the reason.
-            self.break_with(&format!("send to the server: {e}"));
+            // The stream is out of step now: the connection goes, and
+            // every request in flight on it fails.
+            let (kind, why) = match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => (
+                    io::ErrorKind::TimedOut,
+                    "send to the server: no progress within the request timeout".to_string(),
+                ),
+                kind => (kind, format!("send to the server: {e}")),
+            };
+            self.break_as(kind, &why);
+            return Err(io::Error::new(kind, why));
         }
         Ok(Sent {
             conn: self.clone(),
             rx,
             write: false,
+            at: Instant::now(),
         })
     }
 }
@@ -732,11 +757,15 @@ struct Sent {
     rx: mpsc::Receiver<Reply>,
     /// A write (`send_write`): no longer in flight once answered.
     write: bool,
+    /// When it was sent: its timeout runs from then.
+    at: Instant,
 }
 
 impl Sent {
     fn wait(self, timeout: Duration) -> Reply {
-        let reply = self.rx.recv_timeout(timeout);
+        let reply = self
+            .rx
+            .recv_timeout(timeout.saturating_sub(self.at.elapsed()));
         if self.write {
             self.conn.writes_in_flight.fetch_sub(1, Ordering::SeqCst);
         }
@@ -747,7 +776,7 @@ impl Sent {
                     "no reply from the server within {} s",
                     timeout.as_secs_f64()
                 );
-                self.conn.break_with(&why);
+                self.conn.break_as(io::ErrorKind::TimedOut, &why);
                 Err(io::Error::new(io::ErrorKind::TimedOut, why))
             }
         }
@@ -777,6 +806,9 @@ pub struct NbdDev {
     losses: Arc<AtomicU64>,
     timeout: Duration,
     reconnects: AtomicU64,
+    flushes: super::group::GroupSync,
+    /// FLUSH requests sent, for the tests.
+    flushes_sent: AtomicU64,
 }
 
 impl NbdDev {
@@ -788,8 +820,8 @@ impl NbdDev {
     /// Like `connect`, each request waiting at most `timeout` for its reply.
     pub fn connect_with(uri: &NbdUri, timeout: Duration) -> Result<NbdDev> {
         let losses = Arc::new(AtomicU64::new(0));
-        let (first, info) =
-            open_conn(uri, &losses).map_err(|e| Error::io(format!("secondary {uri}"), e))?;
+        let (first, info) = open_conn(uri, &losses, timeout)
+            .map_err(|e| Error::io(format!("secondary {uri}"), e))?;
         if info.has(proto::TF_READ_ONLY) {
             return Err(Error::Config(format!(
                 "secondary {uri}: the export is read-only"
@@ -813,8 +845,8 @@ impl NbdDev {
             last_error: String::new(),
         })];
         for _ in 1..n {
-            let (conn, more) =
-                open_conn(uri, &losses).map_err(|e| Error::io(format!("secondary {uri}"), e))?;
+            let (conn, more) = open_conn(uri, &losses, timeout)
+                .map_err(|e| Error::io(format!("secondary {uri}"), e))?;
             if more.size != info.size {
                 return Err(Error::Config(format!(
                     "secondary {uri}: the export's size changed from {} to {} bytes between connections",
@@ -845,6 +877,8 @@ impl NbdDev {
             losses,
             timeout,
             reconnects: AtomicU64::new(0),
+            flushes: Default::default(),
+            flushes_sent: AtomicU64::new(0),
         })
     }
 
@@ -856,6 +890,11 @@ impl NbdDev {
     /// Connections made again after one broke.
     pub fn reconnects(&self) -> u64 {
         self.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// FLUSH requests sent so far.
+    pub fn flushes_sent(&self) -> u64 {
+        self.flushes_sent.load(Ordering::Relaxed)
     }
 
     /// A live connection: the next slot's, reconnected when it broke and
@@ -881,7 +920,7 @@ impl NbdDev {
                 ),
             ));
         }
-        match open_conn(&self.uri, &self.losses) {
+        match open_conn(&self.uri, &self.losses, self.timeout) {
             Ok((conn, info)) if info.size == self.info.size => {
                 log::info!("secondary {}: reconnected", self.uri);
                 self.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -953,14 +992,33 @@ impl NbdDev {
         (u64::from(self.info.max_payload) / min * min).max(min)
     }
 
-    /// Flushes on `conn`; the writes acknowledged before it are durable
-    /// once it succeeds, on every connection.
+    /// Passes a request's outcome on; a timeout first breaks every
+    /// connection. The connections share the link and the server, so one
+    /// with no answer for a whole request timeout says the others are as
+    /// good as gone, and waiting out a timeout on each of them in turn
+    /// would only delay the degraded state.
+    fn settle<T>(&self, result: io::Result<T>) -> io::Result<T> {
+        if let Err(e) = &result {
+            if e.kind() == io::ErrorKind::TimedOut {
+                for slot in &self.slots {
+                    let conn = lock(slot).conn.clone();
+                    if let Some(c) = conn {
+                        c.break_as(io::ErrorKind::TimedOut, &e.to_string());
+                    }
+                }
+            }
+        }
+        result
+    }
+
     /// The size of one request of a large read or write.
     fn part_size(&self) -> usize {
         let min = u64::from(self.info.min_block);
         (self.max_payload().min(PART) / min * min).max(min) as usize
     }
 
+    /// Flushes on `conn`; the writes acknowledged before it are durable
+    /// once it succeeds, on every connection.
     fn flush(&self, conn: &Arc<Conn>) -> io::Result<()> {
         let live: Vec<Arc<Conn>> = self
             .slots
@@ -976,6 +1034,7 @@ impl NbdDev {
                 c.unflushed.store(true, Ordering::SeqCst);
             }
         }
+        self.flushes_sent.fetch_add(1, Ordering::Relaxed);
         match conn
             .send(proto::CMD_FLUSH, 0, 0, 0, None)
             .and_then(|s| s.wait(self.timeout))
@@ -985,18 +1044,25 @@ impl NbdDev {
                 for c in &live {
                     c.unflushed.store(true, Ordering::Release);
                 }
-                Err(e)
+                self.settle(Err(e))
             }
         }
     }
 }
 
 /// Connects and shakes hands; starts the connection's reader thread.
-fn open_conn(uri: &NbdUri, losses: &Arc<AtomicU64>) -> io::Result<(Arc<Conn>, ExportInfo)> {
+fn open_conn(
+    uri: &NbdUri,
+    losses: &Arc<AtomicU64>,
+    timeout: Duration,
+) -> io::Result<(Arc<Conn>, ExportInfo)> {
     let mut s = Stream::connect(&uri.endpoint, CONNECT_TIMEOUT)?;
     let info = handshake(&mut s, &uri.export)?;
-    // Transmission: a request's own timeout governs its wait.
-    s.set_timeouts(None)?;
+    // Transmission: a request's own timeout governs the wait for its
+    // reply, and sending it may not stall longer either (a link that
+    // drops everything fills the socket's buffer, and a send would then
+    // wait for TCP to give up, many minutes later).
+    s.set_read_write_timeouts(None, Some(timeout))?;
     let reader = s.try_clone()?;
     let control = s.try_clone()?;
     let conn = Arc::new(Conn {
@@ -1028,6 +1094,7 @@ impl BlockDev for NbdDev {
         for (w, window) in buf.chunks_mut(part * PIPELINE).enumerate() {
             let at = offset + (w * part * PIPELINE) as u64;
             let mut sent = Vec::new();
+            let mut result = Ok(());
             for (i, p) in window.chunks(part).enumerate() {
                 let r = self.pick().and_then(|c| {
                     c.send(
@@ -1038,17 +1105,22 @@ impl BlockDev for NbdDev {
                         None,
                     )
                 });
-                sent.push(r);
+                match r {
+                    Ok(s) => sent.push(s),
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
             }
-            let mut result = Ok(());
             for (p, s) in window.chunks_mut(part).zip(sent) {
-                match s.and_then(|s| s.wait(self.timeout)) {
+                match s.wait(self.timeout) {
                     Ok(data) if data.len() == p.len() => p.copy_from_slice(&data),
                     Ok(_) => result = result.and(Err(proto_err("short read reply"))),
                     Err(e) => result = result.and(Err(e)),
                 }
             }
-            result?;
+            self.settle(result)?;
         }
         Ok(())
     }
@@ -1061,6 +1133,7 @@ impl BlockDev for NbdDev {
         for (w, window) in buf.chunks(part * PIPELINE).enumerate() {
             let at = offset + (w * part * PIPELINE) as u64;
             let mut sent = Vec::new();
+            let mut result = Ok(());
             for (i, p) in window.chunks(part).enumerate() {
                 let r = self.pick().and_then(|c| {
                     c.send_write(
@@ -1071,16 +1144,21 @@ impl BlockDev for NbdDev {
                         Some(p),
                     )
                 });
-                sent.push(r);
+                match r {
+                    Ok(s) => sent.push(s),
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
             }
             // Every reply is waited for, the first error returned.
-            let mut result = Ok(());
             for s in sent {
-                if let Err(e) = s.and_then(|s| s.wait(self.timeout)) {
+                if let Err(e) = s.wait(self.timeout) {
                     result = result.and(Err(e));
                 }
             }
-            result?;
+            self.settle(result)?;
         }
         if fua && !native_fua {
             self.sync()?;
@@ -1094,7 +1172,8 @@ impl BlockDev for NbdDev {
         }
         // One connection, or several with CAN_MULTI_CONN: a flush on any
         // covers the writes acknowledged on all of them.
-        self.flush(&self.pick()?)
+        self.flushes
+            .sync(|| self.pick().and_then(|c| self.flush(&c)))
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -1109,9 +1188,11 @@ impl BlockDev for NbdDev {
             let mut at = offset;
             while at < offset + len {
                 let n = (offset + len - at).min(MAX_ZEROES);
-                let conn = self.pick()?;
-                conn.send_write(proto::CMD_WRITE_ZEROES, 0, at, n as u32, None)?
-                    .wait(self.timeout)?;
+                self.settle(self.pick().and_then(|c| {
+                    c.send_write(proto::CMD_WRITE_ZEROES, 0, at, n as u32, None)?
+                        .wait(self.timeout)
+                        .map(drop)
+                }))?;
                 at += n;
             }
             return Ok(());
