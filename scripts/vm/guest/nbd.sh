@@ -56,9 +56,13 @@ listening() {
     grep -qi ":$(printf '%04X' $PORT) 00000000:0000 0A" /proc/net/tcp
 }
 
-# serve: qemu-nbd exports /dev/vdb as "sec", uncached (in SERVER).
+# serve: qemu-nbd exports /dev/vdb as "sec", uncached (in SERVER), to up to
+# 8 clients at once: after a cut link the server still holds the old
+# connections (their close was lost with the rest), and with qemu-nbd's
+# default of one client it would take no new one until TCP gives the old
+# ones up, many minutes later.
 serve() {
-    /usr/local/bin/qemu-nbd -f raw -x sec -b 127.0.0.1 -p $PORT -t --cache=none \
+    /usr/local/bin/qemu-nbd -f raw -x sec -b 127.0.0.1 -p $PORT -t -e 8 --cache=none \
         /dev/vdb >/tmp/qemu-nbd.log 2>&1 &
     SERVER=$!
     _i=0
