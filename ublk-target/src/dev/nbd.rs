@@ -58,8 +58,11 @@ const MULTI_CONN: usize = 4;
 const DEFAULT_MAX_PAYLOAD: u32 = 32 << 20;
 /// Reads and writes are cut into requests of at most this many bytes
 /// (and the server's maximum), sent together: a large copy over a slow
-/// link pays one round trip, not one per request.
-const PART: u64 = 1 << 20;
+/// link pays one round trip, not one per request. nbdcopy's default too:
+/// the server works on several at once (nbdkit's threads), and with 1 MiB
+/// requests the copy to nbdkit over a 10 ms round trip ran at 439-544
+/// MiB/s, with 256 KiB at 635-690 (tmpfs behind the server).
+const PART: u64 = 256 << 10;
 /// Requests one read or write keeps in flight at most.
 const PIPELINE: usize = 16;
 /// Largest length of one WRITE_ZEROES request.
