@@ -646,3 +646,75 @@ fn concurrent_syncs_share_flushes_and_each_covers_its_writes() {
         );
     }
 }
+
+/// A link on loopback to `upstream` that, once armed, drops every
+/// connection the moment the client sends its next request (without
+/// forwarding it), as a server that crashes on receiving it would.
+fn crash_on_next_request(upstream: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::net::{Shutdown, TcpStream};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let armed = Arc::new(AtomicBool::new(false));
+    let all: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+    let a = armed.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let server = TcpStream::connect(("127.0.0.1", upstream)).unwrap();
+            all.lock()
+                .unwrap()
+                .extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+            for (mut from, mut to, upward) in [
+                (
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    true,
+                ),
+                (server, client, false),
+            ] {
+                let (a, all) = (a.clone(), all.clone());
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 << 10];
+                    loop {
+                        let n = match from.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if upward && a.load(Ordering::Acquire) {
+                            for s in all.lock().unwrap().iter() {
+                                let _ = s.shutdown(Shutdown::Both);
+                            }
+                            return;
+                        }
+                        if to.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    (port, armed)
+}
+
+#[test]
+fn a_connection_lost_while_its_flush_is_out_counts_a_loss() {
+    let s = setup();
+    let port = free_port();
+    let _server = nbdkit(&s.export, port, &[], &[]);
+    let (link, armed) = crash_on_next_request(port);
+    let uri = NbdUri::parse(&format!("nbd://127.0.0.1:{link}/")).unwrap();
+    let dev = NbdDev::connect_with(&uri, Duration::from_secs(5)).unwrap();
+    // Acknowledged, not yet flushed; the server "crashes" on the flush
+    // that would cover it, and every connection goes.
+    dev.write_at(&vec![5u8; 1 << 20], 0, false).unwrap();
+    let before = dev.losses();
+    armed.store(true, std::sync::atomic::Ordering::Release);
+    assert!(dev.sync().is_err(), "a flush to a crashed server succeeded");
+    assert!(
+        dev.losses() > before,
+        "the write the lost flush should have covered was not counted as a loss"
+    );
+}

@@ -10,8 +10,9 @@ struct State {
     /// Syncs begun, and ended, so far.
     begun: u64,
     ended: u64,
-    /// How the last one ended: its error's kind and message.
-    last: Option<(io::ErrorKind, String)>,
+    /// How the last one ended: its error's errno (if it had one), kind
+    /// and message.
+    last: Option<(Option<i32>, io::ErrorKind, String)>,
     busy: bool,
 }
 
@@ -47,7 +48,9 @@ impl GroupSync {
         if s.ended >= want {
             return match &s.last {
                 None => Ok(()),
-                Some((kind, why)) => Err(io::Error::new(*kind, why.clone())),
+                // The errno stays (an ENOSPC from the server is not an EIO).
+                Some((Some(errno), _, _)) => Err(io::Error::from_raw_os_error(*errno)),
+                Some((None, kind, why)) => Err(io::Error::new(*kind, why.clone())),
             };
         }
         s.busy = true;
@@ -58,7 +61,10 @@ impl GroupSync {
         let mut s = self.lock();
         s.busy = false;
         s.ended = this;
-        s.last = r.as_ref().err().map(|e| (e.kind(), e.to_string()));
+        s.last = r
+            .as_ref()
+            .err()
+            .map(|e| (e.raw_os_error(), e.kind(), e.to_string()));
         drop(s);
         self.ended.notify_all();
         r

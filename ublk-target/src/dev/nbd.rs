@@ -1006,7 +1006,9 @@ impl NbdDev {
                 for slot in &self.slots {
                     let conn = lock(slot).conn.clone();
                     if let Some(c) = conn {
-                        c.break_as(io::ErrorKind::TimedOut, &e.to_string());
+                        // Not TimedOut: their requests' failures must not
+                        // break the connections made after this.
+                        c.break_with(&e.to_string());
                     }
                 }
             }
@@ -1031,12 +1033,16 @@ impl NbdDev {
         // Covered: the writes answered before the flush is sent. A write
         // still in flight keeps its connection unflushed; one sent after
         // this point sets the flag again itself.
-        for c in &live {
-            c.unflushed.store(false, Ordering::SeqCst);
-            if c.writes_in_flight.load(Ordering::SeqCst) > 0 {
-                c.unflushed.store(true, Ordering::SeqCst);
-            }
-        }
+        let had: Vec<bool> = live
+            .iter()
+            .map(|c| {
+                let had = c.unflushed.swap(false, Ordering::SeqCst);
+                if c.writes_in_flight.load(Ordering::SeqCst) > 0 {
+                    c.unflushed.store(true, Ordering::SeqCst);
+                }
+                had
+            })
+            .collect();
         self.flushes_sent.fetch_add(1, Ordering::Relaxed);
         match conn
             .send(proto::CMD_FLUSH, 0, 0, 0, None)
@@ -1044,12 +1050,35 @@ impl NbdDev {
         {
             Ok(_) => Ok(()),
             Err(e) => {
+                // A connection that broke while this flush was out had
+                // its writes uncovered, but its flag was clear: the break
+                // counted no loss. Count it here.
+                let lost = live
+                    .iter()
+                    .zip(&had)
+                    .any(|(c, &had)| had && c.broken.load(Ordering::Acquire));
                 for c in &live {
-                    c.unflushed.store(true, Ordering::Release);
+                    c.unflushed.store(true, Ordering::SeqCst);
+                }
+                if lost {
+                    self.losses.fetch_add(1, Ordering::AcqRel);
                 }
                 self.settle(Err(e))
             }
         }
+    }
+}
+
+/// The error a request of several parts reports: the first, unless a
+/// later one timed out (which `NbdDev::settle` must see).
+fn worse(result: io::Result<()>, e: io::Error) -> io::Result<()> {
+    match result {
+        Err(first)
+            if first.kind() == io::ErrorKind::TimedOut || e.kind() != io::ErrorKind::TimedOut =>
+        {
+            Err(first)
+        }
+        _ => Err(e),
     }
 }
 
@@ -1119,8 +1148,8 @@ impl BlockDev for NbdDev {
             for (p, s) in window.chunks_mut(part).zip(sent) {
                 match s.wait(self.timeout) {
                     Ok(data) if data.len() == p.len() => p.copy_from_slice(&data),
-                    Ok(_) => result = result.and(Err(proto_err("short read reply"))),
-                    Err(e) => result = result.and(Err(e)),
+                    Ok(_) => result = worse(result, proto_err("short read reply")),
+                    Err(e) => result = worse(result, e),
                 }
             }
             self.settle(result)?;
@@ -1158,7 +1187,7 @@ impl BlockDev for NbdDev {
             // Every reply is waited for, the first error returned.
             for s in sent {
                 if let Err(e) = s.wait(self.timeout) {
-                    result = result.and(Err(e));
+                    result = worse(result, e);
                 }
             }
             self.settle(result)?;
@@ -1243,6 +1272,9 @@ impl Drop for NbdDev {
     fn drop(&mut self) {
         for slot in &self.slots {
             if let Some(c) = lock(slot).conn.take() {
+                if c.broken.load(Ordering::Acquire) {
+                    continue;
+                }
                 // Tell the server we are leaving; the reader thread then ends.
                 let mut header = [0u8; 28];
                 header[0..4].copy_from_slice(&proto::REQUEST_MAGIC.to_be_bytes());
