@@ -531,48 +531,76 @@ fn a_connection_lost_with_writes_unflushed_counts_a_loss_and_a_flushed_one_does_
     assert!(dev.reconnects() >= 2, "{} reconnects", dev.reconnects());
 }
 
-/// A link on loopback to `upstream` that forwards until it is told to
-/// swallow: from then on it neither reads nor writes, and never closes,
-/// as a route that drops every packet does.
-fn black_hole(upstream: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
-    use std::net::TcpStream;
+/// What a `fault_link` does once armed.
+#[derive(Clone, Copy, PartialEq)]
+enum Fault {
+    /// Forwards nothing more, closes nothing: a route that drops every
+    /// packet (what is sent fills the sockets' buffers).
+    Swallow,
+    /// Drops every connection the moment the client sends its next
+    /// request, unforwarded: a server that crashes on receiving it.
+    CrashOnRequest,
+}
+
+/// A link on loopback to `upstream` that forwards until armed, then fails
+/// as `fault` says. Returns its port and the switch that arms it.
+fn fault_link(upstream: u16, fault: Fault) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::net::{Shutdown, TcpStream};
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let swallow = Arc::new(AtomicBool::new(false));
-    let s = swallow.clone();
+    let armed = Arc::new(AtomicBool::new(false));
+    let all: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+    let a = armed.clone();
     std::thread::spawn(move || {
         for client in listener.incoming() {
             let Ok(client) = client else { continue };
             let server = TcpStream::connect(("127.0.0.1", upstream)).unwrap();
-            for (mut from, mut to) in [
-                (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                (server, client),
+            all.lock()
+                .unwrap()
+                .extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+            for (mut from, mut to, upward) in [
+                (
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    true,
+                ),
+                (server, client, false),
             ] {
-                let s = s.clone();
+                let (a, all) = (a.clone(), all.clone());
                 std::thread::spawn(move || {
                     let mut buf = vec![0u8; 64 << 10];
-                    // Once swallowing, the pump stops and holds both
-                    // sockets open: what is sent fills their buffers.
-                    while !s.load(Ordering::Acquire) {
-                        match from.read(&mut buf) {
+                    loop {
+                        let n = match from.read(&mut buf) {
                             Ok(0) | Err(_) => return,
-                            Ok(n) if !s.load(Ordering::Acquire) => {
-                                if to.write_all(&buf[..n]).is_err() {
+                            Ok(n) => n,
+                        };
+                        if a.load(Ordering::Acquire) {
+                            match fault {
+                                // Holds both sockets open, reading no more.
+                                Fault::Swallow => {
+                                    std::thread::sleep(Duration::from_secs(3600));
                                     return;
                                 }
+                                Fault::CrashOnRequest if upward => {
+                                    for s in all.lock().unwrap().iter() {
+                                        let _ = s.shutdown(Shutdown::Both);
+                                    }
+                                    return;
+                                }
+                                Fault::CrashOnRequest => {}
                             }
-                            Ok(_) => break,
+                        }
+                        if to.write_all(&buf[..n]).is_err() {
+                            return;
                         }
                     }
-                    std::thread::sleep(Duration::from_secs(3600));
-                    drop((from, to));
                 });
             }
         }
     });
-    (port, swallow)
+    (port, armed)
 }
 
 #[test]
@@ -580,7 +608,7 @@ fn a_link_that_drops_everything_fails_requests_within_their_timeout() {
     let s = setup();
     let port = free_port();
     let _server = nbdkit(&s.export, port, &[], &[]);
-    let (hole, swallow) = black_hole(port);
+    let (hole, swallow) = fault_link(port, Fault::Swallow);
     let uri = NbdUri::parse(&format!("nbd://127.0.0.1:{hole}/")).unwrap();
     let timeout = Duration::from_secs(2);
     let dev = NbdDev::connect_with(&uri, timeout).unwrap();
@@ -647,64 +675,12 @@ fn concurrent_syncs_share_flushes_and_each_covers_its_writes() {
     }
 }
 
-/// A link on loopback to `upstream` that, once armed, drops every
-/// connection the moment the client sends its next request (without
-/// forwarding it), as a server that crashes on receiving it would.
-fn crash_on_next_request(upstream: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
-    use std::net::{Shutdown, TcpStream};
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let armed = Arc::new(AtomicBool::new(false));
-    let all: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-    let a = armed.clone();
-    std::thread::spawn(move || {
-        for client in listener.incoming() {
-            let Ok(client) = client else { continue };
-            let server = TcpStream::connect(("127.0.0.1", upstream)).unwrap();
-            all.lock()
-                .unwrap()
-                .extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
-            for (mut from, mut to, upward) in [
-                (
-                    client.try_clone().unwrap(),
-                    server.try_clone().unwrap(),
-                    true,
-                ),
-                (server, client, false),
-            ] {
-                let (a, all) = (a.clone(), all.clone());
-                std::thread::spawn(move || {
-                    let mut buf = vec![0u8; 64 << 10];
-                    loop {
-                        let n = match from.read(&mut buf) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        if upward && a.load(Ordering::Acquire) {
-                            for s in all.lock().unwrap().iter() {
-                                let _ = s.shutdown(Shutdown::Both);
-                            }
-                            return;
-                        }
-                        if to.write_all(&buf[..n]).is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        }
-    });
-    (port, armed)
-}
-
 #[test]
 fn a_connection_lost_while_its_flush_is_out_counts_a_loss() {
     let s = setup();
     let port = free_port();
     let _server = nbdkit(&s.export, port, &[], &[]);
-    let (link, armed) = crash_on_next_request(port);
+    let (link, armed) = fault_link(port, Fault::CrashOnRequest);
     let uri = NbdUri::parse(&format!("nbd://127.0.0.1:{link}/")).unwrap();
     let dev = NbdDev::connect_with(&uri, Duration::from_secs(5)).unwrap();
     // Acknowledged, not yet flushed; the server "crashes" on the flush
