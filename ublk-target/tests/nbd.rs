@@ -603,15 +603,31 @@ fn fault_link(upstream: u16, fault: Fault) -> (u16, std::sync::Arc<std::sync::at
     (port, armed)
 }
 
-#[test]
-fn a_link_that_drops_everything_fails_requests_within_their_timeout() {
+/// An nbdkit export reached through a `fault_link`, with requests timing
+/// out after `timeout`: the setup, the server, the client and the link's
+/// switch.
+fn behind_fault(
+    fault: Fault,
+    timeout: Duration,
+) -> (
+    Setup,
+    Server,
+    NbdDev,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
     let s = setup();
     let port = free_port();
-    let _server = nbdkit(&s.export, port, &[], &[]);
-    let (hole, swallow) = fault_link(port, Fault::Swallow);
-    let uri = NbdUri::parse(&format!("nbd://127.0.0.1:{hole}/")).unwrap();
-    let timeout = Duration::from_secs(2);
+    let server = nbdkit(&s.export, port, &[], &[]);
+    let (link, armed) = fault_link(port, fault);
+    let uri = NbdUri::parse(&format!("nbd://127.0.0.1:{link}/")).unwrap();
     let dev = NbdDev::connect_with(&uri, timeout).unwrap();
+    (s, server, dev, armed)
+}
+
+#[test]
+fn a_link_that_drops_everything_fails_requests_within_their_timeout() {
+    let timeout = Duration::from_secs(2);
+    let (_s, _server, dev, swallow) = behind_fault(Fault::Swallow, timeout);
     let block = vec![3u8; 8 << 20];
     dev.write_at(&block, 0, false).unwrap();
     dev.sync().unwrap();
@@ -677,12 +693,7 @@ fn concurrent_syncs_share_flushes_and_each_covers_its_writes() {
 
 #[test]
 fn a_connection_lost_while_its_flush_is_out_counts_a_loss() {
-    let s = setup();
-    let port = free_port();
-    let _server = nbdkit(&s.export, port, &[], &[]);
-    let (link, armed) = fault_link(port, Fault::CrashOnRequest);
-    let uri = NbdUri::parse(&format!("nbd://127.0.0.1:{link}/")).unwrap();
-    let dev = NbdDev::connect_with(&uri, Duration::from_secs(5)).unwrap();
+    let (_s, _server, dev, armed) = behind_fault(Fault::CrashOnRequest, Duration::from_secs(5));
     // Acknowledged, not yet flushed; the server "crashes" on the flush
     // that would cover it, and every connection goes.
     dev.write_at(&vec![5u8; 1 << 20], 0, false).unwrap();

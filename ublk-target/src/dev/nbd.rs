@@ -301,20 +301,12 @@ impl Stream {
             }
             Endpoint::Unix(path) => Stream::Unix(UnixStream::connect(path)?),
         };
-        stream.set_timeouts(Some(timeout))?;
+        stream.set_timeouts(Some(timeout), Some(timeout))?;
         Ok(stream)
     }
 
-    fn set_timeouts(&self, t: Option<Duration>) -> io::Result<()> {
-        self.set_read_write_timeouts(t, t)
-    }
-
     /// The socket's own timeouts (every clone shares them).
-    fn set_read_write_timeouts(
-        &self,
-        read: Option<Duration>,
-        write: Option<Duration>,
-    ) -> io::Result<()> {
+    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => {
                 s.set_read_timeout(read)?;
@@ -1016,6 +1008,25 @@ impl NbdDev {
         result
     }
 
+    /// Sends one request per part (`send` with a connection, the part's
+    /// index and the part), each on the next connection, all before any
+    /// reply is waited for; stops at the first that cannot be sent. Returns
+    /// the requests sent and that first error.
+    fn send_parts<'p>(
+        &self,
+        parts: impl Iterator<Item = &'p [u8]>,
+        send: impl Fn(&Arc<Conn>, usize, &[u8]) -> io::Result<Sent>,
+    ) -> (Vec<Sent>, io::Result<()>) {
+        let mut sent = Vec::new();
+        for (i, p) in parts.enumerate() {
+            match self.pick().and_then(|c| send(&c, i, p)) {
+                Ok(s) => sent.push(s),
+                Err(e) => return (sent, Err(e)),
+            }
+        }
+        (sent, Ok(()))
+    }
+
     /// The size of one request of a large read or write.
     fn part_size(&self) -> usize {
         let min = u64::from(self.info.min_block);
@@ -1094,7 +1105,7 @@ fn open_conn(
     // reply, and sending it may not stall longer either (a link that
     // drops everything fills the socket's buffer, and a send would then
     // wait for TCP to give up, many minutes later).
-    s.set_read_write_timeouts(None, Some(timeout))?;
+    s.set_timeouts(None, Some(timeout))?;
     let reader = s.try_clone()?;
     let control = s.try_clone()?;
     let conn = Arc::new(Conn {
@@ -1125,26 +1136,15 @@ impl BlockDev for NbdDev {
         let part = self.part_size();
         for (w, window) in buf.chunks_mut(part * PIPELINE).enumerate() {
             let at = offset + (w * part * PIPELINE) as u64;
-            let mut sent = Vec::new();
-            let mut result = Ok(());
-            for (i, p) in window.chunks(part).enumerate() {
-                let r = self.pick().and_then(|c| {
-                    c.send(
-                        proto::CMD_READ,
-                        0,
-                        at + (i * part) as u64,
-                        p.len() as u32,
-                        None,
-                    )
-                });
-                match r {
-                    Ok(s) => sent.push(s),
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
-                }
-            }
+            let (sent, mut result) = self.send_parts(window.chunks(part), |c, i, p| {
+                c.send(
+                    proto::CMD_READ,
+                    0,
+                    at + (i * part) as u64,
+                    p.len() as u32,
+                    None,
+                )
+            });
             for (p, s) in window.chunks_mut(part).zip(sent) {
                 match s.wait(self.timeout) {
                     Ok(data) if data.len() == p.len() => p.copy_from_slice(&data),
@@ -1164,26 +1164,15 @@ impl BlockDev for NbdDev {
         let part = self.part_size();
         for (w, window) in buf.chunks(part * PIPELINE).enumerate() {
             let at = offset + (w * part * PIPELINE) as u64;
-            let mut sent = Vec::new();
-            let mut result = Ok(());
-            for (i, p) in window.chunks(part).enumerate() {
-                let r = self.pick().and_then(|c| {
-                    c.send_write(
-                        proto::CMD_WRITE,
-                        flags,
-                        at + (i * part) as u64,
-                        p.len() as u32,
-                        Some(p),
-                    )
-                });
-                match r {
-                    Ok(s) => sent.push(s),
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
-                }
-            }
+            let (sent, mut result) = self.send_parts(window.chunks(part), |c, i, p| {
+                c.send_write(
+                    proto::CMD_WRITE,
+                    flags,
+                    at + (i * part) as u64,
+                    p.len() as u32,
+                    Some(p),
+                )
+            });
             // Every reply is waited for, the first error returned.
             for s in sent {
                 if let Err(e) = s.wait(self.timeout) {
