@@ -247,11 +247,23 @@ fn run(bug: Bug, budget: u64, steps: &[Step]) -> Result<usize, String> {
 }
 
 fn search(bug: Bug, budget: u64, cases: u32) -> Result<usize, String> {
-    let mut runner = TestRunner::new(Config {
+    let config = Config {
         cases,
         failure_persistence: None,
         ..Config::default()
-    });
+    };
+    // A planted bug's search runs from a fixed seed: a random one missed
+    // the horizon bug in 50 000 cases once, which failed the test at random.
+    let mut runner = if bug == Bug::None {
+        TestRunner::new(config)
+    } else {
+        TestRunner::new_with_rng(
+            config,
+            proptest::test_runner::TestRng::deterministic_rng(
+                proptest::test_runner::RngAlgorithm::ChaCha,
+            ),
+        )
+    };
     let sent = std::sync::atomic::AtomicUsize::new(0);
     let outcome = runner.run(&prop::collection::vec(step(), 1..80), |steps| {
         let n = run(bug, budget, &steps).map_err(TestCaseError::fail)?;
