@@ -65,8 +65,15 @@ pub const MD_BITMAP_CHUNK: u64 = 64 << 20;
 /// The policies the simulator replays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
-    /// tandem's predictive policy at the given region size and capacity.
+    /// tandem's predictive policy at the given region size and capacity:
+    /// it follows the best of its candidates.
     Predictive,
+    /// The learned-patterns candidate alone.
+    Patterns,
+    /// The CAR candidate alone (the learned lists, no predictions).
+    Car,
+    /// The 4 MiB-extent candidate alone, over regions of the given size.
+    ExtentLru,
     /// Least recently used, no prediction, at the given region size and capacity.
     Lru,
     /// DRBD's activity log: LRU over 4 MiB extents, same capacity in bytes.
@@ -76,12 +83,23 @@ pub enum Policy {
 }
 
 /// Names `--policy` accepts besides `all`.
-pub const POLICY_NAMES: &[&str] = &["predictive", "lru", "drbd-al", "md-bitmap"];
+pub const POLICY_NAMES: &[&str] = &[
+    "predictive",
+    "patterns",
+    "car",
+    "lru",
+    "extent-lru",
+    "drbd-al",
+    "md-bitmap",
+];
 
 impl Policy {
-    pub const ALL: [Policy; 4] = [
+    pub const ALL: [Policy; 7] = [
         Policy::Predictive,
+        Policy::Patterns,
+        Policy::Car,
         Policy::Lru,
+        Policy::ExtentLru,
         Policy::DrbdAl,
         Policy::MdBitmap,
     ];
@@ -89,7 +107,10 @@ impl Policy {
     pub fn name(self) -> &'static str {
         match self {
             Policy::Predictive => "predictive",
+            Policy::Patterns => "patterns",
+            Policy::Car => "car",
             Policy::Lru => "lru",
+            Policy::ExtentLru => "extent-lru",
             Policy::DrbdAl => "drbd-al",
             Policy::MdBitmap => "md-bitmap",
         }
@@ -116,6 +137,9 @@ impl Policy {
     fn predictor(self) -> &'static str {
         match self {
             Policy::Predictive => "predictive",
+            Policy::Patterns => "patterns",
+            Policy::Car => "car",
+            Policy::ExtentLru => "extent-lru",
             Policy::Lru | Policy::DrbdAl => "lru",
             Policy::MdBitmap => "md-bitmap",
         }
@@ -124,7 +148,13 @@ impl Policy {
     /// Region size and capacity (None: unbounded) under `config`.
     fn sizing(self, config: &Config) -> (u64, Option<u64>) {
         match self {
-            Policy::Predictive | Policy::Lru => (config.region_size, Some(config.capacity)),
+            Policy::Predictive
+            | Policy::Patterns
+            | Policy::Car
+            | Policy::Lru
+            | Policy::ExtentLru => {
+                (config.region_size, Some(config.capacity))
+            }
             Policy::DrbdAl => (DRBD_AL_EXTENT, Some(config.capacity)),
             Policy::MdBitmap => (MD_BITMAP_CHUNK, None),
         }
@@ -257,6 +287,12 @@ pub struct PolicyResult {
     pub missed_regions: u64,
     pub predicted_regions: u64,
     pub predicted_never_written: u64,
+    /// For a policy that chooses among candidates: the one followed at the
+    /// end, and how often the choice changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub following: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub switches: Option<u64>,
 }
 
 /// Runs `tandemctl simulate`.
@@ -302,6 +338,7 @@ pub fn simulate(trace: &Trace, policy: Policy, config: &Config) -> Result<Policy
     replay.drain()?;
 
     let stats = record.stats();
+    let choice = record.policy_choice();
     let writes = trace.writes.len() as u64;
     let duration = replay.span.end - replay.span.start;
     Ok(PolicyResult {
@@ -325,6 +362,8 @@ pub fn simulate(trace: &Trace, policy: Policy, config: &Config) -> Result<Policy
         missed_regions: stats.missed_regions,
         predicted_regions: stats.predicted_regions,
         predicted_never_written: stats.predicted_never_written,
+        following: choice.as_ref().map(|c| c.following),
+        switches: choice.map(|c| c.switches),
     })
 }
 

@@ -5,14 +5,18 @@
 //! eviction, a periodic expiry), never on a hit. They learn what hits did from
 //! the per-region write sequence (`RegionView::seq`), which every write bumps.
 
+mod adaptive;
+mod extent;
 mod lru;
 mod md_bitmap;
-mod predictive;
+mod patterns;
 mod recency;
 
+pub use adaptive::{Adaptive, Choice};
+pub use extent::ExtentLru;
 pub use lru::Lru;
 pub use md_bitmap::MdBitmap;
-pub use predictive::Predictive;
+pub use patterns::Patterns;
 pub use recency::Recency;
 
 use crate::error::{Error, Result};
@@ -55,16 +59,25 @@ pub trait Predictor: Send {
     fn bounded(&self) -> bool {
         true
     }
+
+    /// Which candidate a policy that chooses among several follows now;
+    /// None for a policy that does not choose.
+    fn choice(&self) -> Option<Choice> {
+        None
+    }
 }
 
 /// The names `by_name` accepts.
-pub const POLICIES: &[&str] = &["predictive", "lru", "md-bitmap"];
+pub const POLICIES: &[&str] = &["predictive", "patterns", "car", "lru", "extent-lru", "md-bitmap"];
 
 /// Builds the predictor called `name` for a record of `regions` regions.
 pub fn by_name(name: &str, regions: u64, region_size: u64) -> Result<Box<dyn Predictor>> {
     match name {
-        "predictive" => Ok(Box::new(Predictive::new(regions, region_size))),
+        "predictive" => Ok(Box::new(Adaptive::new(regions, region_size))),
+        "patterns" => Ok(Box::new(Patterns::new(regions, region_size))),
+        "car" => Ok(Box::new(Patterns::without_predictions(regions, region_size))),
         "lru" => Ok(Box::new(Lru::new())),
+        "extent-lru" => Ok(Box::new(ExtentLru::new(regions, region_size))),
         "md-bitmap" => Ok(Box::new(MdBitmap::new(md_bitmap::IDLE_CLEAR_NS))),
         other => Err(Error::Config(format!(
             "unknown policy {other:?}; choose one of {}",

@@ -644,6 +644,11 @@ impl Record {
     pub fn policy(&self) -> &'static str {
         self.lock_inner().predictor.name()
     }
+
+    /// Which candidate the policy follows now, when it chooses among several.
+    pub fn policy_choice(&self) -> Option<crate::predict::Choice> {
+        self.lock_inner().predictor.choice()
+    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! `predictive`: the default policy. Beside each miss it records the regions
+//! `patterns`: the learned-patterns policy, the first candidate of `predictive` ([`super::adaptive`]). Beside each miss it records the regions
 //! that learned patterns say will be written soon, as many as their measured
 //! accuracy justifies, and it evicts unused predictions before the written
 //! working set.
@@ -103,7 +103,7 @@ pub const EXPLORE_EVERY: u64 = 16;
 
 /// The `predictive` policy.
 #[derive(Debug)]
-pub struct Predictive {
+pub struct Patterns {
     regions: u64,
     /// Clean regions the record may hold (0: not told).
     capacity: usize,
@@ -123,15 +123,17 @@ pub struct Predictive {
     /// Misses seen, and at the last exploration.
     misses: u64,
     explored_at: u64,
+    /// False: predicts nothing (the `car` candidate: its lists alone).
+    predicts: bool,
     // Buffers kept between calls.
     candidates: Vec<(u64, Tag)>,
     found: Vec<u64>,
     confirmed: Vec<(u64, Tag)>,
 }
 
-impl Predictive {
+impl Patterns {
     pub fn new(regions: u64, _region_size: u64) -> Self {
-        Predictive {
+        Patterns {
             regions,
             capacity: 0,
             lists: Lists::new(GRACE_NS),
@@ -145,9 +147,18 @@ impl Predictive {
             pending: VecDeque::new(),
             misses: 0,
             explored_at: 0,
+            predicts: true,
             candidates: Vec::new(),
             found: Vec::new(),
             confirmed: Vec::new(),
+        }
+    }
+
+    /// The lists alone, predicting nothing: CAR (the `car` candidate).
+    pub fn without_predictions(regions: u64, region_size: u64) -> Self {
+        Patterns {
+            predicts: false,
+            ..Patterns::new(regions, region_size)
         }
     }
 
@@ -240,9 +251,13 @@ impl Predictive {
     }
 }
 
-impl Predictor for Predictive {
+impl Predictor for Patterns {
     fn name(&self) -> &'static str {
-        "predictive"
+        if self.predicts {
+            "patterns"
+        } else {
+            "car"
+        }
     }
 
     fn set_capacity(&mut self, regions: u64) {
@@ -250,6 +265,9 @@ impl Predictor for Predictive {
     }
 
     fn predict(&mut self, missed: &[u64], view: &dyn RegionView, now: Nanos, out: &mut Vec<u64>) {
+        if !self.predicts {
+            return;
+        }
         self.issued.clear();
         let threshold = self.threshold.value();
         // The turned-down candidate whose tag was explored longest ago.
@@ -387,7 +405,7 @@ mod tests {
     const S: Nanos = 1_000_000_000;
 
     /// Drives a predictor the way the record does, over `RegionStates`.
-    struct Harness<P: Predictor = Predictive> {
+    struct Harness<P: Predictor = Patterns> {
         p: P,
         states: RegionStates,
         recorded: std::collections::BTreeSet<u64>,
@@ -400,7 +418,7 @@ mod tests {
 
     impl Harness {
         fn new(regions: u64, capacity: usize) -> Self {
-            Harness::with(Predictive::new(regions, 1 << 20), regions, capacity)
+            Harness::with(Patterns::new(regions, 1 << 20), regions, capacity)
         }
     }
 
