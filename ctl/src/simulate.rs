@@ -152,9 +152,7 @@ impl Policy {
             | Policy::Patterns
             | Policy::Car
             | Policy::Lru
-            | Policy::ExtentLru => {
-                (config.region_size, Some(config.capacity))
-            }
+            | Policy::ExtentLru => (config.region_size, Some(config.capacity)),
             Policy::DrbdAl => (DRBD_AL_EXTENT, Some(config.capacity)),
             Policy::MdBitmap => (MD_BITMAP_CHUNK, None),
         }

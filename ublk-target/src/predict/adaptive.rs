@@ -50,7 +50,7 @@ const MAX_DIVISOR: u64 = 64;
 /// The sampled record regions are compared at most this often between misses.
 pub const SCAN_EVERY_NS: Nanos = 10_000_000;
 /// The averaging time constant, in events.
-pub const HALF_LIFE: f64 = 128.0;
+pub const HALF_LIFE: f64 = 64.0;
 /// A candidate is followed once its average is this much below the
 /// followed one's...
 pub const MARGIN: f64 = 0.03;
@@ -283,10 +283,20 @@ impl Adaptive {
     pub fn start_with(&mut self, name: &str) -> bool {
         match self.shadows.iter().position(|s| s.p.name() == name) {
             Some(i) => {
-                self.followed = i;
+                self.follow(i);
                 true
             }
             None => false,
+        }
+    }
+
+    /// Follows candidate `i`: its real instance guesses only if the
+    /// candidate does; the others keep guessing (to keep learning).
+    fn follow(&mut self, i: usize) {
+        self.followed = i;
+        let (real, guesses) = (self.shadows[i].real, self.shadows[i].guesses);
+        for (k, p) in self.real.iter_mut().enumerate() {
+            p.set_guessing(k != real || guesses);
         }
     }
 
@@ -311,8 +321,12 @@ impl Adaptive {
     fn observe(&mut self, missed: &[u64], view: &dyn RegionView, now: Nanos) {
         let divisor = self.divisor;
         self.written.clear();
-        self.written
-            .extend(missed.iter().copied().filter(|&m| Self::sampled(divisor, m)));
+        self.written.extend(
+            missed
+                .iter()
+                .copied()
+                .filter(|&m| Self::sampled(divisor, m)),
+        );
         let due = self
             .last_scan
             .is_none_or(|t| now.saturating_sub(t) >= SCAN_EVERY_NS);
@@ -368,7 +382,7 @@ impl Adaptive {
                 self.shadows[best].p.name(),
                 self.shadows[self.followed].p.name()
             );
-            self.followed = best;
+            self.follow(best);
             self.switches += 1;
         }
     }
@@ -448,4 +462,3 @@ impl Predictor for Adaptive {
         })
     }
 }
-

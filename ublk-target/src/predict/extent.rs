@@ -37,7 +37,9 @@ impl ExtentLru {
     /// Extents of `EXTENT_BYTES` over regions of `region_size` bytes (at
     /// least one region each).
     pub fn new(regions: u64, region_size: u64) -> Self {
-        let per = (EXTENT_BYTES / region_size.max(1)).max(1).next_power_of_two();
+        let per = (EXTENT_BYTES / region_size.max(1))
+            .max(1)
+            .next_power_of_two();
         ExtentLru {
             per,
             regions,

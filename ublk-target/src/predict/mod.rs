@@ -60,6 +60,13 @@ pub trait Predictor: Send {
         true
     }
 
+    /// Whether its guesses will be used (a chooser follows this predictor
+    /// with or without them). Told no, it stops guessing, and its earlier
+    /// guesses lose any protection from eviction. By default ignored.
+    fn set_guessing(&mut self, on: bool) {
+        let _ = on;
+    }
+
     /// Which candidate a policy that chooses among several follows now;
     /// None for a policy that does not choose.
     fn choice(&self) -> Option<Choice> {
@@ -68,14 +75,24 @@ pub trait Predictor: Send {
 }
 
 /// The names `by_name` accepts.
-pub const POLICIES: &[&str] = &["predictive", "patterns", "car", "lru", "extent-lru", "md-bitmap"];
+pub const POLICIES: &[&str] = &[
+    "predictive",
+    "patterns",
+    "car",
+    "lru",
+    "extent-lru",
+    "md-bitmap",
+];
 
 /// Builds the predictor called `name` for a record of `regions` regions.
 pub fn by_name(name: &str, regions: u64, region_size: u64) -> Result<Box<dyn Predictor>> {
     match name {
         "predictive" => Ok(Box::new(Adaptive::new(regions, region_size))),
         "patterns" => Ok(Box::new(Patterns::new(regions, region_size))),
-        "car" => Ok(Box::new(Patterns::without_predictions(regions, region_size))),
+        "car" => Ok(Box::new(Patterns::without_predictions(
+            regions,
+            region_size,
+        ))),
         "lru" => Ok(Box::new(Lru::new())),
         "extent-lru" => Ok(Box::new(ExtentLru::new(regions, region_size))),
         "md-bitmap" => Ok(Box::new(MdBitmap::new(md_bitmap::IDLE_CLEAR_NS))),

@@ -156,10 +156,9 @@ impl Patterns {
 
     /// The lists alone, predicting nothing: CAR (the `car` candidate).
     pub fn without_predictions(regions: u64, region_size: u64) -> Self {
-        Patterns {
-            predicts: false,
-            ..Patterns::new(regions, region_size)
-        }
+        let mut p = Patterns::new(regions, region_size);
+        p.set_guessing(false);
+        p
     }
 
     /// Whether the region below `m` was written recently: it missed lately,
@@ -262,6 +261,13 @@ impl Predictor for Patterns {
 
     fn set_capacity(&mut self, regions: u64) {
         self.capacity = usize::try_from(regions).unwrap_or(usize::MAX);
+    }
+
+    fn set_guessing(&mut self, on: bool) {
+        self.predicts = on;
+        // Guesses made so far lose their protection when no more are
+        // wanted: they go first.
+        self.lists.set_grace(if on { GRACE_NS } else { 0 });
     }
 
     fn predict(&mut self, missed: &[u64], view: &dyn RegionView, now: Nanos, out: &mut Vec<u64>) {

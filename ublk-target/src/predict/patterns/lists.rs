@@ -134,6 +134,11 @@ pub(super) struct Lists {
 }
 
 impl Lists {
+    /// Sets how long predictions are protected from eviction.
+    pub(super) fn set_grace(&mut self, grace: Nanos) {
+        self.grace = grace;
+    }
+
     pub(super) fn new(grace: Nanos) -> Self {
         Lists {
             entries: HashMap::new(),
