@@ -367,12 +367,16 @@ pub fn format_status(v: &DeviceStatus) -> String {
         return s;
     };
     s.push_str(&format!(
-        "  record: {} regions, {} (capacity {}), policy {}, cache {}\n  dirty {}, lag {:.1}s{}, copied {} ({} from the write buffer, {} read back)\n  \
+        "  record: {} regions, {} (capacity {}), policy {}{}, cache {}\n  dirty {}, lag {:.1}s{}, copied {} ({} from the write buffer, {} read back)\n  \
          writes {}, record updates {} ({:.2} per 1000 writes), queues spun {:.1}s\n  resync {} of {}\n",
         e.record_regions,
         format_size(e.record_bytes),
         format_size(e.capacity_bytes),
         e.policy,
+        match (&e.policy_following, e.policy_switches) {
+            (Some(f), Some(n)) => format!(" (following {f}, {n} switches)"),
+            _ => String::new(),
+        },
         e.cache,
         format_size(e.dirty_bytes),
         e.lag_seconds,

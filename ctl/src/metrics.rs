@@ -38,7 +38,7 @@ const STATES: [State; 8] = [
 type Figure = fn(&EngineStatus) -> f64;
 
 /// Gauges: name, help, figure.
-const GAUGES: [(&str, &str, Figure); 16] = [
+const GAUGES: [(&str, &str, Figure); 17] = [
     (
         "tandem_dirty_bytes",
         "Bytes of regions the secondary may lack",
@@ -92,6 +92,11 @@ const GAUGES: [(&str, &str, Figure); 16] = [
         "tandem_record_updates_per_1000_writes",
         "Synchronous record updates per 1000 host writes since the start",
         |e| e.updates_per_1000_writes,
+    ),
+    (
+        "tandem_record_policy_switches",
+        "Times the record policy changed the candidate it follows",
+        |e| e.policy_switches.unwrap_or(0) as f64,
     ),
     (
         "tandem_resync_total_bytes",
@@ -254,13 +259,16 @@ impl prometheus_client::collector::Collector for Devices {
             l.push(("record".into(), s.record.clone()));
             if let Some(e) = &s.engine {
                 l.push(("policy".into(), e.policy.clone()));
+                if let Some(f) = &e.policy_following {
+                    l.push(("following".into(), f.clone()));
+                }
             }
             info.push((l, 1.0));
         }
         gauge(
             &mut enc,
             "tandem_device_info",
-            "The device: its ublk device, primary, secondary, record and policy",
+            "The device: its ublk device, primary, secondary, record, policy and the candidate it follows",
             &info,
         )?;
         let mut states = Vec::new();

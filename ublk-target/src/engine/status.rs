@@ -34,6 +34,13 @@ pub struct EngineStatus {
     pub device_size: u64,
     pub region_size: u64,
     pub policy: String,
+    /// The candidate the policy follows now (`predictive` chooses among
+    /// several), and how often its choice changed; absent for a policy
+    /// that does not choose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_following: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_switches: Option<u64>,
     /// `none` when the primary is opened O_DIRECT, else `writeback` (asked
     /// for, or the file system refused O_DIRECT).
     pub cache: Cache,
@@ -122,6 +129,7 @@ pub struct EngineStatus {
 impl Engine {
     pub fn status(&self) -> EngineStatus {
         let rs = self.record.stats();
+        let choice = self.record.policy_choice();
         let ms = self.mirror_stats();
         let writes = self.writes.get();
         let record_error = self.record.store_error();
@@ -143,6 +151,8 @@ impl Engine {
             device_size: self.geometry.device_size(),
             region_size: self.geometry.region_size(),
             policy: self.record.policy().to_string(),
+            policy_following: choice.as_ref().map(|c| c.following.to_string()),
+            policy_switches: choice.map(|c| c.switches),
             cache: if self.primary.direct() {
                 Cache::None
             } else {

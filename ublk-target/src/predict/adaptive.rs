@@ -312,7 +312,7 @@ impl Adaptive {
         divisor <= 1 || {
             let chunk = r / CHUNK_REGIONS;
             // Fibonacci hashing: the top bits of the product are well mixed.
-            (chunk.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) % divisor == 0
+            (chunk.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40).is_multiple_of(divisor)
         }
     }
 

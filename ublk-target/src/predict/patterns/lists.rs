@@ -381,7 +381,7 @@ impl Lists {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::predict::predictive::accuracy::Source;
+    use crate::predict::patterns::accuracy::Source;
     use crate::record::RegionStates;
 
     const S: Nanos = 1_000_000_000;
