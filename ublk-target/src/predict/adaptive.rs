@@ -9,8 +9,8 @@
 //! - `lru` ([`Lru`]): written regions only, least recently used out; the
 //!   best on a small record under scattered writes, where every prediction
 //!   pushes out a region that would have hit.
-//! - `extent-lru` ([`ExtentLru`]): whole 4 MiB extents, DRBD's activity log
-//!   over the finer record; the best where writes scatter near each other.
+//! - `car`: `patterns` without its guesses (its CAR lists alone); the best
+//!   where guesses only push out regions that would have hit.
 //!
 //! # Shadows
 //!
@@ -37,7 +37,7 @@
 
 use std::collections::HashMap;
 
-use super::{ExtentLru, Lru, Nanos, Patterns, Predictor};
+use super::{Lru, Nanos, Patterns, Predictor};
 use crate::region::RegionView;
 
 /// Regions per sampled chunk (aligned).
@@ -74,11 +74,13 @@ struct Candidate {
     guesses: bool,
 }
 
-/// The candidates for regions of `region_size` bytes: `car` is `patterns`
-/// with its guesses dropped, so both follow with one real instance and a
-/// switch between them costs nothing.
-fn candidates(region_size: u64) -> Vec<Candidate> {
-    let mut c = vec![
+/// The candidates: `car` is `patterns` with its guesses dropped, so both
+/// follow with one real instance and a switch between them costs nothing.
+/// `extent-lru` is not one: its guesses (a whole extent a miss) have no
+/// bound on the resync they add, which `patterns` keeps to a share of the
+/// written regions.
+fn candidates() -> Vec<Candidate> {
+    vec![
         Candidate {
             build: |n, size| Box::new(Patterns::new(n, size)),
             real: 0,
@@ -94,15 +96,7 @@ fn candidates(region_size: u64) -> Vec<Candidate> {
             real: 1,
             guesses: true,
         },
-    ];
-    if region_size < super::extent::EXTENT_BYTES {
-        c.push(Candidate {
-            build: |n, size| Box::new(ExtentLru::new(n, size)),
-            real: 2,
-            guesses: true,
-        });
-    }
-    c
+    ]
 }
 
 /// A candidate's shadow: its own instance over a model of the sampled
@@ -242,7 +236,7 @@ impl std::fmt::Debug for Adaptive {
 
 impl Adaptive {
     pub fn new(regions: u64, region_size: u64) -> Self {
-        let cands = candidates(region_size);
+        let cands = candidates();
         let mut real: Vec<Box<dyn Predictor>> = Vec::new();
         for c in &cands {
             if c.real == real.len() {
