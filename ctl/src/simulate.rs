@@ -72,8 +72,6 @@ pub enum Policy {
     Patterns,
     /// The CAR candidate alone (the learned lists, no predictions).
     Car,
-    /// The 4 MiB-extent candidate alone, over regions of the given size.
-    ExtentLru,
     /// Least recently used, no prediction, at the given region size and capacity.
     Lru,
     /// DRBD's activity log: LRU over 4 MiB extents, same capacity in bytes.
@@ -88,18 +86,16 @@ pub const POLICY_NAMES: &[&str] = &[
     "patterns",
     "car",
     "lru",
-    "extent-lru",
     "drbd-al",
     "md-bitmap",
 ];
 
 impl Policy {
-    pub const ALL: [Policy; 7] = [
+    pub const ALL: [Policy; 6] = [
         Policy::Predictive,
         Policy::Patterns,
         Policy::Car,
         Policy::Lru,
-        Policy::ExtentLru,
         Policy::DrbdAl,
         Policy::MdBitmap,
     ];
@@ -110,7 +106,6 @@ impl Policy {
             Policy::Patterns => "patterns",
             Policy::Car => "car",
             Policy::Lru => "lru",
-            Policy::ExtentLru => "extent-lru",
             Policy::DrbdAl => "drbd-al",
             Policy::MdBitmap => "md-bitmap",
         }
@@ -139,7 +134,6 @@ impl Policy {
             Policy::Predictive => "predictive",
             Policy::Patterns => "patterns",
             Policy::Car => "car",
-            Policy::ExtentLru => "extent-lru",
             Policy::Lru | Policy::DrbdAl => "lru",
             Policy::MdBitmap => "md-bitmap",
         }
@@ -148,11 +142,9 @@ impl Policy {
     /// Region size and capacity (None: unbounded) under `config`.
     fn sizing(self, config: &Config) -> (u64, Option<u64>) {
         match self {
-            Policy::Predictive
-            | Policy::Patterns
-            | Policy::Car
-            | Policy::Lru
-            | Policy::ExtentLru => (config.region_size, Some(config.capacity)),
+            Policy::Predictive | Policy::Patterns | Policy::Car | Policy::Lru => {
+                (config.region_size, Some(config.capacity))
+            }
             Policy::DrbdAl => (DRBD_AL_EXTENT, Some(config.capacity)),
             Policy::MdBitmap => (MD_BITMAP_CHUNK, None),
         }

@@ -85,7 +85,7 @@ pub struct DeviceArgs {
     #[serde(default = "default_capacity")]
     pub capacity: Size,
     /// Record policy: predictive (follows the best of patterns, car and lru,
-    /// chosen online), one of those alone, extent-lru or md-bitmap.
+    /// chosen online), one of those alone, or md-bitmap.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = default_policy()))]
     #[serde(default = "default_policy")]
     pub policy: String,

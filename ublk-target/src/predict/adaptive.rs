@@ -66,8 +66,8 @@ pub struct Choice {
     pub switches: u64,
 }
 
-/// A candidate: a name, how to build it, which real instance it follows
-/// with, and whether that instance's guesses are used.
+/// A candidate: how to build it, which real instance it follows with, and
+/// whether that instance's guesses are used.
 struct Candidate {
     build: fn(u64, u64) -> Box<dyn Predictor>,
     real: usize,
@@ -76,9 +76,9 @@ struct Candidate {
 
 /// The candidates: `car` is `patterns` with its guesses dropped, so both
 /// follow with one real instance and a switch between them costs nothing.
-/// `extent-lru` is not one: its guesses (a whole extent a miss) have no
-/// bound on the resync they add, which `patterns` keeps to a share of the
-/// written regions.
+/// Whole 4 MiB extents were tried as a candidate and dropped: their
+/// guesses (a whole extent a miss) have no bound on the resync they add,
+/// which `patterns` keeps to a share of the written regions.
 fn candidates() -> Vec<Candidate> {
     vec![
         Candidate {
@@ -112,8 +112,6 @@ struct Shadow {
     capacity: u64,
     /// Updates averaged over events.
     score: f64,
-    /// Updates counted in all.
-    updates: u64,
     out: Vec<u64>,
 }
 
@@ -202,7 +200,6 @@ impl Shadow {
             }
         }
         self.out = victims;
-        self.updates += 1;
         true
     }
 }
@@ -252,7 +249,6 @@ impl Adaptive {
                 held: HashMap::new(),
                 capacity: 0,
                 score: 0.0,
-                updates: 0,
                 out: Vec::new(),
             })
             .collect();
@@ -272,18 +268,6 @@ impl Adaptive {
         a
     }
 
-    /// Follows candidate `name` from the start (for tests and
-    /// experiments); false when there is none by that name.
-    pub fn start_with(&mut self, name: &str) -> bool {
-        match self.shadows.iter().position(|s| s.p.name() == name) {
-            Some(i) => {
-                self.follow(i);
-                true
-            }
-            None => false,
-        }
-    }
-
     /// Follows candidate `i`: its real instance guesses only if the
     /// candidate does; the others keep guessing (to keep learning).
     fn follow(&mut self, i: usize) {
@@ -292,14 +276,6 @@ impl Adaptive {
         for (k, p) in self.real.iter_mut().enumerate() {
             p.set_guessing(k != real || guesses);
         }
-    }
-
-    /// Updates each candidate's shadow paid so far, by name.
-    pub fn shadow_updates(&self) -> Vec<(&'static str, u64)> {
-        self.shadows
-            .iter()
-            .map(|s| (s.p.name(), s.updates))
-            .collect()
     }
 
     fn sampled(divisor: u64, r: u64) -> bool {

@@ -6,14 +6,12 @@
 //! the per-region write sequence (`RegionView::seq`), which every write bumps.
 
 mod adaptive;
-mod extent;
 mod lru;
 mod md_bitmap;
 mod patterns;
 mod recency;
 
 pub use adaptive::{Adaptive, Choice};
-pub use extent::ExtentLru;
 pub use lru::Lru;
 pub use md_bitmap::MdBitmap;
 pub use patterns::Patterns;
@@ -75,14 +73,7 @@ pub trait Predictor: Send {
 }
 
 /// The names `by_name` accepts.
-pub const POLICIES: &[&str] = &[
-    "predictive",
-    "patterns",
-    "car",
-    "lru",
-    "extent-lru",
-    "md-bitmap",
-];
+pub const POLICIES: &[&str] = &["predictive", "patterns", "car", "lru", "md-bitmap"];
 
 /// Builds the predictor called `name` for a record of `regions` regions.
 pub fn by_name(name: &str, regions: u64, region_size: u64) -> Result<Box<dyn Predictor>> {
@@ -94,7 +85,6 @@ pub fn by_name(name: &str, regions: u64, region_size: u64) -> Result<Box<dyn Pre
             region_size,
         ))),
         "lru" => Ok(Box::new(Lru::new())),
-        "extent-lru" => Ok(Box::new(ExtentLru::new(regions, region_size))),
         "md-bitmap" => Ok(Box::new(MdBitmap::new(md_bitmap::IDLE_CLEAR_NS))),
         other => Err(Error::Config(format!(
             "unknown policy {other:?}; choose one of {}",

@@ -1,7 +1,8 @@
-//! `patterns`: the learned-patterns policy, the first candidate of `predictive` ([`super::adaptive`]). Beside each miss it records the regions
-//! that learned patterns say will be written soon, as many as their measured
-//! accuracy justifies, and it evicts unused predictions before the written
-//! working set.
+//! `patterns`: the learned-patterns policy, the first candidate of
+//! `predictive` ([`super::adaptive`]). Beside each miss it records the
+//! regions that learned patterns say will be written soon, as many as their
+//! measured accuracy justifies, and it evicts unused predictions before the
+//! written working set.
 //!
 //! # Sources
 //!
@@ -101,7 +102,7 @@ pub const MAX_NEIGHBOUR: u64 = 32;
 /// keep measuring distrusted tags).
 pub const EXPLORE_EVERY: u64 = 16;
 
-/// The `predictive` policy.
+/// The `patterns` policy (and, without its guesses, `car`).
 #[derive(Debug)]
 pub struct Patterns {
     regions: u64,
