@@ -70,6 +70,8 @@ pub enum Policy {
     Predictive,
     /// The learned-patterns candidate alone.
     Patterns,
+    /// The learned patterns with unprotected guesses, alone.
+    PatternsBrief,
     /// The CAR candidate alone (the learned lists, no predictions).
     Car,
     /// Least recently used, no prediction, at the given region size and capacity.
@@ -84,6 +86,7 @@ pub enum Policy {
 pub const POLICY_NAMES: &[&str] = &[
     "predictive",
     "patterns",
+    "patterns-brief",
     "car",
     "lru",
     "drbd-al",
@@ -91,9 +94,10 @@ pub const POLICY_NAMES: &[&str] = &[
 ];
 
 impl Policy {
-    pub const ALL: [Policy; 6] = [
+    pub const ALL: [Policy; 7] = [
         Policy::Predictive,
         Policy::Patterns,
+        Policy::PatternsBrief,
         Policy::Car,
         Policy::Lru,
         Policy::DrbdAl,
@@ -104,6 +108,7 @@ impl Policy {
         match self {
             Policy::Predictive => "predictive",
             Policy::Patterns => "patterns",
+            Policy::PatternsBrief => "patterns-brief",
             Policy::Car => "car",
             Policy::Lru => "lru",
             Policy::DrbdAl => "drbd-al",
@@ -133,6 +138,7 @@ impl Policy {
         match self {
             Policy::Predictive => "predictive",
             Policy::Patterns => "patterns",
+            Policy::PatternsBrief => "patterns-brief",
             Policy::Car => "car",
             Policy::Lru | Policy::DrbdAl => "lru",
             Policy::MdBitmap => "md-bitmap",
@@ -142,9 +148,11 @@ impl Policy {
     /// Region size and capacity (None: unbounded) under `config`.
     fn sizing(self, config: &Config) -> (u64, Option<u64>) {
         match self {
-            Policy::Predictive | Policy::Patterns | Policy::Car | Policy::Lru => {
-                (config.region_size, Some(config.capacity))
-            }
+            Policy::Predictive
+            | Policy::Patterns
+            | Policy::PatternsBrief
+            | Policy::Car
+            | Policy::Lru => (config.region_size, Some(config.capacity)),
             Policy::DrbdAl => (DRBD_AL_EXTENT, Some(config.capacity)),
             Policy::MdBitmap => (MD_BITMAP_CHUNK, None),
         }

@@ -84,8 +84,9 @@ pub struct DeviceArgs {
     #[cfg_attr(feature = "cli", arg(long, default_value_t = default_capacity()))]
     #[serde(default = "default_capacity")]
     pub capacity: Size,
-    /// Record policy: predictive (follows the best of patterns, car and lru,
-    /// chosen online), one of those alone, or md-bitmap.
+    /// Record policy: predictive (follows the best of patterns,
+    /// patterns-brief and car, chosen online), one of those alone, lru, or
+    /// md-bitmap.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = default_policy()))]
     #[serde(default = "default_policy")]
     pub policy: String,

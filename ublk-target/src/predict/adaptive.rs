@@ -4,24 +4,37 @@
 //!
 //! # Candidates
 //!
-//! - `patterns` ([`Patterns`]): learned streams, trails and footprints, with
-//!   CAR eviction; the best where writes repeat patterns.
-//! - `lru` ([`Lru`]): written regions only, least recently used out; the
-//!   best on a small record under scattered writes, where every prediction
-//!   pushes out a region that would have hit.
-//! - `car`: `patterns` without its guesses (its CAR lists alone); the best
-//!   where guesses only push out regions that would have hit.
+//! All three are one [`Patterns`] instance (learned streams, trails and
+//! footprints over CAR lists), differing in how its guesses are used
+//! ([`Guessing`]), so a switch costs nothing:
+//!
+//! - `patterns`: guesses protected from eviction for a while
+//!   ([`super::patterns::GRACE_NS`]); the best where writes repeat
+//!   patterns and the record has room.
+//! - `patterns-brief`: guesses that go before any written region from the
+//!   start; the best where some guesses are written soon but a small record
+//!   cannot afford to keep the others.
+//! - `car`: no guesses (the CAR lists alone); the best where guesses only
+//!   push out regions that would have hit.
+//!
+//! Plain LRU was a candidate too and was dropped: on every trace the
+//! chooser did as well or better without it, since CAR adapts between
+//! recency and frequency.
 //!
 //! # Shadows
 //!
 //! Each candidate also runs as a shadow: its own instance over its own
 //! model of a record, for a sample of the device (aligned chunks of
 //! [`CHUNK_REGIONS`] regions chosen by a hash, so that streams and extents
-//! stay whole), at the capacity scaled to the sample. The shadows see the
-//! writes to sampled regions: misses of the real record as they are
-//! committed, and writes that hit it by the write sequences of the sampled
-//! regions it holds, compared at each slow-path call (at most every
-//! [`SCAN_EVERY_NS`] besides misses). A shadow that misses pays one update.
+//! stay whole), at the capacity scaled to the sample. The model follows the
+//! record's own accounting: an update is paid when the shadow admits a
+//! region its durable record lacks, and evicted regions stay durable until
+//! the shadow's destage, on the destager's schedule (`record::destage`).
+//! The shadows see the writes to sampled regions: misses of the real record
+//! as they are committed, and writes that hit it by the write sequences of
+//! the sampled regions it holds, compared at each slow-path call (at most
+//! every [`SCAN_EVERY_NS`] besides misses, less often while nothing is
+//! found written), each such region on its own.
 //! Nothing runs on the hit path, and the shadows cost memory only: at most
 //! the sampled share of the record per candidate.
 //!
@@ -30,14 +43,11 @@
 //! Each shadow's updates are averaged over about [`HALF_LIFE`] events (an
 //! event: a step where some shadow missed). The record follows the best
 //! average once it beats the followed one's by [`MARGIN`] and by at least
-//! [`MIN_GAP`] updates, so noise does not flip the choice. Every candidate's
-//! real instance hears of every region the record admits and evicts, and of
-//! every miss (to keep learning), so that a switch finds it ready; only the
-//! followed one's predictions and victims are used.
+//! [`MIN_GAP`] updates, so noise does not flip the choice.
 
-use std::collections::HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
-use super::{Lru, Nanos, Patterns, Predictor};
+use super::{Guessing, Nanos, Patterns, Predictor};
 use crate::region::RegionView;
 
 /// Regions per sampled chunk (aligned).
@@ -47,8 +57,12 @@ pub const CHUNK_REGIONS: u64 = 64;
 pub const MIN_SHADOW_REGIONS: u64 = 256;
 /// The largest sample divisor.
 const MAX_DIVISOR: u64 = 64;
-/// The sampled record regions are compared at most this often between misses.
+/// The sampled record regions are compared at most this often between
+/// misses...
 pub const SCAN_EVERY_NS: Nanos = 10_000_000;
+/// ...and, while they are found unchanged, half as often each time, down
+/// to this.
+const SCAN_AT_MOST_NS: Nanos = 1_000_000_000;
 /// The averaging time constant, in events.
 pub const HALF_LIFE: f64 = 64.0;
 /// A candidate is followed once its average is this much below the
@@ -56,6 +70,8 @@ pub const HALF_LIFE: f64 = 64.0;
 pub const MARGIN: f64 = 0.03;
 /// ...and at least this many updates per `HALF_LIFE` events below.
 pub const MIN_GAP: f64 = 8.0;
+/// The destager's interval, which the shadows model.
+const DESTAGE_NS: Nanos = crate::record::destage::DESTAGE_INTERVAL.as_nanos() as Nanos;
 
 /// What the record follows now, for the status.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -66,49 +82,21 @@ pub struct Choice {
     pub switches: u64,
 }
 
-/// A candidate: how to build it, which real instance it follows with, and
-/// whether that instance's guesses are used.
-struct Candidate {
-    build: fn(u64, u64) -> Box<dyn Predictor>,
-    real: usize,
-    guesses: bool,
-}
-
-/// The candidates: `car` is `patterns` with its guesses dropped, so both
-/// follow with one real instance and a switch between them costs nothing.
-/// Whole 4 MiB extents were tried as a candidate and dropped: their
-/// guesses (a whole extent a miss) have no bound on the resync they add,
-/// which `patterns` keeps to a share of the written regions.
-fn candidates() -> Vec<Candidate> {
-    vec![
-        Candidate {
-            build: |n, size| Box::new(Patterns::new(n, size)),
-            real: 0,
-            guesses: true,
-        },
-        Candidate {
-            build: |n, size| Box::new(Patterns::without_predictions(n, size)),
-            real: 0,
-            guesses: false,
-        },
-        Candidate {
-            build: |_, _| Box::new(Lru::new()),
-            real: 1,
-            guesses: true,
-        },
-    ]
-}
+/// The candidates, as the ways the one `Patterns` instance guesses.
+const CANDIDATES: [Guessing; 3] = [Guessing::Protected, Guessing::Brief, Guessing::Off];
 
 /// A candidate's shadow: its own instance over a model of the sampled
 /// part of a record.
 struct Shadow {
-    p: Box<dyn Predictor>,
-    /// The real instance it follows with, and whether its guesses are used.
-    real: usize,
-    guesses: bool,
+    p: Patterns,
+    guessing: Guessing,
     /// Regions its record holds; `Some(seq)` for a prediction not yet seen
     /// written (its sequence when admitted).
     held: HashMap<u64, Option<u32>>,
+    /// Regions evicted since the shadow's last destage: still in its
+    /// durable record, so admitting one again writes nothing.
+    forgotten: HashSet<u64>,
+    last_destage: Nanos,
     capacity: u64,
     /// Updates averaged over events.
     score: f64,
@@ -157,6 +145,14 @@ impl Shadow {
         if misses.is_empty() {
             return false;
         }
+        // The destager's schedule (`record::destage`): removals are written
+        // once per interval, or at once past an eighth of the capacity.
+        if now.saturating_sub(self.last_destage) >= DESTAGE_NS
+            || self.forgotten.len() as u64 >= (self.capacity / 8).max(1)
+        {
+            self.forgotten.clear();
+            self.last_destage = now;
+        }
         self.out.clear();
         {
             let v = ShadowView {
@@ -166,13 +162,16 @@ impl Shadow {
             self.p.predict(&misses, &v, now, &mut self.out);
         }
         let regions = view.regions();
+        let mut paid = false;
         for &m in &misses {
             self.held.insert(m, None);
+            paid |= !self.forgotten.remove(&m);
         }
         let mut admitted: Vec<(u64, bool)> = misses.iter().map(|&m| (m, false)).collect();
         for &g in &self.out {
             if g < regions && sampled(g) && !self.held.contains_key(&g) {
                 self.held.insert(g, Some(view.seq(g)));
+                paid |= !self.forgotten.remove(&g);
                 admitted.push((g, true));
             }
         }
@@ -197,18 +196,19 @@ impl Shadow {
             if let Some(e) = self.held.remove(&r) {
                 let written = e.is_none_or(|seq| seq != view.seq(r));
                 self.p.evicted(r, written);
+                self.forgotten.insert(r);
             }
         }
         self.out = victims;
-        true
+        paid
     }
 }
 
 /// The `predictive` policy: follows the best of its candidates.
 pub struct Adaptive {
     regions: u64,
-    /// Real instances, told of everything the record does.
-    real: Vec<Box<dyn Predictor>>,
+    /// The real instance, told of everything the record does.
+    real: Patterns,
     shadows: Vec<Shadow>,
     followed: usize,
     switches: u64,
@@ -217,8 +217,9 @@ pub struct Adaptive {
     /// Sampled regions the record holds, and their sequence last compared.
     watched: HashMap<u64, u32>,
     last_scan: Option<Nanos>,
-    written: Vec<u64>,
-    discard: Vec<u64>,
+    /// The interval between scans now.
+    scan_every: Nanos,
+    moved: Vec<u64>,
 }
 
 impl std::fmt::Debug for Adaptive {
@@ -233,20 +234,14 @@ impl std::fmt::Debug for Adaptive {
 
 impl Adaptive {
     pub fn new(regions: u64, region_size: u64) -> Self {
-        let cands = candidates();
-        let mut real: Vec<Box<dyn Predictor>> = Vec::new();
-        for c in &cands {
-            if c.real == real.len() {
-                real.push((c.build)(regions, region_size));
-            }
-        }
-        let shadows = cands
-            .into_iter()
-            .map(|c| Shadow {
-                p: (c.build)(regions, region_size),
-                real: c.real,
-                guesses: c.guesses,
-                held: HashMap::new(),
+        let shadows = CANDIDATES
+            .iter()
+            .map(|&guessing| Shadow {
+                p: Patterns::guessing(regions, region_size, guessing),
+                guessing,
+                held: HashMap::default(),
+                forgotten: HashSet::default(),
+                last_destage: 0,
                 capacity: 0,
                 score: 0.0,
                 out: Vec::new(),
@@ -254,28 +249,24 @@ impl Adaptive {
             .collect();
         let mut a = Adaptive {
             regions,
-            real,
+            real: Patterns::new(regions, region_size),
             shadows,
             followed: 0,
             switches: 0,
             divisor: 1,
-            watched: HashMap::new(),
+            watched: HashMap::default(),
             last_scan: None,
-            written: Vec::new(),
-            discard: Vec::new(),
+            scan_every: SCAN_EVERY_NS,
+            moved: Vec::new(),
         };
         a.set_capacity(u64::MAX);
         a
     }
 
-    /// Follows candidate `i`: its real instance guesses only if the
-    /// candidate does; the others keep guessing (to keep learning).
+    /// Follows candidate `i`.
     fn follow(&mut self, i: usize) {
         self.followed = i;
-        let (real, guesses) = (self.shadows[i].real, self.shadows[i].guesses);
-        for (k, p) in self.real.iter_mut().enumerate() {
-            p.set_guessing(k != real || guesses);
-        }
+        self.real.set_guessing(self.shadows[i].guessing);
     }
 
     fn sampled(divisor: u64, r: u64) -> bool {
@@ -286,42 +277,57 @@ impl Adaptive {
         }
     }
 
-    /// The shadows see the writes since the last look: `missed` (sorted)
-    /// now, and sampled recorded regions whose sequence moved.
+    /// The shadows see the writes since the last look: sampled recorded
+    /// regions whose sequence moved (each on its own: between slow-path
+    /// calls they were written at different times, and a shadow that missed
+    /// two of them would have paid two updates), then `missed` (sorted), the
+    /// regions of one commit.
     fn observe(&mut self, missed: &[u64], view: &dyn RegionView, now: Nanos) {
         let divisor = self.divisor;
-        self.written.clear();
-        self.written.extend(
-            missed
-                .iter()
-                .copied()
-                .filter(|&m| Self::sampled(divisor, m)),
-        );
         let due = self
             .last_scan
-            .is_none_or(|t| now.saturating_sub(t) >= SCAN_EVERY_NS);
+            .is_none_or(|t| now.saturating_sub(t) >= self.scan_every);
         if !missed.is_empty() || due {
             self.last_scan = Some(now);
+            let mut moved = std::mem::take(&mut self.moved);
+            moved.clear();
             for (&r, seq) in self.watched.iter_mut() {
                 let s = view.seq(r);
                 if s != *seq {
                     *seq = s;
-                    self.written.push(r);
+                    moved.push(r);
                 }
             }
+            moved.sort_unstable();
+            self.scan_every = if moved.is_empty() && missed.is_empty() {
+                (self.scan_every * 2).min(SCAN_AT_MOST_NS)
+            } else {
+                SCAN_EVERY_NS
+            };
+            for &r in &moved {
+                self.duel_step(&[r], view, now);
+            }
+            self.moved = moved;
         }
-        if self.written.is_empty() {
-            return;
+        let batch: Vec<u64> = missed
+            .iter()
+            .copied()
+            .filter(|&m| Self::sampled(divisor, m))
+            .collect();
+        if !batch.is_empty() {
+            self.duel_step(&batch, view, now);
         }
-        self.written.sort_unstable();
-        self.written.dedup();
-        let written = std::mem::take(&mut self.written);
+    }
+
+    /// One step of the duel: the shadows see `written` (sorted), each pays
+    /// an update if it missed, and the record follows the best lately.
+    fn duel_step(&mut self, written: &[u64], view: &dyn RegionView, now: Nanos) {
+        let divisor = self.divisor;
         let missed_by: Vec<bool> = self
             .shadows
             .iter_mut()
-            .map(|s| s.step(&written, |r| Self::sampled(divisor, r), view, now))
+            .map(|s| s.step(written, |r| Self::sampled(divisor, r), view, now))
             .collect();
-        self.written = written;
         if !missed_by.contains(&true) {
             return;
         }
@@ -364,9 +370,7 @@ impl Predictor for Adaptive {
     }
 
     fn set_capacity(&mut self, regions: u64) {
-        for p in &mut self.real {
-            p.set_capacity(regions);
-        }
+        self.real.set_capacity(regions);
         let chunks = self.regions.div_ceil(CHUNK_REGIONS);
         let mut divisor = 1;
         while divisor < MAX_DIVISOR
@@ -385,44 +389,28 @@ impl Predictor for Adaptive {
 
     fn predict(&mut self, missed: &[u64], view: &dyn RegionView, now: Nanos, out: &mut Vec<u64>) {
         self.observe(missed, view, now);
-        let (followed, guesses) = {
-            let s = &self.shadows[self.followed];
-            (s.real, s.guesses)
-        };
-        for (i, p) in self.real.iter_mut().enumerate() {
-            if i == followed && guesses {
-                p.predict(missed, view, now, out);
-            } else {
-                // Heard, so that it keeps learning; its guesses are not used.
-                self.discard.clear();
-                p.predict(missed, view, now, &mut self.discard);
-            }
-        }
+        self.real.predict(missed, view, now, out);
     }
 
     fn admitted(&mut self, r: u64, predicted: bool, view: &dyn RegionView, now: Nanos) {
         if Self::sampled(self.divisor, r) {
             self.watched.insert(r, view.seq(r));
         }
-        for p in &mut self.real {
-            p.admitted(r, predicted, view, now);
-        }
+        self.real.admitted(r, predicted, view, now);
     }
 
     fn victims(&mut self, want: usize, view: &dyn RegionView, now: Nanos, out: &mut Vec<u64>) {
-        self.real[self.shadows[self.followed].real].victims(want, view, now, out);
+        self.real.victims(want, view, now, out);
     }
 
     fn evicted(&mut self, r: u64, written: bool) {
         self.watched.remove(&r);
-        for p in &mut self.real {
-            p.evicted(r, written);
-        }
+        self.real.evicted(r, written);
     }
 
     fn expired(&mut self, view: &dyn RegionView, now: Nanos, out: &mut Vec<u64>) {
         self.observe(&[], view, now);
-        self.real[self.shadows[self.followed].real].expired(view, now, out);
+        self.real.expired(view, now, out);
     }
 
     fn choice(&self) -> Option<Choice> {

@@ -21,6 +21,17 @@ use crate::error::{Error, Result};
 pub use crate::region::Nanos;
 use crate::region::RegionView;
 
+/// How a chooser has a predictor guess.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guessing {
+    /// Guesses, protected from eviction for a while.
+    Protected,
+    /// Guesses, evicted before any written region from the start.
+    Brief,
+    /// No guesses; those made earlier lose their protection.
+    Off,
+}
+
 /// A record policy.
 pub trait Predictor: Send {
     /// The policy's name, as chosen on the command line.
@@ -61,8 +72,8 @@ pub trait Predictor: Send {
     /// Whether its guesses will be used (a chooser follows this predictor
     /// with or without them). Told no, it stops guessing, and its earlier
     /// guesses lose any protection from eviction. By default ignored.
-    fn set_guessing(&mut self, on: bool) {
-        let _ = on;
+    fn set_guessing(&mut self, guessing: Guessing) {
+        let _ = guessing;
     }
 
     /// Which candidate a policy that chooses among several follows now;
@@ -73,16 +84,29 @@ pub trait Predictor: Send {
 }
 
 /// The names `by_name` accepts.
-pub const POLICIES: &[&str] = &["predictive", "patterns", "car", "lru", "md-bitmap"];
+pub const POLICIES: &[&str] = &[
+    "predictive",
+    "patterns",
+    "patterns-brief",
+    "car",
+    "lru",
+    "md-bitmap",
+];
 
 /// Builds the predictor called `name` for a record of `regions` regions.
 pub fn by_name(name: &str, regions: u64, region_size: u64) -> Result<Box<dyn Predictor>> {
     match name {
         "predictive" => Ok(Box::new(Adaptive::new(regions, region_size))),
         "patterns" => Ok(Box::new(Patterns::new(regions, region_size))),
-        "car" => Ok(Box::new(Patterns::without_predictions(
+        "patterns-brief" => Ok(Box::new(Patterns::guessing(
             regions,
             region_size,
+            Guessing::Brief,
+        ))),
+        "car" => Ok(Box::new(Patterns::guessing(
+            regions,
+            region_size,
+            Guessing::Off,
         ))),
         "lru" => Ok(Box::new(Lru::new())),
         "md-bitmap" => Ok(Box::new(MdBitmap::new(md_bitmap::IDLE_CLEAR_NS))),

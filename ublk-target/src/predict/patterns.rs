@@ -66,9 +66,11 @@ mod streams;
 mod table;
 mod trails;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
-use super::{Nanos, Predictor};
+use rustc_hash::FxHashMap as HashMap;
+
+use super::{Guessing, Nanos, Predictor};
 use crate::region::RegionView;
 use accuracy::{Accuracy, Source, Tag, Threshold};
 use footprints::Footprints;
@@ -78,7 +80,7 @@ use table::BoundedMap;
 use trails::Trails;
 
 /// How long a prediction is protected from eviction.
-pub const GRACE_NS: Nanos = 5_000_000_000;
+pub const GRACE_NS: Nanos = 1_000_000_000;
 /// An unconfirmed prediction is dropped after this long, room or not.
 pub const PREDICTION_TTL_NS: Nanos = 86_400_000_000_000;
 /// Unconfirmed predictions are at most this many 256ths of the written
@@ -126,6 +128,7 @@ pub struct Patterns {
     explored_at: u64,
     /// False: predicts nothing (the `car` candidate: its lists alone).
     predicts: bool,
+    guessing: Guessing,
     // Buffers kept between calls.
     candidates: Vec<(u64, Tag)>,
     found: Vec<u64>,
@@ -143,22 +146,24 @@ impl Patterns {
             footprints: Footprints::new(),
             accuracy: Accuracy::default(),
             threshold: Threshold::default(),
-            issued: HashMap::new(),
+            issued: HashMap::default(),
             recent: BoundedMap::new(RECENT_KEPT),
             pending: VecDeque::new(),
             misses: 0,
             explored_at: 0,
             predicts: true,
+            guessing: Guessing::Protected,
             candidates: Vec::new(),
             found: Vec::new(),
             confirmed: Vec::new(),
         }
     }
 
-    /// The lists alone, predicting nothing: CAR (the `car` candidate).
-    pub fn without_predictions(regions: u64, region_size: u64) -> Self {
+    /// The policy guessing as `guessing` says: `patterns-brief` with brief
+    /// guesses, `car` with none (its lists alone).
+    pub fn guessing(regions: u64, region_size: u64, guessing: Guessing) -> Self {
         let mut p = Patterns::new(regions, region_size);
-        p.set_guessing(false);
+        p.set_guessing(guessing);
         p
     }
 
@@ -253,10 +258,10 @@ impl Patterns {
 
 impl Predictor for Patterns {
     fn name(&self) -> &'static str {
-        if self.predicts {
-            "patterns"
-        } else {
-            "car"
+        match self.guessing {
+            Guessing::Protected => "patterns",
+            Guessing::Brief => "patterns-brief",
+            Guessing::Off => "car",
         }
     }
 
@@ -264,11 +269,16 @@ impl Predictor for Patterns {
         self.capacity = usize::try_from(regions).unwrap_or(usize::MAX);
     }
 
-    fn set_guessing(&mut self, on: bool) {
-        self.predicts = on;
+    fn set_guessing(&mut self, guessing: Guessing) {
+        self.predicts = guessing != Guessing::Off;
         // Guesses made so far lose their protection when no more are
         // wanted: they go first.
-        self.lists.set_grace(if on { GRACE_NS } else { 0 });
+        self.lists.set_grace(match guessing {
+            Guessing::Protected => GRACE_NS,
+            Guessing::Brief => 0,
+            Guessing::Off => 0,
+        });
+        self.guessing = guessing;
     }
 
     fn predict(&mut self, missed: &[u64], view: &dyn RegionView, now: Nanos, out: &mut Vec<u64>) {
@@ -435,7 +445,7 @@ mod tests {
                 p,
                 states: RegionStates::new(regions),
                 recorded: Default::default(),
-                predicted: HashMap::new(),
+                predicted: HashMap::default(),
                 capacity,
                 updates: 0,
             }

@@ -22,7 +22,9 @@
 //! Recent moves accordingly; the region returns straight into Frequent,
 //! protected from a scan of one-off writes.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use super::accuracy::Tag;
 use crate::region::Nanos;
@@ -141,7 +143,7 @@ impl Lists {
 
     pub(super) fn new(grace: Nanos) -> Self {
         Lists {
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             order: Default::default(),
             by_value: BTreeMap::new(),
             next_tick: 0,
@@ -284,7 +286,7 @@ impl Lists {
         let mut cursor = [0u64; CLASSES];
         let mut value_cursor = (0u8, 0u64);
         let mut proposed = [0usize; CLASSES];
-        let mut probation_out = HashSet::new();
+        let mut probation_out = HashSet::default();
         let mut budget = 2 * self.entries.len() + want;
         let first = |s: &Self, c: Class, cursor: &[u64; CLASSES]| {
             s.order[c.index()]

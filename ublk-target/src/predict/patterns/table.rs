@@ -4,7 +4,7 @@
 //! not used for a whole generation is forgotten (an approximate LRU with O(1)
 //! operations and no per-entry bookkeeping).
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 #[derive(Debug)]
 pub(super) struct BoundedMap<V> {
@@ -17,8 +17,8 @@ impl<V> BoundedMap<V> {
     /// A map of at most `cap` entries (at least 2).
     pub(super) fn new(cap: usize) -> Self {
         BoundedMap {
-            young: HashMap::new(),
-            old: HashMap::new(),
+            young: HashMap::default(),
+            old: HashMap::default(),
             generation: (cap / 2).max(1),
         }
     }
