@@ -420,3 +420,86 @@ impl Predictor for Adaptive {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::RegionStates;
+
+    fn car_shadow(capacity: u64) -> Shadow {
+        let mut p = Patterns::guessing(1024, 1 << 20, Guessing::Off);
+        p.set_capacity(capacity);
+        Shadow {
+            p,
+            guessing: Guessing::Off,
+            held: HashMap::default(),
+            forgotten: HashSet::default(),
+            last_destage: 0,
+            capacity,
+            score: 0.0,
+            out: Vec::new(),
+        }
+    }
+
+    const MS: Nanos = 1_000_000;
+
+    #[test]
+    fn a_region_evicted_since_the_shadows_last_destage_comes_back_free() {
+        let states = RegionStates::new(1024);
+        let all = |_| true;
+        let mut s = car_shadow(16);
+        for r in 0..16 {
+            assert!(
+                s.step(&[r], all, &states, r * MS),
+                "a new region costs an update"
+            );
+        }
+        // The 17th evicts one, which stays in the durable record until the
+        // shadow destages.
+        assert!(s.step(&[100], all, &states, 16 * MS));
+        let gone: Vec<u64> = (0..16).filter(|r| !s.held.contains_key(r)).collect();
+        assert_eq!(gone.len(), 1, "one region evicted: {gone:?}");
+        assert!(
+            !s.step(&gone, all, &states, 17 * MS),
+            "written back before the destage: still durable, no update"
+        );
+        let gone: Vec<u64> = (0..16)
+            .chain([100])
+            .filter(|r| !s.held.contains_key(r))
+            .collect();
+        assert_eq!(gone.len(), 1, "one region evicted: {gone:?}");
+        // A destage interval later the removal is durable: it costs again.
+        assert!(s.step(&gone, all, &states, 17 * MS + DESTAGE_NS));
+    }
+
+    #[test]
+    fn regions_found_written_between_calls_are_steps_of_their_own() {
+        let states = RegionStates::new(1024);
+        let mut a = Adaptive::new(1024, 1 << 20);
+        a.set_capacity(64);
+        assert_eq!(a.divisor, 1, "a record this small is sampled whole");
+        // The record holds three regions that no shadow has seen.
+        for r in [10, 20, 30] {
+            states.set_recorded(r);
+            a.admitted(r, false, &states, 0);
+        }
+        for r in [10, 20, 30] {
+            assert!(states.begin_write(r));
+            states.end_write(r);
+        }
+        let mut out = Vec::new();
+        a.expired(&states, SCAN_EVERY_NS, &mut out);
+        // Three writes at different times: three updates for a shadow that
+        // missed them all, averaged as three events.
+        let keep = 1.0 - 1.0 / HALF_LIFE;
+        let three = 1.0 + keep + keep * keep;
+        for s in &a.shadows {
+            assert!(
+                (s.score - three).abs() < 1e-9,
+                "{}: score {} (one batch would give 1)",
+                s.p.name(),
+                s.score
+            );
+        }
+    }
+}
