@@ -3,7 +3,7 @@
 //! race the comparison never count as mismatches.
 
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -97,8 +97,9 @@ fn writes_racing_the_verify_are_never_mismatches() {
     let dir = tempfile::tempdir().unwrap();
     let (e, _paths) = open(dir.path());
     let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
     let writer = {
-        let (e, stop) = (e.clone(), stop.clone());
+        let (e, stop, writes) = (e.clone(), stop.clone(), writes.clone());
         std::thread::spawn(move || {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -107,24 +108,32 @@ fn writes_racing_the_verify_are_never_mismatches() {
                 let off = (n * 7919 % (SIZE / 4096)) * 4096;
                 write(&e, off, 4096, (n % 251) as u8);
                 n += 1;
+                writes.store(n, Ordering::Relaxed);
             }
-            n
         })
     };
-    let mut compared = 0;
-    for _ in 0..5 {
+    // At least five passes, and as many more as it takes for 100 writes to
+    // have raced them (each write that misses the record waits for a
+    // durable update, slow on a loaded disk).
+    let started = Instant::now();
+    let (mut compared, mut passes) = (0, 0);
+    while passes < 5
+        || (writes.load(Ordering::Relaxed) <= 100 && started.elapsed() < Duration::from_secs(60))
+    {
         let r = run(&e, false);
         assert_eq!(
             r.mismatched_regions, 0,
             "a racing write was taken for a mismatch: {r:?}"
         );
         compared += r.regions_compared;
+        passes += 1;
     }
     stop.store(true, Ordering::Relaxed);
-    let writes = writer.join().unwrap();
+    writer.join().unwrap();
+    let writes = writes.load(Ordering::Relaxed);
     assert!(
         writes > 100 && compared > 0,
-        "{writes} writes, {compared} compared"
+        "{writes} writes, {compared} compared in {passes} passes"
     );
     e.shutdown().unwrap();
 }
