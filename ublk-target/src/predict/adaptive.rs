@@ -48,6 +48,7 @@
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use super::{Guessing, Nanos, Patterns, Predictor};
+use crate::record::destage::{removals_due, DESTAGE_INTERVAL};
 use crate::region::RegionView;
 
 /// Regions per sampled chunk (aligned).
@@ -71,7 +72,7 @@ pub const MARGIN: f64 = 0.03;
 /// ...and at least this many updates per `HALF_LIFE` events below.
 pub const MIN_GAP: f64 = 8.0;
 /// The destager's interval, which the shadows model.
-const DESTAGE_NS: Nanos = crate::record::destage::DESTAGE_INTERVAL.as_nanos() as Nanos;
+const DESTAGE_NS: Nanos = DESTAGE_INTERVAL.as_nanos() as Nanos;
 
 /// What the record follows now, for the status.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -89,7 +90,6 @@ const CANDIDATES: [Guessing; 3] = [Guessing::Protected, Guessing::Brief, Guessin
 /// part of a record.
 struct Shadow {
     p: Patterns,
-    guessing: Guessing,
     /// Regions its record holds; `Some(seq)` for a prediction not yet seen
     /// written (its sequence when admitted).
     held: HashMap<u64, Option<u32>>,
@@ -125,6 +125,23 @@ impl RegionView for ShadowView<'_> {
 }
 
 impl Shadow {
+    fn new(regions: u64, region_size: u64, guessing: Guessing) -> Self {
+        Shadow {
+            p: Patterns::guessing(regions, region_size, guessing),
+            held: HashMap::default(),
+            forgotten: HashSet::default(),
+            last_destage: 0,
+            capacity: 0,
+            score: 0.0,
+            out: Vec::new(),
+        }
+    }
+
+    fn set_capacity(&mut self, capacity: u64) {
+        self.capacity = capacity;
+        self.p.set_capacity(capacity);
+    }
+
     /// The sampled regions `written` (sorted) were written: returns whether
     /// this shadow missed (paid an update).
     fn step(
@@ -148,7 +165,7 @@ impl Shadow {
         // The destager's schedule (`record::destage`): removals are written
         // once per interval, or at once past an eighth of the capacity.
         if now.saturating_sub(self.last_destage) >= DESTAGE_NS
-            || self.forgotten.len() as u64 >= (self.capacity / 8).max(1)
+            || self.forgotten.len() as u64 >= removals_due(self.capacity)
         {
             self.forgotten.clear();
             self.last_destage = now;
@@ -219,7 +236,8 @@ pub struct Adaptive {
     last_scan: Option<Nanos>,
     /// The interval between scans now.
     scan_every: Nanos,
-    moved: Vec<u64>,
+    /// Regions of the step being taken (kept between calls).
+    written: Vec<u64>,
 }
 
 impl std::fmt::Debug for Adaptive {
@@ -236,16 +254,7 @@ impl Adaptive {
     pub fn new(regions: u64, region_size: u64) -> Self {
         let shadows = CANDIDATES
             .iter()
-            .map(|&guessing| Shadow {
-                p: Patterns::guessing(regions, region_size, guessing),
-                guessing,
-                held: HashMap::default(),
-                forgotten: HashSet::default(),
-                last_destage: 0,
-                capacity: 0,
-                score: 0.0,
-                out: Vec::new(),
-            })
+            .map(|&guessing| Shadow::new(regions, region_size, guessing))
             .collect();
         let mut a = Adaptive {
             regions,
@@ -257,7 +266,7 @@ impl Adaptive {
             watched: HashMap::default(),
             last_scan: None,
             scan_every: SCAN_EVERY_NS,
-            moved: Vec::new(),
+            written: Vec::new(),
         };
         a.set_capacity(u64::MAX);
         a
@@ -266,7 +275,7 @@ impl Adaptive {
     /// Follows candidate `i`.
     fn follow(&mut self, i: usize) {
         self.followed = i;
-        self.real.set_guessing(self.shadows[i].guessing);
+        self.real.set_guessing(CANDIDATES[i]);
     }
 
     fn sampled(divisor: u64, r: u64) -> bool {
@@ -289,7 +298,7 @@ impl Adaptive {
             .is_none_or(|t| now.saturating_sub(t) >= self.scan_every);
         if !missed.is_empty() || due {
             self.last_scan = Some(now);
-            let mut moved = std::mem::take(&mut self.moved);
+            let mut moved = std::mem::take(&mut self.written);
             moved.clear();
             for (&r, seq) in self.watched.iter_mut() {
                 let s = view.seq(r);
@@ -307,16 +316,20 @@ impl Adaptive {
             for &r in &moved {
                 self.duel_step(&[r], view, now);
             }
-            self.moved = moved;
+            self.written = moved;
         }
-        let batch: Vec<u64> = missed
-            .iter()
-            .copied()
-            .filter(|&m| Self::sampled(divisor, m))
-            .collect();
+        let mut batch = std::mem::take(&mut self.written);
+        batch.clear();
+        batch.extend(
+            missed
+                .iter()
+                .copied()
+                .filter(|&m| Self::sampled(divisor, m)),
+        );
         if !batch.is_empty() {
             self.duel_step(&batch, view, now);
         }
+        self.written = batch;
     }
 
     /// One step of the duel: the shadows see `written` (sorted), each pays
@@ -382,8 +395,7 @@ impl Predictor for Adaptive {
         self.divisor = divisor;
         let shadow_capacity = (regions / divisor).max(1);
         for s in &mut self.shadows {
-            s.capacity = shadow_capacity;
-            s.p.set_capacity(shadow_capacity);
+            s.set_capacity(shadow_capacity);
         }
     }
 
@@ -427,18 +439,9 @@ mod tests {
     use crate::record::RegionStates;
 
     fn car_shadow(capacity: u64) -> Shadow {
-        let mut p = Patterns::guessing(1024, 1 << 20, Guessing::Off);
-        p.set_capacity(capacity);
-        Shadow {
-            p,
-            guessing: Guessing::Off,
-            held: HashMap::default(),
-            forgotten: HashSet::default(),
-            last_destage: 0,
-            capacity,
-            score: 0.0,
-            out: Vec::new(),
-        }
+        let mut s = Shadow::new(1024, 1 << 20, Guessing::Off);
+        s.set_capacity(capacity);
+        s
     }
 
     const MS: Nanos = 1_000_000;

@@ -126,8 +126,8 @@ pub struct Patterns {
     /// Misses seen, and at the last exploration.
     misses: u64,
     explored_at: u64,
-    /// False: predicts nothing (the `car` candidate: its lists alone).
-    predicts: bool,
+    /// How it guesses; `Off`: not at all (the `car` candidate: its lists
+    /// alone).
     guessing: Guessing,
     // Buffers kept between calls.
     candidates: Vec<(u64, Tag)>,
@@ -151,7 +151,6 @@ impl Patterns {
             pending: VecDeque::new(),
             misses: 0,
             explored_at: 0,
-            predicts: true,
             guessing: Guessing::Protected,
             candidates: Vec::new(),
             found: Vec::new(),
@@ -270,19 +269,17 @@ impl Predictor for Patterns {
     }
 
     fn set_guessing(&mut self, guessing: Guessing) {
-        self.predicts = guessing != Guessing::Off;
         // Guesses made so far lose their protection when no more are
         // wanted: they go first.
         self.lists.set_grace(match guessing {
             Guessing::Protected => GRACE_NS,
-            Guessing::Brief => 0,
-            Guessing::Off => 0,
+            Guessing::Brief | Guessing::Off => 0,
         });
         self.guessing = guessing;
     }
 
     fn predict(&mut self, missed: &[u64], view: &dyn RegionView, now: Nanos, out: &mut Vec<u64>) {
-        if !self.predicts {
+        if self.guessing == Guessing::Off {
             return;
         }
         self.issued.clear();

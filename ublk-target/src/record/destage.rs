@@ -16,6 +16,13 @@ use crate::region::Nanos;
 /// capacity); the destager steps four times as often, evicting.
 pub const DESTAGE_INTERVAL: Duration = Duration::from_millis(200);
 
+/// Removals that force a destage before the interval is up, in a record
+/// of `capacity_regions`: an eighth of it, at least one. The chooser's
+/// shadows (`predict::adaptive`) model the same schedule.
+pub fn removals_due(capacity_regions: u64) -> u64 {
+    (capacity_regions / 8).max(1)
+}
+
 /// When to evict and destage.
 #[derive(Debug, Clone)]
 pub struct Destager {
@@ -30,7 +37,7 @@ impl Destager {
     pub fn new(record: &Record, interval: Duration) -> Self {
         Destager {
             interval: (interval.as_nanos() as Nanos).max(1),
-            threshold: (record.capacity_regions() / 8).clamp(1, usize::MAX as u64) as usize,
+            threshold: removals_due(record.capacity_regions()).min(usize::MAX as u64) as usize,
             last: record.clock().now(),
         }
     }
