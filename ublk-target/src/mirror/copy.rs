@@ -327,7 +327,7 @@ impl Shared {
         for (run, since) in &batch {
             for &(r, claim) in run {
                 states.finish_copy(r, claim, false);
-                q.entries.push_back(Entry {
+                q.put_back(Entry {
                     region: r,
                     since: *since,
                     not_before: Instant::now() + wait,
@@ -362,6 +362,7 @@ impl Shared {
             }
         }
         self.note_result(&result, batch.len() as u64);
+        self.overtaken.cleaned(&cleaned, Instant::now());
         self.count_resynced(&cleaned);
         {
             let mut q = lock(&self.queue);
@@ -373,7 +374,7 @@ impl Shared {
             for e in requeue {
                 // A region written during its copy is still dirty: copy it again.
                 if states.is_dirty(e.region) {
-                    q.entries.push_back(e);
+                    q.put_back(e);
                 }
             }
         }

@@ -8,9 +8,10 @@
 //! with backoff; host I/O never sees a secondary failure.
 //!
 //! Copies yield to heavy host I/O: while host I/O is in flight most of the
-//! time (and the dirty backlog is below half the record's capacity), a newly
-//! dirty region waits up to `max_lag` instead of `copy_delay`, so the host's
-//! writes do not share the machine with the copies, and writes to a hot region
+//! time (and the dirty backlog is below half the record's capacity, or most
+//! copies are overtaken by writes within the lag anyway), a newly dirty
+//! region waits up to `max_lag` instead of `copy_delay`, so the host's writes
+//! do not share the machine with the copies, and writes to a hot region
 //! during that time are copied once. Light host I/O does not delay copies.
 
 use std::collections::HashSet;
@@ -35,7 +36,7 @@ mod tests;
 pub use buffer::{WriteBuffer, DEFAULT_COPY_BUFFER};
 use copy::CopyBuf;
 use health::MIN_BACKOFF;
-use pace::{Pacer, Throttle};
+use pace::{Overtaken, Pacer, Throttle};
 use queue::{Entry, Queue};
 
 /// How the pool copies.
@@ -145,6 +146,8 @@ struct Shared {
     pacer: Mutex<Pacer>,
     /// Whether copies are being held back for heavy host I/O right now.
     deferring: AtomicBool,
+    /// Copies overtaken by writes within the maximum lag.
+    overtaken: Overtaken,
     /// With `--max-dirty`, the bound in regions: copies are not deferred
     /// for host I/O once the backlog reaches half of it.
     max_dirty_regions: AtomicU64,
@@ -175,6 +178,10 @@ pub struct MirrorStats {
     pub host_busy: f64,
     /// Copies are held back (up to the maximum lag) for heavy host I/O.
     pub deferring: bool,
+    /// Share of recently cleaned regions written again within the maximum
+    /// lag (0 to 1); from one half on, copies wait for heavy host I/O
+    /// whatever the backlog.
+    pub copies_overtaken: f64,
     /// Mirroring is paused on request.
     pub paused: bool,
     /// The copy bandwidth cap in effect, bytes per second.
@@ -273,6 +280,7 @@ impl MirrorPool {
         let throttle = Mutex::new(throttle_for(config.max_rate)?);
         let missing = secondary.missing();
         let chunk = 1u32 << record.chunk_shift();
+        let overtaken = Overtaken::new(record.geometry().regions());
         let shared = Arc::new(Shared {
             record,
             primary,
@@ -301,6 +309,7 @@ impl MirrorPool {
             host_io,
             pacer: Mutex::new(Pacer::default()),
             deferring: AtomicBool::new(false),
+            overtaken,
             max_dirty_regions: AtomicU64::new(u64::MAX),
             fence: std::sync::OnceLock::new(),
             gate: std::sync::OnceLock::new(),
@@ -462,6 +471,7 @@ impl MirrorPool {
             resync_done_bytes: s.counters.resync_done.load(Ordering::Relaxed),
             host_busy: lock(&s.pacer).current(now),
             deferring: s.deferring.load(Ordering::Relaxed),
+            copies_overtaken: s.overtaken.share(),
             paused: s.paused.load(Ordering::Relaxed),
             max_copy_rate: lock(&s.throttle).as_ref().map(|t| t.rate),
             max_lag_seconds: s.max_lag().as_secs_f64(),
@@ -515,6 +525,7 @@ impl Shared {
         // empty needs the workers woken. (Under emulation, waking them for
         // every region that turned dirty took 2-3% of a CPU.)
         let was_empty = q.entries.is_empty();
+        self.overtaken.dirtied(regions, now, self.max_lag());
         for &region in regions {
             q.entries.push_back(Entry {
                 region,

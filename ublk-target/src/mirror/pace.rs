@@ -1,7 +1,8 @@
 //! Pacing: copies yield to heavy host I/O (sampled by the pacer thread,
 //! which also follows the secondary's path), and the copy bandwidth cap.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::{lock, Shared};
@@ -18,6 +19,98 @@ pub(super) const SAMPLE_EVERY: Duration = Duration::from_millis(20);
 /// How often the pacer thread follows the secondary's path: each look is a
 /// wake-up and a stat; every 50 ms cost 1-1.5% of a CPU under emulation.
 pub(super) const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// The overtaken share is taken over about this many of the last cleaned
+/// regions (each clean scales the counts down by `1 - 1/OVERTAKEN_SPAN`).
+/// Counted in copies, not in time: while copies wait for the lag, nothing
+/// is cleaned, and the share stays what the last copies showed.
+pub(super) const OVERTAKEN_SPAN: f64 = 64.0;
+/// The share is judged only once this many (weighted) regions were
+/// cleaned.
+pub(super) const OVERTAKEN_MIN_CLEANS: f64 = 16.0;
+/// From this share of overtaken copies on, copying ahead of the maximum lag
+/// is futile.
+pub(super) const OVERTAKEN_FUTILE: f64 = 0.5;
+
+/// Copies overtaken by writes: of the regions that recent copies cleaned,
+/// the share that turned dirty again within the maximum lag. A copy whose
+/// region is written again that soon leaves the backlog as it was, and
+/// waiting for the lag would have copied both writes at once: when most
+/// copies are overtaken, copies made early to bound the backlog only take
+/// the disk from the host.
+pub(super) struct Overtaken {
+    epoch: Instant,
+    /// When each region was last cleaned, in milliseconds since `epoch`
+    /// (wrapping, at least 1), or 0 once it turned dirty again: 4 bytes a
+    /// region.
+    cleaned_at: Box<[AtomicU32]>,
+    counts: Mutex<Counts>,
+}
+
+/// Weighted counts of the last cleaned regions and of those overtaken.
+#[derive(Default)]
+struct Counts {
+    cleaned: f64,
+    overtaken: f64,
+}
+
+impl Overtaken {
+    pub(super) fn new(regions: u64) -> Self {
+        Overtaken {
+            epoch: Instant::now(),
+            cleaned_at: (0..regions).map(|_| AtomicU32::new(0)).collect(),
+            counts: Mutex::new(Counts::default()),
+        }
+    }
+
+    fn millis(&self, now: Instant) -> u32 {
+        (now.saturating_duration_since(self.epoch).as_millis() as u32).max(1)
+    }
+
+    /// Copies cleaned `regions` at `now`.
+    pub(super) fn cleaned(&self, regions: &[u64], now: Instant) {
+        if regions.is_empty() {
+            return;
+        }
+        let ms = self.millis(now);
+        for &r in regions {
+            self.cleaned_at[r as usize].store(ms, Ordering::Relaxed);
+        }
+        let keep = (1.0 - 1.0 / OVERTAKEN_SPAN).powi(regions.len() as i32);
+        let mut c = lock(&self.counts);
+        c.overtaken *= keep;
+        c.cleaned = c.cleaned * keep + (1.0 - keep) * OVERTAKEN_SPAN;
+    }
+
+    /// `regions` turned dirty at `now`: those cleaned less than `within`
+    /// before were overtaken.
+    pub(super) fn dirtied(&self, regions: &[u64], now: Instant, within: Duration) {
+        let ms = self.millis(now);
+        let within = within.as_millis().min(u128::from(u32::MAX)) as u32;
+        let overtaken = regions
+            .iter()
+            .filter(|&&r| {
+                let at = self.cleaned_at[r as usize].swap(0, Ordering::Relaxed);
+                at != 0 && ms.wrapping_sub(at) <= within
+            })
+            .count();
+        if overtaken > 0 {
+            let mut c = lock(&self.counts);
+            c.overtaken = (c.overtaken + overtaken as f64).min(c.cleaned);
+        }
+    }
+
+    /// The share of the last cleaned regions that were overtaken, or 0
+    /// while too few were cleaned to tell.
+    pub(super) fn share(&self) -> f64 {
+        let c = lock(&self.counts);
+        if c.cleaned < OVERTAKEN_MIN_CLEANS {
+            0.0
+        } else {
+            c.overtaken / c.cleaned
+        }
+    }
+}
 
 /// A token bucket for the copy bandwidth cap.
 pub(super) struct Throttle {
@@ -79,19 +172,26 @@ impl Pacer {
 }
 
 impl Shared {
-    /// Samples the host I/O and decides whether copies wait for it to ease:
-    /// they do while it is heavy, the dirty backlog is below half the
-    /// capacity, and the write-data buffer is less than half full (held
-    /// back longer, its writes would overflow it, and every copy would read
-    /// the primary back instead of sending what the buffer holds). Returns
-    /// the decision and whether copies were held back until now (the
-    /// waiting workers need a wake-up).
+    /// Samples the host I/O and decides whether copies wait for it to ease
+    /// (up to the maximum lag). They do while it is heavy, unless the
+    /// backlog nears `--max-dirty`, and either:
+    /// - the dirty backlog is below half the capacity and the write-data
+    ///   buffer is less than half full (held back longer, its writes would
+    ///   overflow it, and every copy would read the primary back instead of
+    ///   sending what the buffer holds); or
+    /// - most copies are overtaken (`Overtaken`): copying early cannot bring
+    ///   the backlog down, and waiting copies each region's writes once.
+    ///
+    /// Returns the decision and whether copies were held back until now
+    /// (the waiting workers need a wake-up).
     pub(super) fn pace(&self, now: Instant) -> (bool, bool) {
         let util = lock(&self.pacer).sample(now, self.host_io.get() > 0);
         let dirty = self.record.states().dirty_count();
-        let backlog_ok = dirty < (self.record.capacity_regions() / 2).max(1)
-            && !self.near_max_dirty()
-            && !self.buffer.half_full();
+        let futile = self.overtaken.share() >= OVERTAKEN_FUTILE;
+        let backlog_ok = !self.near_max_dirty()
+            && (futile
+                || (dirty < (self.record.capacity_regions() / 2).max(1)
+                    && !self.buffer.half_full()));
         let defer = util >= BUSY_UTIL && backlog_ok;
         let eased = self.deferring.swap(defer, Ordering::Relaxed) && !defer;
         (defer, eased)

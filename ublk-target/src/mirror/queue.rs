@@ -34,6 +34,22 @@ pub(super) struct Queue {
     pub(super) copying: Vec<Instant>,
 }
 
+impl Queue {
+    /// Puts back an entry that waited (a retry, a copy that failed or was
+    /// released) in the order of the queue times, so that an old one is not
+    /// left behind younger ones: while copies wait for heavy host I/O, the
+    /// queue's head must be due before anything behind it goes, and an
+    /// old region at the tail waited a whole extra round.
+    pub(super) fn put_back(&mut self, e: Entry) {
+        if self.entries.back().is_none_or(|b| b.since <= e.since) {
+            self.entries.push_back(e);
+        } else {
+            let at = self.entries.partition_point(|x| x.since <= e.since);
+            self.entries.insert(at, e);
+        }
+    }
+}
+
 impl Shared {
     /// Waits for work (unless `!blocking`): returns claimed extents, each a
     /// run of adjacent claimed regions.
@@ -77,7 +93,7 @@ impl Shared {
                 .is_some_and(|e| e.not_before <= now || !blocking)
             {
                 let e = q.delayed.pop_front().unwrap();
-                q.entries.push_back(e);
+                q.put_back(e);
             }
             let mut batch = Vec::new();
             let mut young: Option<Instant> = None;
@@ -111,8 +127,10 @@ impl Shared {
             // and is read back anyway). Their queue entries stay, to be
             // skipped once clean, so the lag still counts from them. Not
             // near `--max-dirty`: host writes wait for the backlog, which
-            // the queue's long runs bring down fastest.
-            if self.buffer.half_full() && !self.near_max_dirty() {
+            // the queue's long runs bring down fastest. Nor while copies
+            // wait for heavy host I/O: most of them are overtaken then
+            // (`Overtaken`), and the queue's head goes once the lag is up.
+            if self.buffer.half_full() && !self.near_max_dirty() && !deferring {
                 let mut busy = Vec::new();
                 for _ in 0..2 * EXTENTS_PER_SYNC {
                     if batch.len() >= EXTENTS_PER_SYNC {

@@ -898,3 +898,104 @@ fn a_paused_mirror_copies_nothing_until_resumed_and_settings_change_while_runnin
     rig.pool.set_max_lag(Duration::from_millis(250));
     assert_eq!(rig.pool.stats().max_lag_seconds, 0.25);
 }
+
+#[test]
+fn the_overtaken_share_counts_regions_written_again_within_the_lag() {
+    let o = super::pace::Overtaken::new(256);
+    let t0 = Instant::now();
+    let lag = Duration::from_secs(10);
+    let regions: Vec<u64> = (0..20).collect();
+    o.cleaned(&regions, t0);
+    assert_eq!(o.share(), 0.0, "nothing overtaken yet");
+    // Half of them written again within the lag, and one never cleaned.
+    o.dirtied(&[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 40], t0, lag);
+    let half = o.share();
+    assert!((0.5..0.6).contains(&half), "{half}");
+    // Turning dirty again counts once per clean.
+    o.dirtied(&[0, 1, 2], t0, lag);
+    assert_eq!(o.share(), half);
+    // Written again only after the lag: not overtaken.
+    o.dirtied(&[10, 11, 12], t0 + lag + Duration::from_millis(5), lag);
+    assert_eq!(o.share(), half);
+    // Nothing cleaned for a while: the share stays what the copies showed.
+    assert_eq!(o.share(), half);
+    // The last copies count most: 200 regions cleaned and never written
+    // again bring the share down.
+    let more: Vec<u64> = (50..250).collect();
+    o.cleaned(&more, t0 + lag);
+    assert!(o.share() < 0.05, "{}", o.share());
+    // Every copy overtaken: the share nears 1.
+    for _ in 0..10 {
+        o.cleaned(&more, t0 + lag);
+        o.dirtied(&more, t0 + lag, lag);
+    }
+    assert!(o.share() > 0.95, "{}", o.share());
+    // Too few cleaned to tell.
+    let few = super::pace::Overtaken::new(64);
+    few.cleaned(&[1, 2, 3], t0);
+    few.dirtied(&[1, 2, 3], t0, lag);
+    assert_eq!(few.share(), 0.0);
+}
+
+#[test]
+fn copies_overtaken_by_writes_wait_for_the_lag_despite_a_backlog_over_half_the_capacity() {
+    // Capacity 4 regions: 8 dirty regions are twice half of it, so their
+    // copies go at once under heavy host I/O while they stick.
+    let lag = Duration::from_millis(1500);
+    let rig = rig_with_record(
+        record_with_capacity(64 * REGION, 4 * REGION),
+        paced(lag),
+        true,
+    );
+    let busy = rig.host_io.enter();
+    let mut seed = 10;
+    let mut write_all = |rig: &Rig| {
+        for r in 0..8 {
+            rig.write(r * REGION, &pattern(seed, 4096));
+            seed += 1;
+        }
+    };
+    // Written again as soon as copied: every copy after the first round is
+    // overtaken.
+    for _ in 0..3 {
+        write_all(&rig);
+        wait_clean(&rig, Duration::from_secs(10));
+        // Past the pacer's last decision (it samples every 20 ms).
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    let s = rig.pool.stats();
+    assert!(s.copies_overtaken >= 0.5, "{s:?}");
+    let t0 = Instant::now();
+    write_all(&rig);
+    std::thread::sleep(Duration::from_millis(300));
+    let s = rig.pool.stats();
+    assert!(s.deferring, "copies wait for the lag: {s:?}");
+    assert_eq!(rig.dirty().len(), 8, "held back: {s:?}");
+    wait_clean(&rig, Duration::from_secs(10));
+    let took = t0.elapsed();
+    assert!(took >= lag, "copied after {took:?}, before the lag {lag:?}");
+    assert_eq!(rig.secondary.durable_contents(), rig.primary.contents());
+    drop(busy);
+}
+
+#[test]
+fn an_entry_put_back_keeps_its_place_in_queue_time() {
+    // A retried region queued long ago goes before younger ones: behind
+    // them, while copies wait for the lag, it would wait a round more.
+    let t = Instant::now();
+    let at = |ms: u64| t + Duration::from_millis(ms);
+    let entry = |region: u64, ms: u64| Entry {
+        region,
+        since: at(ms),
+        not_before: at(ms),
+    };
+    let mut q = Queue::default();
+    for (r, ms) in [(1, 0), (2, 10), (3, 20)] {
+        q.entries.push_back(entry(r, ms));
+    }
+    q.put_back(entry(9, 5));
+    q.put_back(entry(8, 30));
+    q.put_back(entry(7, 0));
+    let order: Vec<u64> = q.entries.iter().map(|e| e.region).collect();
+    assert_eq!(order, vec![1, 7, 9, 2, 3, 8]);
+}
