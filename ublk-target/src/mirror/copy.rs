@@ -362,7 +362,8 @@ impl Shared {
             }
         }
         self.note_result(&result, batch.len() as u64);
-        self.overtaken.cleaned(&cleaned, Instant::now());
+        self.overtaken
+            .cleaned(&cleaned, Instant::now(), self.max_lag());
         self.count_resynced(&cleaned);
         {
             let mut q = lock(&self.queue);

@@ -471,7 +471,7 @@ impl MirrorPool {
             resync_done_bytes: s.counters.resync_done.load(Ordering::Relaxed),
             host_busy: lock(&s.pacer).current(now),
             deferring: s.deferring.load(Ordering::Relaxed),
-            copies_overtaken: s.overtaken.share(),
+            copies_overtaken: s.overtaken.share(now, s.max_lag()),
             paused: s.paused.load(Ordering::Relaxed),
             max_copy_rate: lock(&s.throttle).as_ref().map(|t| t.rate),
             max_lag_seconds: s.max_lag().as_secs_f64(),

@@ -1,6 +1,7 @@
 //! Pacing: copies yield to heavy host I/O (sampled by the pacer thread,
 //! which also follows the secondary's path), and the copy bandwidth cap.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -20,14 +21,14 @@ pub(super) const SAMPLE_EVERY: Duration = Duration::from_millis(20);
 /// wake-up and a stat; every 50 ms cost 1-1.5% of a CPU under emulation.
 pub(super) const WATCH_EVERY: Duration = Duration::from_millis(500);
 
-/// The overtaken share is taken over about this many of the last cleaned
-/// regions (each clean scales the counts down by `1 - 1/OVERTAKEN_SPAN`).
-/// Counted in copies, not in time: while copies wait for the lag, nothing
-/// is cleaned, and the share stays what the last copies showed.
+/// The overtaken share is taken over about this many of the last copies
+/// whose outcome is known (each outcome scales the earlier ones down by
+/// `1 - 1/OVERTAKEN_SPAN`). Counted in outcomes, not in time: while copies
+/// wait for the lag, nothing is cleaned, and the share stays what the last
+/// copies showed.
 pub(super) const OVERTAKEN_SPAN: f64 = 64.0;
-/// The share is judged only once this many (weighted) regions were
-/// cleaned.
-pub(super) const OVERTAKEN_MIN_CLEANS: f64 = 16.0;
+/// The share is judged only once this many (weighted) outcomes are known.
+pub(super) const OVERTAKEN_MIN_KNOWN: f64 = 16.0;
 /// From this share of overtaken copies on, copying ahead of the maximum lag
 /// is futile.
 pub(super) const OVERTAKEN_FUTILE: f64 = 0.5;
@@ -38,20 +39,36 @@ pub(super) const OVERTAKEN_FUTILE: f64 = 0.5;
 /// waiting for the lag would have copied both writes at once: when most
 /// copies are overtaken, copies made early to bound the backlog only take
 /// the disk from the host.
+///
+/// A clean's outcome is known when its region turns dirty again, or once
+/// the lag has passed without that. Until then it counts for neither side:
+/// counted as not overtaken, a burst of copies would look fruitful for the
+/// second or so before the host comes back to their regions.
 pub(super) struct Overtaken {
     epoch: Instant,
     /// When each region was last cleaned, in milliseconds since `epoch`
-    /// (wrapping, at least 1), or 0 once it turned dirty again: 4 bytes a
+    /// (wrapping, at least 1), or 0 once its outcome is known: 4 bytes a
     /// region.
     cleaned_at: Box<[AtomicU32]>,
-    counts: Mutex<Counts>,
+    outcomes: Mutex<Outcomes>,
 }
 
-/// Weighted counts of the last cleaned regions and of those overtaken.
 #[derive(Default)]
-struct Counts {
-    cleaned: f64,
+struct Outcomes {
+    /// Cleans whose outcome may not be known yet, oldest first: the region
+    /// and its `cleaned_at`.
+    pending: VecDeque<(u64, u32)>,
+    /// Weighted counts of the known outcomes and of the overtaken ones.
+    known: f64,
     overtaken: f64,
+}
+
+impl Outcomes {
+    fn add(&mut self, overtaken: bool) {
+        let keep = 1.0 - 1.0 / OVERTAKEN_SPAN;
+        self.known = self.known * keep + 1.0;
+        self.overtaken = self.overtaken * keep + if overtaken { 1.0 } else { 0.0 };
+    }
 }
 
 impl Overtaken {
@@ -59,7 +76,7 @@ impl Overtaken {
         Overtaken {
             epoch: Instant::now(),
             cleaned_at: (0..regions).map(|_| AtomicU32::new(0)).collect(),
-            counts: Mutex::new(Counts::default()),
+            outcomes: Mutex::new(Outcomes::default()),
         }
     }
 
@@ -67,47 +84,75 @@ impl Overtaken {
         (now.saturating_duration_since(self.epoch).as_millis() as u32).max(1)
     }
 
+    fn lag_millis(within: Duration) -> u32 {
+        within.as_millis().min(u128::from(u32::MAX / 2)) as u32
+    }
+
+    /// At most this many cleans wait for their outcome. Each region has one
+    /// at most (a clean is known once the region turns dirty again, which
+    /// comes before its next clean); the rest are stale. Past that, the
+    /// oldest count as not overtaken.
+    fn pending_cap(&self) -> usize {
+        2 * self.cleaned_at.len() + 1024
+    }
+
     /// Copies cleaned `regions` at `now`.
-    pub(super) fn cleaned(&self, regions: &[u64], now: Instant) {
+    pub(super) fn cleaned(&self, regions: &[u64], now: Instant, within: Duration) {
         if regions.is_empty() {
             return;
         }
         let ms = self.millis(now);
+        let mut o = lock(&self.outcomes);
         for &r in regions {
             self.cleaned_at[r as usize].store(ms, Ordering::Relaxed);
+            o.pending.push_back((r, ms));
         }
-        let keep = (1.0 - 1.0 / OVERTAKEN_SPAN).powi(regions.len() as i32);
-        let mut c = lock(&self.counts);
-        c.overtaken *= keep;
-        c.cleaned = c.cleaned * keep + (1.0 - keep) * OVERTAKEN_SPAN;
+        self.settle(&mut o, ms, within);
+    }
+
+    /// Settles the pending cleans older than `within` (or beyond the cap):
+    /// those whose region did not turn dirty again were not overtaken.
+    fn settle(&self, o: &mut Outcomes, ms: u32, within: Duration) {
+        let within = Self::lag_millis(within);
+        let cap = self.pending_cap();
+        while let Some(&(r, at)) = o.pending.front() {
+            if ms.wrapping_sub(at) <= within && o.pending.len() <= cap {
+                break;
+            }
+            o.pending.pop_front();
+            let unknown = self.cleaned_at[r as usize]
+                .compare_exchange(at, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+            if unknown {
+                o.add(false);
+            }
+        }
     }
 
     /// `regions` turned dirty at `now`: those cleaned less than `within`
     /// before were overtaken.
     pub(super) fn dirtied(&self, regions: &[u64], now: Instant, within: Duration) {
         let ms = self.millis(now);
-        let within = within.as_millis().min(u128::from(u32::MAX)) as u32;
-        let overtaken = regions
-            .iter()
-            .filter(|&&r| {
-                let at = self.cleaned_at[r as usize].swap(0, Ordering::Relaxed);
-                at != 0 && ms.wrapping_sub(at) <= within
-            })
-            .count();
-        if overtaken > 0 {
-            let mut c = lock(&self.counts);
-            c.overtaken = (c.overtaken + overtaken as f64).min(c.cleaned);
+        let within = Self::lag_millis(within);
+        let mut o = None;
+        for &r in regions {
+            let at = self.cleaned_at[r as usize].swap(0, Ordering::Relaxed);
+            if at != 0 {
+                o.get_or_insert_with(|| lock(&self.outcomes))
+                    .add(ms.wrapping_sub(at) <= within);
+            }
         }
     }
 
-    /// The share of the last cleaned regions that were overtaken, or 0
-    /// while too few were cleaned to tell.
-    pub(super) fn share(&self) -> f64 {
-        let c = lock(&self.counts);
-        if c.cleaned < OVERTAKEN_MIN_CLEANS {
+    /// The share of the last known outcomes that were overtaken, or 0 while
+    /// too few are known to tell.
+    pub(super) fn share(&self, now: Instant, within: Duration) -> f64 {
+        let mut o = lock(&self.outcomes);
+        self.settle(&mut o, self.millis(now), within);
+        if o.known < OVERTAKEN_MIN_KNOWN {
             0.0
         } else {
-            c.overtaken / c.cleaned
+            o.overtaken / o.known
         }
     }
 }
@@ -187,7 +232,7 @@ impl Shared {
     pub(super) fn pace(&self, now: Instant) -> (bool, bool) {
         let util = lock(&self.pacer).sample(now, self.host_io.get() > 0);
         let dirty = self.record.states().dirty_count();
-        let futile = self.overtaken.share() >= OVERTAKEN_FUTILE;
+        let futile = self.overtaken.share(now, self.max_lag()) >= OVERTAKEN_FUTILE;
         let backlog_ok = !self.near_max_dirty()
             && (futile
                 || (dirty < (self.record.capacity_regions() / 2).max(1)

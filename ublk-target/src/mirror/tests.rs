@@ -901,40 +901,43 @@ fn a_paused_mirror_copies_nothing_until_resumed_and_settings_change_while_runnin
 
 #[test]
 fn the_overtaken_share_counts_regions_written_again_within_the_lag() {
-    let o = super::pace::Overtaken::new(256);
+    let o = super::pace::Overtaken::new(512);
     let t0 = Instant::now();
     let lag = Duration::from_secs(10);
-    let regions: Vec<u64> = (0..20).collect();
-    o.cleaned(&regions, t0);
-    assert_eq!(o.share(), 0.0, "nothing overtaken yet");
-    // Half of them written again within the lag, and one never cleaned.
-    o.dirtied(&[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 40], t0, lag);
-    let half = o.share();
-    assert!((0.5..0.6).contains(&half), "{half}");
-    // Turning dirty again counts once per clean.
-    o.dirtied(&[0, 1, 2], t0, lag);
-    assert_eq!(o.share(), half);
-    // Written again only after the lag: not overtaken.
-    o.dirtied(&[10, 11, 12], t0 + lag + Duration::from_millis(5), lag);
-    assert_eq!(o.share(), half);
-    // Nothing cleaned for a while: the share stays what the copies showed.
-    assert_eq!(o.share(), half);
-    // The last copies count most: 200 regions cleaned and never written
-    // again bring the share down.
-    let more: Vec<u64> = (50..250).collect();
-    o.cleaned(&more, t0 + lag);
-    assert!(o.share() < 0.05, "{}", o.share());
-    // Every copy overtaken: the share nears 1.
-    for _ in 0..10 {
-        o.cleaned(&more, t0 + lag);
-        o.dirtied(&more, t0 + lag, lag);
-    }
-    assert!(o.share() > 0.95, "{}", o.share());
-    // Too few cleaned to tell.
+    let ms = |n: u64| Duration::from_millis(n);
+    let regions: Vec<u64> = (0..40).collect();
+    o.cleaned(&regions, t0, lag);
+    assert_eq!(o.share(t0, lag), 0.0, "no outcome known yet");
+    // Half of them written again within the lag (and one never cleaned):
+    // the other half's outcome is not known yet, and counts for neither.
+    let again: Vec<u64> = (0..20).chain([300]).collect();
+    o.dirtied(&again, t0 + ms(500), lag);
+    assert_eq!(o.share(t0 + ms(500), lag), 1.0);
+    // Once the lag has passed, the other half were not overtaken.
+    let after = t0 + lag + ms(5);
+    let half = o.share(after, lag);
+    assert!((0.4..=0.5).contains(&half), "{half}");
+    // An outcome is counted once: turning dirty again, or dirty only after
+    // the lag, changes nothing.
+    o.dirtied(&[0, 1, 2, 20, 21, 22], after + ms(5), lag);
+    assert_eq!(o.share(after + ms(5), lag), half);
+    // Nothing cleaned for a long time: the share stays what copies showed.
+    assert_eq!(o.share(t0 + 100 * lag, lag), half);
+    // The last outcomes count most: 200 cleans written again within the
+    // lag bring it near 1, 200 that are not bring it near 0.
+    let t1 = t0 + 100 * lag;
+    let more: Vec<u64> = (100..300).collect();
+    o.cleaned(&more, t1, lag);
+    o.dirtied(&more, t1 + ms(100), lag);
+    assert!(o.share(t1 + ms(100), lag) > 0.95, "{}", o.share(t1, lag));
+    o.cleaned(&more, t1 + ms(200), lag);
+    let t2 = t1 + ms(200) + lag + ms(5);
+    assert!(o.share(t2, lag) < 0.05, "{}", o.share(t2, lag));
+    // Too few outcomes to tell.
     let few = super::pace::Overtaken::new(64);
-    few.cleaned(&[1, 2, 3], t0);
+    few.cleaned(&[1, 2, 3], t0, lag);
     few.dirtied(&[1, 2, 3], t0, lag);
-    assert_eq!(few.share(), 0.0);
+    assert_eq!(few.share(t0, lag), 0.0);
 }
 
 #[test]
@@ -956,8 +959,8 @@ fn copies_overtaken_by_writes_wait_for_the_lag_despite_a_backlog_over_half_the_c
         }
     };
     // Written again as soon as copied: every copy after the first round is
-    // overtaken.
-    for _ in 0..3 {
+    // overtaken (known once written again).
+    for _ in 0..4 {
         write_all(&rig);
         wait_clean(&rig, Duration::from_secs(10));
         // Past the pacer's last decision (it samples every 20 ms).
