@@ -55,7 +55,8 @@ pub struct EngineStatus {
     pub mirror_deferring: bool,
     /// Share of recently copied regions written again within the maximum
     /// lag (0 to 1); from one half on, copies wait for heavy host I/O
-    /// whatever the backlog.
+    /// whatever the backlog (unless it nears `--max-dirty`).
+    #[serde(default)]
     pub copies_overtaken: f64,
     pub writes: u64,
     pub bytes_written: u64,

@@ -327,11 +327,16 @@ impl Shared {
         for (run, since) in &batch {
             for &(r, claim) in run {
                 states.finish_copy(r, claim, false);
-                q.put_back(Entry {
+                let e = Entry {
                     region: r,
                     since: *since,
                     not_before: Instant::now() + wait,
-                });
+                };
+                if wait.is_zero() {
+                    q.put_back(e);
+                } else {
+                    q.delay(e);
+                }
             }
             if let Some(i) = q.copying.iter().position(|t| t == since) {
                 q.copying.swap_remove(i);
@@ -362,8 +367,15 @@ impl Shared {
             }
         }
         self.note_result(&result, batch.len() as u64);
-        self.overtaken
-            .cleaned(&cleaned, Instant::now(), self.max_lag());
+        let now = Instant::now();
+        self.overtaken.cleaned(&cleaned, now, self.max_lag());
+        // Written again between its clean and the line above: its turning
+        // dirty found no clean time to count.
+        for &r in &cleaned {
+            if states.is_dirty(r) {
+                self.overtaken.dirtied(&[r], now, self.max_lag());
+            }
+        }
         self.count_resynced(&cleaned);
         {
             let mut q = lock(&self.queue);

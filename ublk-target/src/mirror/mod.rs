@@ -180,7 +180,7 @@ pub struct MirrorStats {
     pub deferring: bool,
     /// Share of recently cleaned regions written again within the maximum
     /// lag (0 to 1); from one half on, copies wait for heavy host I/O
-    /// whatever the backlog.
+    /// whatever the backlog (unless it nears `--max-dirty`).
     pub copies_overtaken: f64,
     /// Mirroring is paused on request.
     pub paused: bool,
@@ -357,7 +357,7 @@ impl MirrorPool {
         }
     }
 
-    /// Queues regions that turned dirty.
+    /// Queues regions that host writes turned dirty.
     pub fn enqueue(&self, regions: &[u64]) {
         self.shared.enqueue(regions);
     }
@@ -514,7 +514,14 @@ impl Drop for MirrorPool {
 }
 
 impl Shared {
+    /// Queues regions that host writes turned dirty.
     pub(super) fn enqueue(&self, regions: &[u64]) {
+        self.queue_dirty(regions, true);
+    }
+
+    /// Queues dirty regions; `written` says host writes dirtied them (and
+    /// not a resync), which counts for `Overtaken`.
+    fn queue_dirty(&self, regions: &[u64], written: bool) {
         if regions.is_empty() {
             return;
         }
@@ -525,7 +532,9 @@ impl Shared {
         // empty needs the workers woken. (Under emulation, waking them for
         // every region that turned dirty took 2-3% of a CPU.)
         let was_empty = q.entries.is_empty();
-        self.overtaken.dirtied(regions, now, self.max_lag());
+        if written {
+            self.overtaken.dirtied(regions, now, self.max_lag());
+        }
         for &region in regions {
             q.entries.push_back(Entry {
                 region,
@@ -557,7 +566,7 @@ impl Shared {
         self.counters
             .resync_total
             .fetch_add(bytes, Ordering::Relaxed);
-        self.enqueue(regions);
+        self.queue_dirty(regions, false);
     }
 
     /// Counts the regions of `cleaned` that were to be resynced as done.

@@ -88,12 +88,21 @@ impl Overtaken {
         within.as_millis().min(u128::from(u32::MAX / 2)) as u32
     }
 
-    /// At most this many cleans wait for their outcome. Each region has one
-    /// at most (a clean is known once the region turns dirty again, which
-    /// comes before its next clean); the rest are stale. Past that, the
-    /// oldest count as not overtaken.
+    /// Milliseconds from `at` to `ms`, wrapping; a time a little after `ms`
+    /// (taken by another thread) is no time.
+    fn age(ms: u32, at: u32) -> u32 {
+        match ms.wrapping_sub(at) {
+            a if a > u32::MAX / 2 => 0,
+            a => a,
+        }
+    }
+
+    /// At most this many cleans wait for their outcome. The entries of the
+    /// cleans already known stay until they age out, so a region written
+    /// and copied often has several; the copies of one lag are far fewer
+    /// than this on any disk. Past it, the oldest count as not overtaken.
     fn pending_cap(&self) -> usize {
-        2 * self.cleaned_at.len() + 1024
+        65536 + (2 * self.cleaned_at.len()).min(1 << 20)
     }
 
     /// Copies cleaned `regions` at `now`.
@@ -116,7 +125,7 @@ impl Overtaken {
         let within = Self::lag_millis(within);
         let cap = self.pending_cap();
         while let Some(&(r, at)) = o.pending.front() {
-            if ms.wrapping_sub(at) <= within && o.pending.len() <= cap {
+            if Self::age(ms, at) <= within && o.pending.len() <= cap {
                 break;
             }
             o.pending.pop_front();
@@ -139,7 +148,7 @@ impl Overtaken {
             let at = self.cleaned_at[r as usize].swap(0, Ordering::Relaxed);
             if at != 0 {
                 o.get_or_insert_with(|| lock(&self.outcomes))
-                    .add(ms.wrapping_sub(at) <= within);
+                    .add(Self::age(ms, at) <= within);
             }
         }
     }

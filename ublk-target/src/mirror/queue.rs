@@ -48,6 +48,23 @@ impl Queue {
             self.entries.insert(at, e);
         }
     }
+
+    /// Holds an entry back until its `not_before`, in that order (the
+    /// workers look only at the front of `delayed`).
+    pub(super) fn delay(&mut self, e: Entry) {
+        if self
+            .delayed
+            .back()
+            .is_none_or(|b| b.not_before <= e.not_before)
+        {
+            self.delayed.push_back(e);
+        } else {
+            let at = self
+                .delayed
+                .partition_point(|x| x.not_before <= e.not_before);
+            self.delayed.insert(at, e);
+        }
+    }
 }
 
 impl Shared {
@@ -176,7 +193,7 @@ impl Shared {
                         batch.push((claim_run(e.region, claim), e.since));
                     }
                     Err(ClaimRefused::Busy) => {
-                        q.delayed.push_back(Entry {
+                        q.delay(Entry {
                             not_before: now + BUSY_RETRY,
                             ..e
                         });
