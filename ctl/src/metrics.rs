@@ -38,7 +38,7 @@ const STATES: [State; 8] = [
 type Figure = fn(&EngineStatus) -> f64;
 
 /// Gauges: name, help, figure.
-const GAUGES: [(&str, &str, Figure); 18] = [
+const GAUGES: [(&str, &str, Figure); 17] = [
     (
         "tandem_dirty_bytes",
         "Bytes of regions the secondary may lack",
@@ -133,11 +133,6 @@ const GAUGES: [(&str, &str, Figure); 18] = [
         "tandem_host_busy_ratio",
         "Share of recent time with host I/O in flight",
         |e| e.host_busy,
-    ),
-    (
-        "tandem_copies_overtaken_ratio",
-        "Share of recently copied regions written again within the maximum lag",
-        |e| e.copies_overtaken,
     ),
 ];
 

@@ -53,11 +53,6 @@ pub struct EngineStatus {
     pub host_busy: f64,
     /// Copies are held back (up to the maximum lag) for heavy host I/O.
     pub mirror_deferring: bool,
-    /// Share of recently copied regions written again within the maximum
-    /// lag (0 to 1); from one half on, copies wait for heavy host I/O
-    /// whatever the backlog (unless it nears `--max-dirty`).
-    #[serde(default)]
-    pub copies_overtaken: f64,
     pub writes: u64,
     pub bytes_written: u64,
     pub record_updates: u64,
@@ -173,7 +168,6 @@ impl Engine {
             lag_seconds: ms.lag_seconds,
             host_busy: ms.host_busy,
             mirror_deferring: ms.deferring,
-            copies_overtaken: ms.copies_overtaken,
             mirror_paused: ms.paused,
             max_copy_rate: ms.max_copy_rate,
             max_lag_seconds: ms.max_lag_seconds,

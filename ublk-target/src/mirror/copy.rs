@@ -367,15 +367,6 @@ impl Shared {
             }
         }
         self.note_result(&result, batch.len() as u64);
-        let now = Instant::now();
-        self.overtaken.cleaned(&cleaned, now, self.max_lag());
-        // Written again between its clean and the line above: its turning
-        // dirty found no clean time to count.
-        for &r in &cleaned {
-            if states.is_dirty(r) {
-                self.overtaken.dirtied(&[r], now, self.max_lag());
-            }
-        }
         self.count_resynced(&cleaned);
         {
             let mut q = lock(&self.queue);

@@ -8,10 +8,9 @@
 //! with backoff; host I/O never sees a secondary failure.
 //!
 //! Copies yield to heavy host I/O: while host I/O is in flight most of the
-//! time (and the dirty backlog is below half the record's capacity, or most
-//! copies are overtaken by writes within the lag anyway), a newly dirty
-//! region waits up to `max_lag` instead of `copy_delay`, so the host's writes
-//! do not share the machine with the copies, and writes to a hot region
+//! time (and the dirty backlog is below half the record's capacity), a newly
+//! dirty region waits up to `max_lag` instead of `copy_delay`, so the host's
+//! writes do not share the machine with the copies, and writes to a hot region
 //! during that time are copied once. Light host I/O does not delay copies.
 
 use std::collections::HashSet;
@@ -36,7 +35,7 @@ mod tests;
 pub use buffer::{WriteBuffer, DEFAULT_COPY_BUFFER};
 use copy::CopyBuf;
 use health::MIN_BACKOFF;
-use pace::{Overtaken, Pacer, Throttle};
+use pace::{Pacer, Throttle};
 use queue::{Entry, Queue};
 
 /// How the pool copies.
@@ -146,8 +145,6 @@ struct Shared {
     pacer: Mutex<Pacer>,
     /// Whether copies are being held back for heavy host I/O right now.
     deferring: AtomicBool,
-    /// Copies overtaken by writes within the maximum lag.
-    overtaken: Overtaken,
     /// With `--max-dirty`, the bound in regions: copies are not deferred
     /// for host I/O once the backlog reaches half of it.
     max_dirty_regions: AtomicU64,
@@ -178,10 +175,6 @@ pub struct MirrorStats {
     pub host_busy: f64,
     /// Copies are held back (up to the maximum lag) for heavy host I/O.
     pub deferring: bool,
-    /// Share of recently cleaned regions written again within the maximum
-    /// lag (0 to 1); from one half on, copies wait for heavy host I/O
-    /// whatever the backlog (unless it nears `--max-dirty`).
-    pub copies_overtaken: f64,
     /// Mirroring is paused on request.
     pub paused: bool,
     /// The copy bandwidth cap in effect, bytes per second.
@@ -280,7 +273,6 @@ impl MirrorPool {
         let throttle = Mutex::new(throttle_for(config.max_rate)?);
         let missing = secondary.missing();
         let chunk = 1u32 << record.chunk_shift();
-        let overtaken = Overtaken::new(record.geometry().regions());
         let shared = Arc::new(Shared {
             record,
             primary,
@@ -309,7 +301,6 @@ impl MirrorPool {
             host_io,
             pacer: Mutex::new(Pacer::default()),
             deferring: AtomicBool::new(false),
-            overtaken,
             max_dirty_regions: AtomicU64::new(u64::MAX),
             fence: std::sync::OnceLock::new(),
             gate: std::sync::OnceLock::new(),
@@ -357,7 +348,7 @@ impl MirrorPool {
         }
     }
 
-    /// Queues regions that host writes turned dirty.
+    /// Queues regions that turned dirty.
     pub fn enqueue(&self, regions: &[u64]) {
         self.shared.enqueue(regions);
     }
@@ -471,7 +462,6 @@ impl MirrorPool {
             resync_done_bytes: s.counters.resync_done.load(Ordering::Relaxed),
             host_busy: lock(&s.pacer).current(now),
             deferring: s.deferring.load(Ordering::Relaxed),
-            copies_overtaken: s.overtaken.share(now, s.max_lag()),
             paused: s.paused.load(Ordering::Relaxed),
             max_copy_rate: lock(&s.throttle).as_ref().map(|t| t.rate),
             max_lag_seconds: s.max_lag().as_secs_f64(),
@@ -514,14 +504,7 @@ impl Drop for MirrorPool {
 }
 
 impl Shared {
-    /// Queues regions that host writes turned dirty.
     pub(super) fn enqueue(&self, regions: &[u64]) {
-        self.queue_dirty(regions, true);
-    }
-
-    /// Queues dirty regions; `written` says host writes dirtied them (and
-    /// not a resync), which counts for `Overtaken`.
-    fn queue_dirty(&self, regions: &[u64], written: bool) {
         if regions.is_empty() {
             return;
         }
@@ -532,9 +515,6 @@ impl Shared {
         // empty needs the workers woken. (Under emulation, waking them for
         // every region that turned dirty took 2-3% of a CPU.)
         let was_empty = q.entries.is_empty();
-        if written {
-            self.overtaken.dirtied(regions, now, self.max_lag());
-        }
         for &region in regions {
             q.entries.push_back(Entry {
                 region,
@@ -566,7 +546,7 @@ impl Shared {
         self.counters
             .resync_total
             .fetch_add(bytes, Ordering::Relaxed);
-        self.queue_dirty(regions, false);
+        self.enqueue(regions);
     }
 
     /// Counts the regions of `cleaned` that were to be resynced as done.

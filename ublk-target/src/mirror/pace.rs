@@ -1,9 +1,7 @@
 //! Pacing: copies yield to heavy host I/O (sampled by the pacer thread,
 //! which also follows the secondary's path), and the copy bandwidth cap.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::{lock, Shared};
@@ -20,151 +18,6 @@ pub(super) const SAMPLE_EVERY: Duration = Duration::from_millis(20);
 /// How often the pacer thread follows the secondary's path: each look is a
 /// wake-up and a stat; every 50 ms cost 1-1.5% of a CPU under emulation.
 pub(super) const WATCH_EVERY: Duration = Duration::from_millis(500);
-
-/// The overtaken share is taken over about this many of the last copies
-/// whose outcome is known (each outcome scales the earlier ones down by
-/// `1 - 1/OVERTAKEN_SPAN`). Counted in outcomes, not in time: while copies
-/// wait for the lag, nothing is cleaned, and the share stays what the last
-/// copies showed.
-pub(super) const OVERTAKEN_SPAN: f64 = 64.0;
-/// The share is judged only once this many (weighted) outcomes are known.
-pub(super) const OVERTAKEN_MIN_KNOWN: f64 = 16.0;
-/// From this share of overtaken copies on, copying ahead of the maximum lag
-/// is futile.
-pub(super) const OVERTAKEN_FUTILE: f64 = 0.5;
-
-/// Copies overtaken by writes: of the regions that recent copies cleaned,
-/// the share that turned dirty again within the maximum lag. A copy whose
-/// region is written again that soon leaves the backlog as it was, and
-/// waiting for the lag would have copied both writes at once: when most
-/// copies are overtaken, copies made early to bound the backlog only take
-/// the disk from the host.
-///
-/// A clean's outcome is known when its region turns dirty again, or once
-/// the lag has passed without that. Until then it counts for neither side:
-/// counted as not overtaken, a burst of copies would look fruitful for the
-/// second or so before the host comes back to their regions.
-pub(super) struct Overtaken {
-    epoch: Instant,
-    /// When each region was last cleaned, in milliseconds since `epoch`
-    /// (wrapping, at least 1), or 0 once its outcome is known: 4 bytes a
-    /// region.
-    cleaned_at: Box<[AtomicU32]>,
-    outcomes: Mutex<Outcomes>,
-}
-
-#[derive(Default)]
-struct Outcomes {
-    /// Cleans whose outcome may not be known yet, oldest first: the region
-    /// and its `cleaned_at`.
-    pending: VecDeque<(u64, u32)>,
-    /// Weighted counts of the known outcomes and of the overtaken ones.
-    known: f64,
-    overtaken: f64,
-}
-
-impl Outcomes {
-    fn add(&mut self, overtaken: bool) {
-        let keep = 1.0 - 1.0 / OVERTAKEN_SPAN;
-        self.known = self.known * keep + 1.0;
-        self.overtaken = self.overtaken * keep + if overtaken { 1.0 } else { 0.0 };
-    }
-}
-
-impl Overtaken {
-    pub(super) fn new(regions: u64) -> Self {
-        Overtaken {
-            epoch: Instant::now(),
-            cleaned_at: (0..regions).map(|_| AtomicU32::new(0)).collect(),
-            outcomes: Mutex::new(Outcomes::default()),
-        }
-    }
-
-    fn millis(&self, now: Instant) -> u32 {
-        (now.saturating_duration_since(self.epoch).as_millis() as u32).max(1)
-    }
-
-    fn lag_millis(within: Duration) -> u32 {
-        within.as_millis().min(u128::from(u32::MAX / 2)) as u32
-    }
-
-    /// Milliseconds from `at` to `ms`, wrapping; a time a little after `ms`
-    /// (taken by another thread) is no time.
-    fn age(ms: u32, at: u32) -> u32 {
-        match ms.wrapping_sub(at) {
-            a if a > u32::MAX / 2 => 0,
-            a => a,
-        }
-    }
-
-    /// At most this many cleans wait for their outcome. The entries of the
-    /// cleans already known stay until they age out, so a region written
-    /// and copied often has several; the copies of one lag are far fewer
-    /// than this on any disk. Past it, the oldest count as not overtaken.
-    fn pending_cap(&self) -> usize {
-        65536 + (2 * self.cleaned_at.len()).min(1 << 20)
-    }
-
-    /// Copies cleaned `regions` at `now`.
-    pub(super) fn cleaned(&self, regions: &[u64], now: Instant, within: Duration) {
-        if regions.is_empty() {
-            return;
-        }
-        let ms = self.millis(now);
-        let mut o = lock(&self.outcomes);
-        for &r in regions {
-            self.cleaned_at[r as usize].store(ms, Ordering::Relaxed);
-            o.pending.push_back((r, ms));
-        }
-        self.settle(&mut o, ms, within);
-    }
-
-    /// Settles the pending cleans older than `within` (or beyond the cap):
-    /// those whose region did not turn dirty again were not overtaken.
-    fn settle(&self, o: &mut Outcomes, ms: u32, within: Duration) {
-        let within = Self::lag_millis(within);
-        let cap = self.pending_cap();
-        while let Some(&(r, at)) = o.pending.front() {
-            if Self::age(ms, at) <= within && o.pending.len() <= cap {
-                break;
-            }
-            o.pending.pop_front();
-            let unknown = self.cleaned_at[r as usize]
-                .compare_exchange(at, 0, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok();
-            if unknown {
-                o.add(false);
-            }
-        }
-    }
-
-    /// `regions` turned dirty at `now`: those cleaned less than `within`
-    /// before were overtaken.
-    pub(super) fn dirtied(&self, regions: &[u64], now: Instant, within: Duration) {
-        let ms = self.millis(now);
-        let within = Self::lag_millis(within);
-        let mut o = None;
-        for &r in regions {
-            let at = self.cleaned_at[r as usize].swap(0, Ordering::Relaxed);
-            if at != 0 {
-                o.get_or_insert_with(|| lock(&self.outcomes))
-                    .add(Self::age(ms, at) <= within);
-            }
-        }
-    }
-
-    /// The share of the last known outcomes that were overtaken, or 0 while
-    /// too few are known to tell.
-    pub(super) fn share(&self, now: Instant, within: Duration) -> f64 {
-        let mut o = lock(&self.outcomes);
-        self.settle(&mut o, self.millis(now), within);
-        if o.known < OVERTAKEN_MIN_KNOWN {
-            0.0
-        } else {
-            o.overtaken / o.known
-        }
-    }
-}
 
 /// A token bucket for the copy bandwidth cap.
 pub(super) struct Throttle {
@@ -226,26 +79,19 @@ impl Pacer {
 }
 
 impl Shared {
-    /// Samples the host I/O and decides whether copies wait for it to ease
-    /// (up to the maximum lag). They do while it is heavy, unless the
-    /// backlog nears `--max-dirty`, and either:
-    /// - the dirty backlog is below half the capacity and the write-data
-    ///   buffer is less than half full (held back longer, its writes would
-    ///   overflow it, and every copy would read the primary back instead of
-    ///   sending what the buffer holds); or
-    /// - most copies are overtaken (`Overtaken`): copying early cannot bring
-    ///   the backlog down, and waiting copies each region's writes once.
-    ///
-    /// Returns the decision and whether copies were held back until now
-    /// (the waiting workers need a wake-up).
+    /// Samples the host I/O and decides whether copies wait for it to ease:
+    /// they do while it is heavy, the dirty backlog is below half the
+    /// capacity, and the write-data buffer is less than half full (held
+    /// back longer, its writes would overflow it, and every copy would read
+    /// the primary back instead of sending what the buffer holds). Returns
+    /// the decision and whether copies were held back until now (the
+    /// waiting workers need a wake-up).
     pub(super) fn pace(&self, now: Instant) -> (bool, bool) {
         let util = lock(&self.pacer).sample(now, self.host_io.get() > 0);
         let dirty = self.record.states().dirty_count();
-        let futile = self.overtaken.share(now, self.max_lag()) >= OVERTAKEN_FUTILE;
-        let backlog_ok = !self.near_max_dirty()
-            && (futile
-                || (dirty < (self.record.capacity_regions() / 2).max(1)
-                    && !self.buffer.half_full()));
+        let backlog_ok = dirty < (self.record.capacity_regions() / 2).max(1)
+            && !self.near_max_dirty()
+            && !self.buffer.half_full();
         let defer = util >= BUSY_UTIL && backlog_ok;
         let eased = self.deferring.swap(defer, Ordering::Relaxed) && !defer;
         (defer, eased)

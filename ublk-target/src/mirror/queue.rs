@@ -144,10 +144,8 @@ impl Shared {
             // and is read back anyway). Their queue entries stay, to be
             // skipped once clean, so the lag still counts from them. Not
             // near `--max-dirty`: host writes wait for the backlog, which
-            // the queue's long runs bring down fastest. Nor while copies
-            // wait for heavy host I/O: most of them are overtaken then
-            // (`Overtaken`), and the queue's head goes once the lag is up.
-            if self.buffer.half_full() && !self.near_max_dirty() && !deferring {
+            // the queue's long runs bring down fastest.
+            if self.buffer.half_full() && !self.near_max_dirty() {
                 let mut busy = Vec::new();
                 for _ in 0..2 * EXTENTS_PER_SYNC {
                     if batch.len() >= EXTENTS_PER_SYNC {

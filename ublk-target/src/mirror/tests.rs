@@ -900,89 +900,6 @@ fn a_paused_mirror_copies_nothing_until_resumed_and_settings_change_while_runnin
 }
 
 #[test]
-fn the_overtaken_share_counts_regions_written_again_within_the_lag() {
-    let o = super::pace::Overtaken::new(512);
-    let t0 = Instant::now();
-    let lag = Duration::from_secs(10);
-    let ms = |n: u64| Duration::from_millis(n);
-    let regions: Vec<u64> = (0..40).collect();
-    o.cleaned(&regions, t0, lag);
-    assert_eq!(o.share(t0, lag), 0.0, "no outcome known yet");
-    // Half of them written again within the lag (and one never cleaned):
-    // the other half's outcome is not known yet, and counts for neither.
-    let again: Vec<u64> = (0..20).chain([300]).collect();
-    o.dirtied(&again, t0 + ms(500), lag);
-    assert_eq!(o.share(t0 + ms(500), lag), 1.0);
-    // Once the lag has passed, the other half were not overtaken.
-    let after = t0 + lag + ms(5);
-    let half = o.share(after, lag);
-    assert!((0.4..=0.5).contains(&half), "{half}");
-    // An outcome is counted once: turning dirty again, or dirty only after
-    // the lag, changes nothing.
-    o.dirtied(&[0, 1, 2, 20, 21, 22], after + ms(5), lag);
-    assert_eq!(o.share(after + ms(5), lag), half);
-    // Nothing cleaned for a long time: the share stays what copies showed.
-    assert_eq!(o.share(t0 + 100 * lag, lag), half);
-    // The last outcomes count most: 200 cleans written again within the
-    // lag bring it near 1, 200 that are not bring it near 0.
-    let t1 = t0 + 100 * lag;
-    let more: Vec<u64> = (100..300).collect();
-    o.cleaned(&more, t1, lag);
-    o.dirtied(&more, t1 + ms(100), lag);
-    let near_one = o.share(t1 + ms(100), lag);
-    assert!(near_one > 0.95, "{near_one}");
-    o.cleaned(&more, t1 + ms(200), lag);
-    let t2 = t1 + ms(200) + lag + ms(5);
-    assert!(o.share(t2, lag) < 0.05, "{}", o.share(t2, lag));
-    // Too few outcomes to tell.
-    let few = super::pace::Overtaken::new(64);
-    few.cleaned(&[1, 2, 3], t0, lag);
-    few.dirtied(&[1, 2, 3], t0, lag);
-    assert_eq!(few.share(t0, lag), 0.0);
-}
-
-#[test]
-fn copies_overtaken_by_writes_wait_for_the_lag_despite_a_backlog_over_half_the_capacity() {
-    // Capacity 4 regions: 8 dirty regions are twice half of it, so their
-    // copies go at once under heavy host I/O while they stick.
-    let lag = Duration::from_millis(1500);
-    let rig = rig_with_record(
-        record_with_capacity(64 * REGION, 4 * REGION),
-        paced(lag),
-        true,
-    );
-    let busy = rig.host_io.enter();
-    let mut seed = 10;
-    let mut write_all = |rig: &Rig| {
-        for r in 0..8 {
-            rig.write(r * REGION, &pattern(seed, 4096));
-            seed += 1;
-        }
-    };
-    // Written again as soon as copied: every copy after the first round is
-    // overtaken (known once written again).
-    for _ in 0..4 {
-        write_all(&rig);
-        wait_clean(&rig, Duration::from_secs(10));
-        // Past the pacer's last decision (it samples every 20 ms).
-        std::thread::sleep(Duration::from_millis(60));
-    }
-    let s = rig.pool.stats();
-    assert!(s.copies_overtaken >= 0.5, "{s:?}");
-    let t0 = Instant::now();
-    write_all(&rig);
-    std::thread::sleep(Duration::from_millis(300));
-    let s = rig.pool.stats();
-    assert!(s.deferring, "copies wait for the lag: {s:?}");
-    assert_eq!(rig.dirty().len(), 8, "held back: {s:?}");
-    wait_clean(&rig, Duration::from_secs(10));
-    let took = t0.elapsed();
-    assert!(took >= lag, "copied after {took:?}, before the lag {lag:?}");
-    assert_eq!(rig.secondary.durable_contents(), rig.primary.contents());
-    drop(busy);
-}
-
-#[test]
 fn an_entry_put_back_keeps_its_place_in_queue_time() {
     // A retried region queued long ago goes before younger ones: behind
     // them, while copies wait for the lag, it would wait a round more.
@@ -1010,26 +927,4 @@ fn an_entry_put_back_keeps_its_place_in_queue_time() {
     q.delay(entry(6, 30));
     let held: Vec<u64> = q.delayed.iter().map(|e| e.region).collect();
     assert_eq!(held, vec![5, 6, 4]);
-}
-
-#[test]
-fn only_host_writes_overtake_a_copy() {
-    let rig = rig(64 * REGION, config(4), false);
-    let regions: Vec<u64> = (0..20).collect();
-    for &r in &regions {
-        rig.write_region(r, r);
-    }
-    rig.pump_all();
-    // A resync queues them again (a secondary replaced, an invalidate):
-    // the host did not write them.
-    rig.pool.enqueue_resync(&regions);
-    rig.pump_all();
-    assert_eq!(rig.pool.stats().copies_overtaken, 0.0);
-    // Written again within the lag: overtaken.
-    for &r in &regions {
-        rig.write_region(r, r + 100);
-    }
-    assert_eq!(rig.pool.stats().copies_overtaken, 1.0);
-    rig.pump_all();
-    assert_eq!(rig.secondary.durable_contents(), rig.primary.contents());
 }
