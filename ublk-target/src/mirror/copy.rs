@@ -327,16 +327,11 @@ impl Shared {
         for (run, since) in &batch {
             for &(r, claim) in run {
                 states.finish_copy(r, claim, false);
-                let e = Entry {
+                q.delay(Entry {
                     region: r,
                     since: *since,
                     not_before: Instant::now() + wait,
-                };
-                if wait.is_zero() {
-                    q.put_back(e);
-                } else {
-                    q.delay(e);
-                }
+                });
             }
             if let Some(i) = q.copying.iter().position(|t| t == since) {
                 q.copying.swap_remove(i);

@@ -41,30 +41,20 @@ impl Queue {
     /// queue's head must be due before anything behind it goes, and an
     /// old region at the tail waited a whole extra round.
     pub(super) fn put_back(&mut self, e: Entry) {
-        if self.entries.back().is_none_or(|b| b.since <= e.since) {
-            self.entries.push_back(e);
-        } else {
-            let at = self.entries.partition_point(|x| x.since <= e.since);
-            self.entries.insert(at, e);
-        }
+        insert_by(&mut self.entries, e, |x| x.since);
     }
 
     /// Holds an entry back until its `not_before`, in that order (the
     /// workers look only at the front of `delayed`).
     pub(super) fn delay(&mut self, e: Entry) {
-        if self
-            .delayed
-            .back()
-            .is_none_or(|b| b.not_before <= e.not_before)
-        {
-            self.delayed.push_back(e);
-        } else {
-            let at = self
-                .delayed
-                .partition_point(|x| x.not_before <= e.not_before);
-            self.delayed.insert(at, e);
-        }
+        insert_by(&mut self.delayed, e, |x| x.not_before);
     }
+}
+
+/// Inserts `e` after every entry whose `key` is not later than its own.
+fn insert_by(entries: &mut VecDeque<Entry>, e: Entry, key: impl Fn(&Entry) -> Instant) {
+    let at = entries.partition_point(|x| key(x) <= key(&e));
+    entries.insert(at, e);
 }
 
 impl Shared {
