@@ -1342,3 +1342,57 @@ fn a_half_full_write_buffer_copies_what_it_holds_before_older_regions() {
     );
     assert!(rig.in_sync());
 }
+
+#[test]
+fn a_region_the_buffer_does_not_hold_goes_first_once_it_has_waited_the_maximum_lag() {
+    let mut rig = rig();
+    rig.config.mirror.copy_buffer = 8192;
+    rig.config.mirror.max_lag = std::time::Duration::from_millis(30);
+    let e = rig.open(true);
+    // Region 1 holds nothing in the buffer (a write-zeroes); region 3 keeps
+    // it half full.
+    e.write_zeroes(REGION, 4096).unwrap();
+    e.write(&pattern(1, 4096), 3 * REGION, false).unwrap();
+    assert!(e.pump_mirror());
+    assert_eq!(
+        dirty(&e),
+        vec![1],
+        "the held region goes first while the head is young"
+    );
+    // Under a load that keeps the buffer half full, the head would wait
+    // for ever behind the held regions; once it has waited the maximum
+    // lag, it goes first.
+    e.write(&pattern(2, 4096), 3 * REGION, false).unwrap();
+    assert!(e.copy_buffer().half_full());
+    std::thread::sleep(std::time::Duration::from_millis(40));
+    assert!(e.pump_mirror());
+    // (The queue's batch takes region 3's entry behind it as well.)
+    assert!(
+        !dirty(&e).contains(&1),
+        "the overdue head went before the held region"
+    );
+    pump_all(&e);
+    assert!(dirty(&e).is_empty());
+    assert!(rig.in_sync());
+}
+
+#[test]
+fn a_region_copied_from_the_buffer_and_written_again_counts_its_lag_from_the_new_write() {
+    let mut rig = rig();
+    rig.config.mirror.copy_buffer = 8192;
+    let e = rig.open(true);
+    e.write(&pattern(1, 4096), 3 * REGION, false).unwrap();
+    // Copied from the buffer ahead of its queue entry, which stays behind.
+    assert!(e.pump_mirror());
+    assert!(dirty(&e).is_empty());
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let written = std::time::Instant::now();
+    e.write(&pattern(2, 4096), 3 * REGION, false).unwrap();
+    let lag = e.status().lag_seconds;
+    assert!(
+        lag <= written.elapsed().as_secs_f64(),
+        "the lag ({lag} s) counts from the write the secondary holds already"
+    );
+    pump_all(&e);
+    assert!(rig.in_sync());
+}

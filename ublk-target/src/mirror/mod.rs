@@ -36,7 +36,7 @@ pub use buffer::{WriteBuffer, DEFAULT_COPY_BUFFER};
 use copy::CopyBuf;
 use health::MIN_BACKOFF;
 use pace::{Pacer, Throttle};
-use queue::{Entry, Queue};
+use queue::Queue;
 
 /// How the pool copies.
 #[derive(Debug, Clone)]
@@ -437,16 +437,9 @@ impl MirrorPool {
     pub fn stats(&self) -> MirrorStats {
         let s = &self.shared;
         let now = Instant::now();
-        let lag = {
-            let q = lock(&s.queue);
-            q.entries
-                .iter()
-                .chain(q.delayed.iter())
-                .map(|e| e.since)
-                .chain(q.copying.iter().copied())
-                .min()
-                .map_or(0.0, |t| now.duration_since(t).as_secs_f64())
-        };
+        let lag = lock(&s.queue)
+            .oldest(s.record.states())
+            .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
         MirrorStats {
             bytes_copied: s.counters.bytes_copied.load(Ordering::Relaxed),
             copies: s.counters.copies.load(Ordering::Relaxed),
@@ -516,11 +509,7 @@ impl Shared {
         // every region that turned dirty took 2-3% of a CPU.)
         let was_empty = q.entries.is_empty();
         for &region in regions {
-            q.entries.push_back(Entry {
-                region,
-                since: now,
-                not_before: now,
-            });
+            q.push(region, now);
         }
         drop(q);
         if was_empty {

@@ -1,12 +1,13 @@
 //! The copy queue: regions waiting for their copy, in the order they turned
 //! dirty, and the claim of a batch of adjacent dirty regions for one worker.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::{lock, Shared};
-use crate::record::{ClaimRefused, CopyClaim};
+use crate::record::{ClaimRefused, CopyClaim, RegionStates};
+use crate::region::RegionView;
 
 /// Delay before retrying a region that had writes in flight.
 pub(super) const BUSY_RETRY: Duration = Duration::from_millis(1);
@@ -32,22 +33,110 @@ pub(super) struct Queue {
     pub(super) delayed: VecDeque<Entry>,
     /// Queue times of extents being copied now.
     pub(super) copying: Vec<Instant>,
+    /// The queue time of each region's live entry. An entry whose time is
+    /// not its region's is stale: the region was copied (ahead of its turn,
+    /// from the write-data buffer or as a neighbour in a run), turned dirty
+    /// again and was queued anew. A stale entry is dropped when it reaches
+    /// the head and counts for nothing: not in the lag, and it does not
+    /// copy the region early in the name of a write the secondary holds.
+    live: HashMap<u64, Instant>,
 }
 
 impl Queue {
+    /// Queues a region that turned dirty at `since`: whatever entry it had
+    /// is stale now.
+    pub(super) fn push(&mut self, region: u64, since: Instant) {
+        self.live.insert(region, since);
+        self.entries.push_back(Entry {
+            region,
+            since,
+            not_before: since,
+        });
+    }
+
     /// Puts back an entry that waited (a retry, a copy that failed or was
     /// released) in the order of the queue times, so that an old one is not
     /// left behind younger ones: while copies wait for heavy host I/O, the
     /// queue's head must be due before anything behind it goes, and an
     /// old region at the tail waited a whole extra round.
     pub(super) fn put_back(&mut self, e: Entry) {
+        self.note_live(e);
         insert_by(&mut self.entries, e, |x| x.since);
     }
 
     /// Holds an entry back until its `not_before`, in that order (the
     /// workers look only at the front of `delayed`).
     pub(super) fn delay(&mut self, e: Entry) {
+        self.note_live(e);
         insert_by(&mut self.delayed, e, |x| x.not_before);
+    }
+
+    /// An entry whose claim did not last goes back live; a region with a
+    /// live entry already keeps the older time of the two (its copy did not
+    /// land, so it has been dirty since then).
+    fn note_live(&mut self, e: Entry) {
+        self.live
+            .entry(e.region)
+            .and_modify(|t| *t = (*t).min(e.since))
+            .or_insert(e.since);
+    }
+
+    fn is_live(&self, e: &Entry) -> bool {
+        self.live.get(&e.region) == Some(&e.since)
+    }
+
+    /// Moves the delayed entries whose time has come (all of them with
+    /// `all`) back to the queue, dropping the stale ones.
+    fn release_delayed(&mut self, now: Instant, all: bool) {
+        while let Some(e) = self.delayed.front().copied() {
+            if e.not_before > now && !all {
+                break;
+            }
+            self.delayed.pop_front();
+            if self.is_live(&e) {
+                insert_by(&mut self.entries, e, |x| x.since);
+            }
+        }
+    }
+
+    /// The live entry at the head, once the stale ones and those of regions
+    /// found clean (copied ahead of their turn) are dropped.
+    pub(super) fn head(&mut self, states: &RegionStates) -> Option<Entry> {
+        while let Some(e) = self.entries.front().copied() {
+            if self.is_live(&e) && states.is_dirty(e.region) {
+                return Some(e);
+            }
+            self.pop_front();
+        }
+        None
+    }
+
+    /// Takes the head for a claim: while claimed, the region has no live
+    /// entry (its copy's queue time is in `copying`).
+    pub(super) fn pop_front(&mut self) -> Option<Entry> {
+        let e = self.entries.pop_front()?;
+        if self.is_live(&e) {
+            self.live.remove(&e.region);
+        }
+        Some(e)
+    }
+
+    /// When the oldest write that the secondary may lack was queued: the
+    /// oldest live entry of a dirty region, or the oldest copy going on.
+    pub(super) fn oldest(&self, states: &RegionStates) -> Option<Instant> {
+        self.entries
+            .iter()
+            .chain(self.delayed.iter())
+            .filter(|e| self.is_live(e) && states.is_dirty(e.region))
+            .map(|e| e.since)
+            .chain(self.copying.iter().copied())
+            .min()
+    }
+
+    /// Entries held, stale ones included (what the queue costs in memory).
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.entries.len() + self.delayed.len()
     }
 }
 
@@ -94,14 +183,7 @@ impl Shared {
                     continue;
                 }
             }
-            while q
-                .delayed
-                .front()
-                .is_some_and(|e| e.not_before <= now || !blocking)
-            {
-                let e = q.delayed.pop_front().unwrap();
-                q.put_back(e);
-            }
+            q.release_delayed(now, !blocking);
             let mut batch = Vec::new();
             let mut young: Option<Instant> = None;
             let deferring = blocking && !q.entries.is_empty() && self.deferring_now(now);
@@ -135,7 +217,14 @@ impl Shared {
             // skipped once clean, so the lag still counts from them. Not
             // near `--max-dirty`: host writes wait for the backlog, which
             // the queue's long runs bring down fastest.
-            if self.buffer.half_full() && !self.near_max_dirty() {
+            // But not past the head once it has waited `--max-lag`: the
+            // regions the buffer does not hold (written while it was full)
+            // are copied from the queue alone, and under a load that keeps
+            // the buffer half full they would wait for ever.
+            let overdue = q
+                .head(states)
+                .is_some_and(|e| now.saturating_duration_since(e.since) >= self.max_lag());
+            if self.buffer.half_full() && !self.near_max_dirty() && !overdue {
                 let mut busy = Vec::new();
                 for _ in 0..2 * EXTENTS_PER_SYNC {
                     if batch.len() >= EXTENTS_PER_SYNC {
@@ -165,7 +254,7 @@ impl Shared {
                 }
             }
             while batch.len() < EXTENTS_PER_SYNC {
-                let Some(&e) = q.entries.front() else {
+                let Some(e) = q.head(states) else {
                     break;
                 };
                 let due = e.since + delay;
@@ -174,7 +263,7 @@ impl Shared {
                     young = Some(due);
                     break;
                 }
-                q.entries.pop_front();
+                q.pop_front();
                 match states.claim_copy(e.region) {
                     Ok(claim) => {
                         q.copying.push(e.since);

@@ -2,14 +2,14 @@
 
 use super::copy::CopyBuf;
 use super::pace::BUSY_WINDOW;
-use super::queue::{Batch, EXTENTS_PER_SYNC};
+use super::queue::{Batch, Entry, EXTENTS_PER_SYNC};
 use super::*;
 use crate::dev::PathCheck;
 use crate::dev::{BlockDev, Faults, MemDev};
 use crate::error::Error;
 use crate::geometry::Geometry;
 use crate::predict::Lru;
-use crate::record::NullStore;
+use crate::record::{NullStore, RegionStates};
 use crate::region::Clock;
 use crate::region::RegionView;
 use std::sync::mpsc;
@@ -927,4 +927,44 @@ fn an_entry_put_back_keeps_its_place_in_queue_time() {
     q.delay(entry(6, 30));
     let held: Vec<u64> = q.delayed.iter().map(|e| e.region).collect();
     assert_eq!(held, vec![5, 6, 4]);
+}
+
+#[test]
+fn an_entry_overtaken_by_a_copy_ahead_of_its_turn_is_stale() {
+    // Region 3 is queued, copied ahead of its turn (from the write-data
+    // buffer), written again and queued anew: its first entry counts for
+    // nothing, and is dropped when it reaches the head.
+    let states = RegionStates::new(8);
+    let dirty = |r: u64| {
+        states.begin_write(r);
+        assert!(states.end_write(r));
+    };
+    let t = Instant::now();
+    let at = |ms: u64| t + Duration::from_millis(ms);
+    let mut q = Queue::default();
+    dirty(3);
+    q.push(3, at(0));
+    dirty(5);
+    q.push(5, at(10));
+    let claim = states.claim_copy(3).unwrap();
+    assert!(states.finish_copy(3, claim, true));
+    assert_eq!(q.oldest(&states), Some(at(10)), "a clean region has no lag");
+    dirty(3);
+    q.push(3, at(20));
+    assert_eq!(q.oldest(&states), Some(at(10)));
+    // A thousand rounds of the same: the lag still counts from region 5.
+    for i in 0..1000 {
+        let claim = states.claim_copy(3).unwrap();
+        assert!(states.finish_copy(3, claim, true));
+        dirty(3);
+        q.push(3, at(30 + i));
+        assert_eq!(q.oldest(&states), Some(at(10)));
+    }
+    let head = q.head(&states).unwrap();
+    assert_eq!((head.region, head.since), (5, at(10)));
+    let e = q.pop_front().unwrap();
+    assert_eq!(e.region, 5);
+    let head = q.head(&states).unwrap();
+    assert_eq!((head.region, head.since), (3, at(1029)));
+    assert_eq!(q.len(), 1, "the stale entries were dropped at the head");
 }
