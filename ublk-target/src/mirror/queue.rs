@@ -1,9 +1,11 @@
 //! The copy queue: regions waiting for their copy, in the order they turned
 //! dirty, and the claim of a batch of adjacent dirty regions for one worker.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap as HashMap;
 
 use super::{lock, Shared};
 use crate::record::{ClaimRefused, CopyClaim, RegionStates};
