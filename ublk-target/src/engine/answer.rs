@@ -113,7 +113,7 @@ impl Engine {
     /// goes back to this node's mirror (its copies were held back).
     fn requeue_if_dirty(&self, r: u64) {
         if self.record.states().is_dirty(r) {
-            self.mirror.enqueue(&[r]);
+            self.mirror.requeue(&[r]);
         }
     }
 }

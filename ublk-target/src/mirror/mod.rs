@@ -353,6 +353,13 @@ impl MirrorPool {
         self.shared.enqueue(regions);
     }
 
+    /// Queues regions that were dirty already (a copy held back, as by the
+    /// other node's grant): a region still queued keeps its place and the
+    /// time its lag counts from.
+    pub fn requeue(&self, regions: &[u64]) {
+        self.shared.requeue(regions);
+    }
+
     /// Copies only under `lease`: a copy that ends while the lease is not
     /// valid fails, and its regions stay dirty.
     pub fn fence_with(&self, lease: Arc<crate::lease::Lease>) {
@@ -497,7 +504,18 @@ impl Drop for MirrorPool {
 }
 
 impl Shared {
+    /// Queues regions that turned dirty now.
     pub(super) fn enqueue(&self, regions: &[u64]) {
+        self.queue_regions(regions, Queue::push);
+    }
+
+    /// Queues regions that were dirty already: those queued keep their
+    /// place and their time.
+    pub(super) fn requeue(&self, regions: &[u64]) {
+        self.queue_regions(regions, Queue::requeue);
+    }
+
+    fn queue_regions(&self, regions: &[u64], queue: fn(&mut Queue, u64, Instant)) {
         if regions.is_empty() {
             return;
         }
@@ -509,7 +527,7 @@ impl Shared {
         // every region that turned dirty took 2-3% of a CPU.)
         let was_empty = q.entries.is_empty();
         for &region in regions {
-            q.push(region, now);
+            queue(&mut q, region, now);
         }
         drop(q);
         if was_empty {
@@ -535,7 +553,7 @@ impl Shared {
         self.counters
             .resync_total
             .fetch_add(bytes, Ordering::Relaxed);
-        self.enqueue(regions);
+        self.requeue(regions);
     }
 
     /// Counts the regions of `cleaned` that were to be resynced as done.

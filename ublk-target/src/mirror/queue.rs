@@ -56,31 +56,41 @@ impl Queue {
         });
     }
 
+    /// Queues a region that was dirty already (its copy held back, or to be
+    /// copied again): an entry it has keeps its older time.
+    pub(super) fn requeue(&mut self, region: u64, now: Instant) {
+        if !self.live.contains_key(&region) {
+            self.push(region, now);
+        }
+    }
+
     /// Puts back an entry that waited (a retry, a copy that failed or was
     /// released) in the order of the queue times, so that an old one is not
     /// left behind younger ones: while copies wait for heavy host I/O, the
     /// queue's head must be due before anything behind it goes, and an
     /// old region at the tail waited a whole extra round.
     pub(super) fn put_back(&mut self, e: Entry) {
-        self.note_live(e);
-        insert_by(&mut self.entries, e, |x| x.since);
+        if self.note_live(e) {
+            insert_by(&mut self.entries, e, |x| x.since);
+        }
     }
 
     /// Holds an entry back until its `not_before`, in that order (the
     /// workers look only at the front of `delayed`).
     pub(super) fn delay(&mut self, e: Entry) {
-        self.note_live(e);
-        insert_by(&mut self.delayed, e, |x| x.not_before);
+        if self.note_live(e) {
+            insert_by(&mut self.delayed, e, |x| x.not_before);
+        }
     }
 
     /// An entry whose claim did not last goes back live; a region with a
     /// live entry already keeps the older time of the two (its copy did not
-    /// land, so it has been dirty since then).
-    fn note_live(&mut self, e: Entry) {
-        self.live
-            .entry(e.region)
-            .and_modify(|t| *t = (*t).min(e.since))
-            .or_insert(e.since);
+    /// land, so it has been dirty since then). Returns whether `e` is live:
+    /// if not, the region's older entry stands for it.
+    fn note_live(&mut self, e: Entry) -> bool {
+        let t = self.live.entry(e.region).or_insert(e.since);
+        *t = (*t).min(e.since);
+        *t == e.since
     }
 
     fn is_live(&self, e: &Entry) -> bool {

@@ -968,3 +968,35 @@ fn an_entry_overtaken_by_a_copy_ahead_of_its_turn_is_stale() {
     assert_eq!((head.region, head.since), (3, at(1029)));
     assert_eq!(q.len(), 1, "the stale entries were dropped at the head");
 }
+
+#[test]
+fn a_region_queued_again_while_dirty_keeps_its_place_and_time() {
+    // The other node's grant ended with region 3 still dirty: it is queued
+    // again, but its entry from the write at 0 ms stands (queued anew, it
+    // would lose 20 ms of lag and its place, each time a grant ends).
+    let states = RegionStates::new(8);
+    let t = Instant::now();
+    let at = |ms: u64| t + Duration::from_millis(ms);
+    let mut q = Queue::default();
+    states.begin_write(3);
+    assert!(states.end_write(3));
+    q.push(3, at(0));
+    q.requeue(3, at(20));
+    q.requeue(5, at(20));
+    assert_eq!(q.oldest(&states), Some(at(0)));
+    assert_eq!(q.len(), 2);
+    // An entry put back younger than the region's live one adds nothing.
+    q.put_back(Entry {
+        region: 3,
+        since: at(30),
+        not_before: at(30),
+    });
+    q.delay(Entry {
+        region: 3,
+        since: at(40),
+        not_before: at(41),
+    });
+    assert_eq!(q.len(), 2);
+    let head = q.head(&states).unwrap();
+    assert_eq!((head.region, head.since), (3, at(0)));
+}
