@@ -37,6 +37,10 @@ impl Shared {
     /// Copies claimed extents, syncs the secondary once, and settles the claims.
     /// Only the chunks written since each region's last copy are moved.
     pub(super) fn copy_batch(&self, batch: Batch, buf: &mut CopyBuf) {
+        // The claims were taken just now (`next_batch` returns as it takes
+        // them): a write that leaves a region dirty after its copy began
+        // after this, to within the microseconds between the two.
+        let claimed = Instant::now();
         let states = self.record.states();
         // `gone` first, then the handle: `switch_secondary` stores the new
         // handle before it clears `gone`, so a batch that sees `gone` clear
@@ -52,7 +56,7 @@ impl Shared {
                 format!("secondary {} is gone", secondary.describe()),
                 std::io::Error::from_raw_os_error(libc::ENODEV),
             );
-            self.finish(batch, Err(err), &[]);
+            self.finish(batch, Err(err), &[], claimed);
             return;
         }
         // Dual-active: the regions the other node's record lists are copied
@@ -65,7 +69,7 @@ impl Shared {
                 return;
             }
             Err(e) => {
-                self.finish(batch, Err(e), &[]);
+                self.finish(batch, Err(e), &[], claimed);
                 return;
             }
         };
@@ -142,7 +146,7 @@ impl Shared {
                 states.restore_chunks(r, mask);
             }
         }
-        self.finish(batch, result.map(|()| copied), &changed);
+        self.finish(batch, result.map(|()| copied), &changed, claimed);
     }
 
     /// The other node's grants for the batch's regions that its record
@@ -341,8 +345,17 @@ impl Shared {
 
     /// Settles a batch's claims: clean where the copy is durable, no write
     /// started since the claim, and the region is not in `changed` (written
-    /// at the other node during its grant).
-    pub(super) fn finish(&self, batch: Batch, result: Result<u64>, changed: &[u64]) {
+    /// at the other node during its grant). A region that stays dirty
+    /// although the copy landed was written after `claimed`: its lag counts
+    /// from then (from the copy's end, it would read short by the copy's
+    /// time, seconds over a slow link).
+    pub(super) fn finish(
+        &self,
+        batch: Batch,
+        result: Result<u64>,
+        changed: &[u64],
+        claimed: Instant,
+    ) {
         let states = self.record.states();
         let durable = result.is_ok();
         let mut requeue = Vec::new();
@@ -355,7 +368,7 @@ impl Shared {
                 } else {
                     requeue.push(Entry {
                         region: r,
-                        since: if durable { Instant::now() } else { *since },
+                        since: if durable { claimed } else { *since },
                         not_before: Instant::now(),
                     });
                 }

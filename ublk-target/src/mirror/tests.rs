@@ -430,7 +430,7 @@ fn a_write_between_claim_and_finish_keeps_the_region_dirty() {
     // ...a host write lands after the copy read the primary...
     rig.write(REGION, &new);
     // ...and the claim is settled.
-    rig.shared().finish(batch, Ok(n), &[]);
+    rig.shared().finish(batch, Ok(n), &[], Instant::now());
     assert_eq!(rig.dirty(), vec![1], "the copy missed a write: still dirty");
     assert_eq!(
         &rig.secondary.contents()[REGION as usize..2 * REGION as usize],
@@ -636,8 +636,9 @@ fn resync_counts_real_bytes_and_completes() {
     rig.write(0, &pattern(7, 4096));
     // Settle only region 0's extent: the rest of the batch is put back.
     let (first, rest): (Batch, Batch) = batch.into_iter().partition(|(run, _)| run[0].0 == 0);
-    rig.shared().finish(first, Ok(n), &[]);
-    rig.shared().finish(rest, Err(Error::Stopped), &[]);
+    rig.shared().finish(first, Ok(n), &[], Instant::now());
+    rig.shared()
+        .finish(rest, Err(Error::Stopped), &[], Instant::now());
     assert_eq!(rig.pool.stats().resync_done_bytes, 0);
 
     rig.pump_all();
@@ -999,4 +1000,30 @@ fn a_region_queued_again_while_dirty_keeps_its_place_and_time() {
     assert_eq!(q.len(), 2);
     let head = q.head(&states).unwrap();
     assert_eq!((head.region, head.since), (3, at(0)));
+}
+
+#[test]
+fn a_write_during_a_slow_copy_counts_its_lag_from_the_claim() {
+    // The secondary's sync takes 300 ms (a slow link); a write lands during
+    // the copy. The region stays dirty, and the write the secondary lacks
+    // began after the claim: the lag counts from there, not from the end
+    // of the copy.
+    let rig = rig(4 * REGION, config(4), false);
+    rig.write_region(1, 1);
+    rig.secondary.hold_syncs(true);
+    std::thread::scope(|s| {
+        let pump = s.spawn(|| rig.pool.pump());
+        while rig.secondary.syncs_held() == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        rig.write_region(1, 2);
+        std::thread::sleep(Duration::from_millis(300));
+        rig.secondary.hold_syncs(false);
+        assert!(pump.join().unwrap());
+    });
+    assert_eq!(rig.dirty(), vec![1]);
+    let lag = rig.pool.stats().lag_seconds;
+    assert!(lag >= 0.3, "the lag ({lag} s) counts from the claim");
+    rig.pump_all();
+    assert!(rig.dirty().is_empty());
 }
