@@ -248,9 +248,12 @@ impl Shared {
                     match states.claim_copy(r) {
                         Ok(claim) => {
                             // Alone: its neighbours' data is likely not
-                            // held.
-                            q.copying.push(now);
-                            batch.push((vec![(r, claim)], now));
+                            // held. Its lag counts from its queue entry
+                            // (which a worker may drop as claimed), so that
+                            // a copy that fails puts it back at that time.
+                            let since = q.live.get(&r).copied().unwrap_or(now);
+                            q.copying.push(since);
+                            batch.push((vec![(r, claim)], since));
                         }
                         Err(ClaimRefused::Busy) => busy.push(r),
                         Err(ClaimRefused::Clean) | Err(ClaimRefused::Claimed) => {}
@@ -278,8 +281,17 @@ impl Shared {
                 q.pop_front();
                 match states.claim_copy(e.region) {
                     Ok(claim) => {
-                        q.copying.push(e.since);
-                        batch.push((claim_run(e.region, claim), e.since));
+                        // The run's neighbours have entries of their own,
+                        // which a worker may drop as claimed: the extent
+                        // counts from the oldest, so that a copy that fails
+                        // puts none of them back younger.
+                        let run = claim_run(e.region, claim);
+                        let since = run
+                            .iter()
+                            .filter_map(|(n, _)| q.live.get(n).copied())
+                            .fold(e.since, Instant::min);
+                        q.copying.push(since);
+                        batch.push((run, since));
                     }
                     Err(ClaimRefused::Busy) => {
                         q.delay(Entry {

@@ -1027,3 +1027,45 @@ fn a_write_during_a_slow_copy_counts_its_lag_from_the_claim() {
     rig.pump_all();
     assert!(rig.dirty().is_empty());
 }
+
+#[test]
+fn a_failed_copy_from_the_buffer_puts_its_region_back_at_its_queue_time() {
+    // Region 3 is queued at its first write and its data then held by the
+    // buffer. The buffer-first copy claims it; meanwhile a worker reaches
+    // its queue entry and drops it as claimed. The copy fails: the region
+    // goes back with the time of that entry, not of the claim.
+    let rig = rig(
+        8 * REGION,
+        MirrorConfig {
+            copy_buffer: 2 * REGION,
+            ..config(8)
+        },
+        false,
+    );
+    rig.write_region(3, 1);
+    let states = rig.record.states();
+    let data = pattern(2, REGION as usize);
+    let (_, began) = states.begin_write_seq(3);
+    rig.primary.write_at(&data, 3 * REGION, false).unwrap();
+    rig.pool
+        .buffer()
+        .keep(states, 3, 0..REGION as u32, began, Some(&data));
+    rig.end_write(3..4);
+    assert!(rig.pool.buffer().half_full());
+    std::thread::sleep(Duration::from_millis(100));
+    let from_buffer = rig.shared().next_batch(false).unwrap();
+    assert_eq!(Rig::runs(&from_buffer), vec![vec![3]]);
+    assert!(
+        rig.shared().next_batch(false).is_none(),
+        "the entry dropped as claimed"
+    );
+    rig.secondary.set_faults(Faults {
+        fail_after: Some(0),
+        ..Faults::default()
+    });
+    rig.shared()
+        .copy_batch(from_buffer, &mut CopyBuf::default());
+    assert_eq!(rig.dirty(), vec![3]);
+    let lag = rig.pool.stats().lag_seconds;
+    assert!(lag >= 0.1, "the lag ({lag} s) counts from the first write");
+}
