@@ -106,7 +106,7 @@ impl Queue {
             }
             self.delayed.pop_front();
             if self.is_live(&e) {
-                insert_by(&mut self.entries, e, |x| x.since);
+                self.put_back(e);
             }
         }
     }
@@ -225,18 +225,20 @@ impl Shared {
             // queue: their copies read nothing back, and they make room
             // before new writes find none (under a load the mirror cannot
             // keep up with, the queue's head came while the buffer was full
-            // and is read back anyway). Their queue entries stay, to be
-            // skipped once clean, so the lag still counts from them. Not
-            // near `--max-dirty`: host writes wait for the backlog, which
-            // the queue's long runs bring down fastest.
-            // But not past the head once it has waited `--max-lag`: the
-            // regions the buffer does not hold (written while it was full)
-            // are copied from the queue alone, and under a load that keeps
-            // the buffer half full they would wait for ever.
-            let overdue = q
-                .head(states)
-                .is_some_and(|e| now.saturating_duration_since(e.since) >= self.max_lag());
-            if self.buffer.half_full() && !self.near_max_dirty() && !overdue {
+            // and is read back anyway). Their queue entries stay, so the
+            // lag still counts from them while they are dirty, and are
+            // dropped at the head once they are clean. Not near
+            // `--max-dirty`: host writes wait for the backlog, which the
+            // queue's long runs bring down fastest. Nor past a head that
+            // has waited `--max-lag`: the regions the buffer does not hold
+            // (written while it was full) are copied from the queue alone,
+            // and under a load that keeps the buffer half full they would
+            // wait for ever.
+            if self.buffer.half_full()
+                && !self.near_max_dirty()
+                && q.head(states)
+                    .is_none_or(|e| now.saturating_duration_since(e.since) < self.max_lag())
+            {
                 let mut busy = Vec::new();
                 for _ in 0..2 * EXTENTS_PER_SYNC {
                     if batch.len() >= EXTENTS_PER_SYNC {
