@@ -89,11 +89,27 @@ struct Slot {
     pieces: Vec<Piece>,
     /// In `WriteBuffer::order`.
     listed: bool,
+    /// Some write since the region's last copy is not held (the buffer was
+    /// full, or the pieces were dropped): the copy reads that part back
+    /// anyway, so until then the region holds nothing (`give_up`).
+    partial: bool,
 }
 
 impl Slot {
     fn has_data(&self) -> bool {
         self.pieces.iter().any(|p| p.data.is_some())
+    }
+
+    /// Drops the data of every piece (they stay as markers) and holds
+    /// nothing more until the region's next copy. A region the buffer can
+    /// no longer hold whole is read back anyway, and its data would wait
+    /// for that copy: the memory serves regions still held whole, whose
+    /// copies read nothing and come first.
+    fn give_up(&mut self) {
+        self.partial = true;
+        for p in &mut self.pieces {
+            p.data = None;
+        }
     }
 }
 
@@ -261,9 +277,16 @@ impl WriteBuffer {
             Some(h) => before(h, began),
             None => true,
         };
-        let data = data
-            .filter(|_| trusted && self.worth_holding(slot, &at))
-            .and_then(|d| self.hold(d));
+        let data = match data {
+            Some(d) if trusted && !slot.partial && self.worth_holding(slot, &at) => {
+                let kept = self.hold(d);
+                if kept.is_none() {
+                    slot.give_up();
+                }
+                kept
+            }
+            _ => None,
+        };
         let piece = Piece {
             start: at.start,
             end: at.end,
@@ -358,6 +381,7 @@ impl WriteBuffer {
     fn poison(&self, slot: &mut Slot, now: u32) {
         slot.pieces.clear();
         slot.horizon = Some(now);
+        slot.partial = true;
     }
 
     /// A copy of the data within the budget, or None when over it.
@@ -384,6 +408,7 @@ impl WriteBuffer {
         let mut shard = self.shard(r);
         let slot = shard.entry(r).or_default();
         let pieces = std::mem::take(&mut slot.pieces);
+        slot.partial = false;
         // Read after the pieces are gone: a write that begins after this
         // began after every piece taken had ended.
         slot.horizon = Some(states.seq(r));

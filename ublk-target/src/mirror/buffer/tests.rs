@@ -318,6 +318,52 @@ fn the_budget_holds_and_is_given_back() {
 }
 
 #[test]
+fn a_region_the_full_buffer_cannot_hold_whole_gives_up_its_data_until_its_copy() {
+    let states = RegionStates::new(2);
+    let b = WriteBuffer::new(12 << 10);
+    let keep = |r: u64, at: Range<u32>| {
+        let (_, began) = states.begin_write_seq(r);
+        b.keep(&states, r, at, began, Some(&[r as u8 + 1; 4096]));
+        b.held()
+    };
+    assert_eq!(keep(0, 0..4096), 4 << 10);
+    assert_eq!(keep(1, 0..4096), 8 << 10);
+    assert_eq!(keep(1, 4096..8192), 12 << 10);
+    assert_eq!(
+        keep(0, 4096..8192),
+        8 << 10,
+        "region 0 meets the full buffer: its copy reads back, and what it held is given back"
+    );
+    assert_eq!(
+        keep(0, 8192..12288),
+        8 << 10,
+        "until its copy, region 0 holds nothing, though there is room"
+    );
+    assert_eq!(
+        keep(1, 8192..12288),
+        12 << 10,
+        "the room goes to region 1, held whole"
+    );
+    let mut out = vec![0; 12288];
+    let t1 = b.take(&states, 1);
+    assert!(
+        t1.fill(0..12288, &mut out),
+        "region 1 is sent whole from the buffer"
+    );
+    assert_eq!(out, vec![2; 12288]);
+    drop(t1);
+    let t0 = b.take(&states, 0);
+    assert!(!t0.fill(0..4096, &mut out[..4096]), "region 0 is read back");
+    drop(t0);
+    assert_eq!(b.held(), 0);
+    assert_eq!(
+        keep(0, 0..4096),
+        4 << 10,
+        "after its copy, region 0 is held again"
+    );
+}
+
+#[test]
 fn an_overwritten_piece_is_dropped_at_once() {
     let states = RegionStates::new(1);
     let b = WriteBuffer::new(1 << 20);
