@@ -293,6 +293,24 @@ fn main() -> anyhow::Result<()> {
                 mirror: MirrorArgs::default(),
             };
             report["load"] = load_bench(&load)?;
+            // The secondary on another device: the primary's disk carries
+            // only the host's writes and what copies read back. Longer
+            // runs: each starts with an empty record and an empty buffer.
+            if let Some(other) = a.dirs.iter().find(|d| **d != a.disk_dir) {
+                let quick = a.common.quick;
+                let apart = LoadArgs {
+                    dirs: vec![a.disk_dir.clone()],
+                    secs: (!quick).then_some(20.0),
+                    rounds: (!quick).then_some(1),
+                    workloads: vec!["seq-128k-qd32".into()],
+                    mirror: MirrorArgs {
+                        secondary_dir: Some(other.clone()),
+                        ..MirrorArgs::default()
+                    },
+                    ..load
+                };
+                report["load_secondary_apart"] = load_bench(&apart)?;
+            }
             let catchup = CatchupArgs {
                 common: a.common.clone(),
                 dirs: a.dirs.clone(),
