@@ -180,6 +180,9 @@ struct MirrorArgs {
     /// How long copies may wait under heavy host I/O, e.g. 0 or 10s [engine default: 10s].
     #[arg(long)]
     mirror_max_lag: Option<String>,
+    /// The write-data buffer's budget of mode (c), e.g. 256MiB [engine default: 64MiB].
+    #[arg(long)]
+    copy_buffer: Option<String>,
 }
 
 impl MirrorArgs {
@@ -195,6 +198,9 @@ impl MirrorArgs {
         }
         if let Some(l) = &self.mirror_max_lag {
             config.mirror.max_lag = tandem::units::parse_duration(l)?;
+        }
+        if let Some(b) = &self.copy_buffer {
+            config.mirror.copy_buffer = parse_size(b)?;
         }
         Ok(())
     }
@@ -215,6 +221,9 @@ impl MirrorArgs {
         }
         if let Some(c) = &self.mirror_max_copy {
             d.push(format!("mirror max copy {c}"));
+        }
+        if let Some(b) = &self.copy_buffer {
+            d.push(format!("copy buffer {b}"));
         }
         if d.is_empty() {
             "default mirror config".into()
