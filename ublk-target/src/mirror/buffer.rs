@@ -13,7 +13,10 @@
 //!
 //! A write whose data is not kept (the buffer is over its budget, the write
 //! failed or was short, a discard, a write-zeroes) keeps a piece without
-//! data, a marker: its bytes are read back. A copy takes a region's pieces
+//! data, a marker: its bytes are read back. A write that finds the buffer
+//! over its budget also makes its region give up the data it holds, and
+//! the region holds none until its next copy takes its pieces: the memory
+//! goes to regions held whole, whose copies read nothing. A copy takes a region's pieces
 //! after it took the region's chunks, and leaves a horizon, the sequence
 //! just after the take: a write that began before it and completes later
 //! may have been in flight with one of the pieces taken, so it is kept as a
@@ -89,9 +92,9 @@ struct Slot {
     pieces: Vec<Piece>,
     /// In `WriteBuffer::order`.
     listed: bool,
-    /// Some write since the region's last copy is not held (the buffer was
-    /// full, or the pieces were dropped): the copy reads that part back
-    /// anyway, so until then the region holds nothing (`give_up`).
+    /// Since the region's pieces were last taken, a write found the buffer
+    /// over its budget (`give_up`) or the pieces were dropped (`poison`):
+    /// until the next take the region holds no data.
     partial: bool,
 }
 
@@ -101,10 +104,11 @@ impl Slot {
     }
 
     /// Drops the data of every piece (they stay as markers) and holds
-    /// nothing more until the region's next copy. A region the buffer can
-    /// no longer hold whole is read back anyway, and its data would wait
-    /// for that copy: the memory serves regions still held whole, whose
-    /// copies read nothing and come first.
+    /// nothing more until the region's pieces are next taken. Its copy
+    /// reads back part of the region anyway, and what it held would wait
+    /// for that copy: giving it up trades this region's held chunks for
+    /// room for regions held whole, whose copies read nothing and come
+    /// first (`oldest_held`).
     fn give_up(&mut self) {
         self.partial = true;
         for p in &mut self.pieces {
@@ -387,11 +391,13 @@ impl WriteBuffer {
     /// A copy of the data within the budget, or None when over it.
     fn hold(&self, d: &[u8]) -> Option<Kept> {
         let len = d.len() as u64;
-        let was = self.held.fetch_add(len, Ordering::Relaxed);
-        if was + len > self.budget {
-            self.held.fetch_sub(len, Ordering::Relaxed);
-            return None;
-        }
+        // Added only if it fits: an add taken back again would make a
+        // write that raced it near the budget fail, and give up its region.
+        self.held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |was| {
+                (was + len <= self.budget).then_some(was + len)
+            })
+            .ok()?;
         Some(Kept {
             bytes: d.into(),
             held: self.held.clone(),

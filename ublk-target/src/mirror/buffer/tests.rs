@@ -344,6 +344,12 @@ fn a_region_the_full_buffer_cannot_hold_whole_gives_up_its_data_until_its_copy()
         12 << 10,
         "the room goes to region 1, held whole"
     );
+    assert_eq!(
+        b.oldest_held(),
+        Some(1),
+        "region 0 is not copied from the buffer first"
+    );
+    assert_eq!(b.oldest_held(), None);
     let mut out = vec![0; 12288];
     let t1 = b.take(&states, 1);
     assert!(
@@ -361,6 +367,15 @@ fn a_region_the_full_buffer_cannot_hold_whole_gives_up_its_data_until_its_copy()
         4 << 10,
         "after its copy, region 0 is held again"
     );
+    b.poison_region(&states, 0);
+    assert_eq!(b.held(), 0, "dropped pieces give their bytes back");
+    assert_eq!(
+        keep(0, 4096..8192),
+        0,
+        "a region whose pieces were dropped holds nothing"
+    );
+    drop(b.take(&states, 0));
+    assert_eq!(keep(0, 4096..8192), 4 << 10, "until they are next taken");
 }
 
 #[test]
