@@ -16,14 +16,15 @@
 //! data, a marker: its bytes are read back. A write that finds the buffer
 //! over its budget also makes its region give up the data it holds, and
 //! the region holds none until its next copy takes its pieces: the memory
-//! goes to regions held whole, whose copies read nothing. A copy takes a region's pieces
-//! after it took the region's chunks, and leaves a horizon, the sequence
-//! just after the take: a write that began before it and completes later
-//! may have been in flight with one of the pieces taken, so it is kept as a
-//! marker. A chunk is sent from the buffer only when its every byte is
-//! covered by pieces whose newest is known and has data; otherwise the copy
-//! reads the chunk from the primary, as it does for a region with no pieces
-//! (a resync after a restart).
+//! goes to regions held whole, whose copies read nothing.
+//!
+//! A copy takes a region's pieces after it took the region's chunks, and
+//! leaves a horizon, the sequence just after the take: a write that began
+//! before it and completes later may have been in flight with one of the
+//! pieces taken, so it is kept as a marker. A chunk is sent from the buffer
+//! only when its every byte is covered by pieces whose newest is known and
+//! has data; otherwise the copy reads the chunk from the primary, as it
+//! does for a region with no pieces (a resync after a restart).
 //!
 //! Dual-active service turns the buffer off (`switch_off`): the other node
 //! writes the shared primary too, and its writes are not here.
