@@ -302,24 +302,32 @@ fn main() -> anyhow::Result<()> {
                 mirror: MirrorArgs::default(),
             };
             report["load"] = load_bench(&load)?;
+            // 128k sequential on the disk alone, in longer runs: each starts
+            // with an empty record and an empty buffer.
+            let quick = a.common.quick;
+            let seq_on_disk = |mirror: MirrorArgs| LoadArgs {
+                dirs: vec![a.disk_dir.clone()],
+                secs: (!quick).then_some(20.0),
+                rounds: (!quick).then_some(1),
+                workloads: vec!["seq-128k-qd32".into()],
+                mirror,
+                ..load.clone()
+            };
             // The secondary on another device: the primary's disk carries
-            // only the host's writes and what copies read back. Longer
-            // runs: each starts with an empty record and an empty buffer.
+            // only the host's writes and what copies read back.
             if let Some(other) = a.dirs.iter().find(|d| **d != a.disk_dir) {
-                let quick = a.common.quick;
-                let apart = LoadArgs {
-                    dirs: vec![a.disk_dir.clone()],
-                    secs: (!quick).then_some(20.0),
-                    rounds: (!quick).then_some(1),
-                    workloads: vec!["seq-128k-qd32".into()],
-                    mirror: MirrorArgs {
-                        secondary_dir: Some(other.clone()),
-                        ..MirrorArgs::default()
-                    },
-                    ..load
-                };
-                report["load_secondary_apart"] = load_bench(&apart)?;
+                report["load_secondary_apart"] = load_bench(&seq_on_disk(MirrorArgs {
+                    secondary_dir: Some(other.clone()),
+                    ..MirrorArgs::default()
+                }))?;
             }
+            // Both on one disk, copies capped at 100 MiB/s: what the host
+            // gains when it need not share the disk with copies at full
+            // speed, and the lag that costs (BENCHMARKS.md, "One disk").
+            report["load_one_disk_copy_rate_capped"] = load_bench(&seq_on_disk(MirrorArgs {
+                mirror_max_rate: Some("100MiB".into()),
+                ..MirrorArgs::default()
+            }))?;
             let catchup = CatchupArgs {
                 common: a.common.clone(),
                 dirs: a.dirs.clone(),
