@@ -408,6 +408,12 @@ pub fn format_status(v: &DeviceStatus) -> String {
     if let Some(err) = &e.record_error {
         s.push_str(&format!("  record error: {err}\n"));
     }
+    if !e.shared_disks.is_empty() {
+        s.push_str(&format!(
+            "  warning: primary and secondary are both on {}: the mirror does not survive its loss\n",
+            e.shared_disks.join(", ")
+        ));
+    }
     if let Some(p) = &e.peer {
         let held = match p.holding {
             tandem::peer::Holding::Peer => "on the peer",
@@ -628,6 +634,17 @@ mod tests {
     }
 
     #[test]
+    fn status_warns_when_both_devices_are_on_one_disk() {
+        let mut v = live(false);
+        v.engine.as_mut().unwrap().shared_disks = vec!["sda".into()];
+        let text = format_status(&v);
+        assert!(
+            text.contains("warning: primary and secondary are both on sda"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn status_says_when_copies_are_held_back() {
         let held = format_status(&live(true));
         assert!(
@@ -641,6 +658,7 @@ mod tests {
         assert!(held.contains("queues spun 2.5s\n"), "{held}");
         let eager = format_status(&live(false));
         assert!(!eager.contains("held back"), "{eager}");
+        assert!(!eager.contains("warning"), "{eager}");
         assert!(
             eager.contains("dirty 2.00 MiB, lag 1.2s, copied"),
             "{eager}"

@@ -194,6 +194,7 @@ fn engine_hit(c: &mut Criterion) {
         secondary: Arc::new(MemDev::new("secondary", size)),
         record: Arc::new(MemDev::new("record", RegionFile::file_size(&geometry))),
         record_is_new: true,
+        shared_disks: Vec::new(),
         identity: pair_identity("primary", "secondary"),
         lease: None,
     };

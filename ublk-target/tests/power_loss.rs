@@ -119,6 +119,7 @@ impl World {
                 secondary: self.secondary.clone(),
                 record: self.record.clone(),
                 record_is_new: new,
+                shared_disks: Vec::new(),
                 identity: pair_identity("primary", "secondary"),
                 lease: None,
             },

@@ -2,7 +2,8 @@
 # Plain mirroring on the real ublk driver: over two sparse files, over two
 # virtio disks (record on a third), and over two files through the host page
 # cache (--cache writeback, with a kill -9 of the daemon after the writes);
-# stops right after dense I/O, while queue threads spin.
+# stops right after dense I/O, while queue threads spin; both devices on one
+# disk (two dm volumes over one ramdisk) are named in the status.
 # Writes with O_DIRECT and buffered + fsync, reads back, waits for the
 # secondary, and compares it with the primary.
 # vm-disks: 160M 160M 16M
@@ -30,6 +31,8 @@ files_case() {
     verify_patterns "$dev" /tmp/m/pat
     tandemctl wait-synced m1 --timeout 120
     tandemctl status m1
+    # Two files in one directory: one file system, which the status names.
+    tandemctl status m1 | grep 'warning: primary and secondary are both on'
     cmp /tmp/m/p.img /tmp/m/s.img
     tandemctl del m1
     nothing_left m1
@@ -50,9 +53,34 @@ virtio_case() {
     tandemctl status m2 --json
     [ "$(status_num m2 dirty_bytes)" = 0 ]
     tandemctl status m2 --json | grep -q '"cache": "none"'
+    # Two disks: nothing shared, no warning.
+    if tandemctl status m2 --json | grep shared_disks; then return 1; fi
+    if tandemctl status m2 | grep warning; then return 1; fi
     cmp /dev/vda /dev/vdb
     tandemctl del m2
     nothing_left m2
+}
+
+# Both devices on one disk: two device-mapper volumes over one ramdisk. The
+# status names the disk beneath both, found through the volumes' slaves in
+# sysfs, and the text status warns.
+shared_disk_case() {
+    need_bin tandemctl
+    half=$(( $(blockdev --getsz /dev/ram1) / 2 ))
+    echo "0 $half linear /dev/ram1 0" | /usr/sbin/dmsetup create shared-p
+    echo "0 $half linear /dev/ram1 $half" | /usr/sbin/dmsetup create shared-s
+    p="/dev/dm-$(/usr/sbin/dmsetup info -c --noheadings -o minor shared-p)"
+    s="/dev/dm-$(/usr/sbin/dmsetup info -c --noheadings -o minor shared-s)"
+    dev=$(tandemctl add sh1 --primary "$p" --secondary "$s" --record /tmp/sh1.rec --assume-clean)
+    echo "device $dev over $p and $s"
+    shared=$(status_num sh1 shared_disks)
+    echo "shared_disks: $shared"
+    [ "$shared" = '["ram1"]' ]
+    tandemctl status sh1 | grep 'warning: primary and secondary are both on ram1'
+    tandemctl del sh1
+    nothing_left sh1
+    /usr/sbin/dmsetup remove shared-p
+    /usr/sbin/dmsetup remove shared-s
 }
 
 # --cache writeback: what the daemon left in the page cache outlives it.
@@ -112,6 +140,7 @@ stop_after_dense_io_case() {
 
 run_case mirror-sparse-files files_case
 run_case mirror-virtio-disks virtio_case
+run_case mirror-shared-disk shared_disk_case
 run_case mirror-writeback-cache writeback_case
 run_case mirror-stop-after-dense-io stop_after_dense_io_case
 finish

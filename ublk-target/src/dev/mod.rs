@@ -4,11 +4,13 @@
 //! `rings`). `MemDev` keeps data in memory and can simulate power loss: it is the
 //! test double for the property tests and the trace simulator.
 
+mod disks;
 mod file;
 mod group;
 mod mem;
 pub mod nbd;
 
+pub use disks::shared_disks;
 pub use file::{FileDev, OpenOptions};
 pub use mem::{Faults, MemDev};
 pub use nbd::{NbdDev, NbdUri};

@@ -93,6 +93,8 @@ pub struct Engine {
     throttle: Option<(Arc<throttle::Throttle>, std::thread::JoinHandle<()>)>,
     /// The running or last `verify`.
     verify: std::sync::Mutex<Option<Arc<verify::VerifyJob>>>,
+    /// The disks both data devices sit on (`Devices::shared_disks`).
+    shared_disks: Vec<String>,
 }
 
 impl Engine {

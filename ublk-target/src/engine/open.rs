@@ -33,6 +33,9 @@ pub struct Devices {
     pub identity: u64,
     /// The device's lease, claimed (with `EngineConfig::lease`).
     pub lease: Option<Arc<Lease>>,
+    /// The disks that both data devices sit on (`dev::shared_disks`): the
+    /// mirror does not survive their loss.
+    pub shared_disks: Vec<String>,
 }
 
 /// A stable identity for a primary/secondary pair, from their names.
@@ -104,6 +107,7 @@ impl Paths {
                 Some(opened) => opened.is_err(),
                 None => !self.secondary.exists(),
             };
+        let mut shared_disks = Vec::new();
         let (secondary, secondary_path): (Dev, _) = if missing {
             // A degraded start: the identity takes the path as given.
             log::warn!(
@@ -119,6 +123,16 @@ impl Paths {
         } else {
             let path = canon("secondary", &self.secondary)?;
             self.check_distinct()?;
+            shared_disks = crate::dev::shared_disks(&primary_path, &path);
+            if !shared_disks.is_empty() {
+                log::warn!(
+                    "primary {} and secondary {} are both on {}: the mirror does not survive \
+                     the loss of that disk, and every copy is a second write to it",
+                    primary_path.display(),
+                    path.display(),
+                    shared_disks.join(", ")
+                );
+            }
             (Arc::new(FileDev::open(&path, &data)?), path)
         };
         let geometry = Geometry::new(primary.size(), config.region_size)?;
@@ -164,6 +178,7 @@ impl Paths {
             record,
             record_is_new,
             lease,
+            shared_disks,
         })
     }
 }
@@ -215,6 +230,7 @@ impl Engine {
             record_is_new,
             identity,
             lease,
+            shared_disks,
         } = devices;
         let size = primary.size();
         if size == 0 {
@@ -363,6 +379,7 @@ impl Engine {
             passthrough: config.passthrough,
             peer,
             lease,
+            shared_disks,
         })
     }
 }

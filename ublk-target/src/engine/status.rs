@@ -124,6 +124,11 @@ pub struct EngineStatus {
     /// The running or last `tandemctl verify`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<super::VerifyReport>,
+    /// The disks that both the primary and the secondary sit on (found in
+    /// sysfs when the device started): the mirror does not survive their
+    /// loss. Absent when they share none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared_disks: Vec<String>,
 }
 
 impl Engine {
@@ -173,6 +178,7 @@ impl Engine {
             max_lag_seconds: ms.max_lag_seconds,
             max_dirty: self.throttle_status(),
             verify: self.verify_report(),
+            shared_disks: self.shared_disks.clone(),
             read_latency: self.read_latency.status(),
             write_latency: self.write_latency.status(),
             writes,

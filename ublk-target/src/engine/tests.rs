@@ -74,6 +74,7 @@ impl Rig {
             secondary: self.secondary.clone(),
             record: self.record.clone(),
             record_is_new: new,
+            shared_disks: Vec::new(),
             identity: self.identity,
             lease: None,
         }

@@ -377,6 +377,7 @@ fn an_engine_recovers_from_what_its_peer_holds_and_from_everything_without_it() 
                 secondary: secondary.clone(),
                 record: record.clone(),
                 record_is_new: new,
+                shared_disks: Vec::new(),
                 identity,
                 lease: None,
             },
@@ -424,6 +425,7 @@ mod answers {
             secondary: Arc::new(MemDev::new("secondary", SIZE)),
             record: Arc::new(MemDev::new("record", RegionFile::file_size(&g))),
             record_is_new: true,
+            shared_disks: Vec::new(),
             identity: IDENTITY,
             lease: None,
         };
@@ -751,6 +753,7 @@ mod dual {
                     secondary: secondary.clone(),
                     record: Arc::new(MemDev::new("record", RegionFile::file_size(&g))),
                     record_is_new: true,
+                    shared_disks: Vec::new(),
                     identity: IDENTITY,
                     lease: leases.map(|dir| {
                         let lc = lease_config(dir, i as u64 + 1);
