@@ -38,7 +38,7 @@ const STATES: [State; 8] = [
 type Figure = fn(&EngineStatus) -> f64;
 
 /// Gauges: name, help, figure.
-const GAUGES: [(&str, &str, Figure); 17] = [
+const GAUGES: [(&str, &str, Figure); 18] = [
     (
         "tandem_dirty_bytes",
         "Bytes of regions the secondary may lack",
@@ -123,6 +123,11 @@ const GAUGES: [(&str, &str, Figure); 17] = [
         "tandem_degraded",
         "1 while the secondary fails or is missing",
         |e| f64::from(u8::from(e.degraded)),
+    ),
+    (
+        "tandem_shared_disk",
+        "1 when the primary and the secondary sit on one disk (the status names it)",
+        |e| f64::from(u8::from(!e.shared_disks.is_empty())),
     ),
     (
         "tandem_mirror_paused",
@@ -447,6 +452,7 @@ mod tests {
             bytes_written: 8192,
             resync_total_bytes: 4 << 20,
             resync_done_bytes: 1 << 20,
+            shared_disks: vec!["sda".into()],
             write_latency: latency.status(),
             read_latency: tandem::stats::Latency::default().status(),
             ..EngineStatus::default()
@@ -485,6 +491,7 @@ mod tests {
             "tandem_state{device=\"gone\",state=\"down\"} 1",
             "tandem_dirty_bytes{device=\"vm0\"} 1048576",
             "tandem_resync_progress_ratio{device=\"vm0\"} 0.25",
+            "tandem_shared_disk{device=\"vm0\"} 1",
             "tandem_written_bytes_total{device=\"vm0\"} 8192",
             "tandem_write_latency_seconds_bucket{le=\"0.0001\",device=\"vm0\"} 1",
             "tandem_write_latency_seconds_count{device=\"vm0\"} 2",
