@@ -410,7 +410,7 @@ pub fn format_status(v: &DeviceStatus) -> String {
     }
     if !e.shared_disks.is_empty() {
         s.push_str(&format!(
-            "  warning: primary and secondary are both on {}: the mirror does not survive its loss\n",
+            "  warning: primary and secondary are both on {}: unless a redundant layer between covers it, its loss takes both copies\n",
             e.shared_disks.join(", ")
         ));
     }

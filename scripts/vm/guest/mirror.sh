@@ -75,12 +75,17 @@ shared_disk_case() {
     echo "device $dev over $p and $s"
     shared=$(status_num sh1 shared_disks)
     echo "shared_disks: $shared"
-    [ "$shared" = '["ram1"]' ]
-    tandemctl status sh1 | grep 'warning: primary and secondary are both on ram1'
+    ok=0
+    if [ "$shared" = '["ram1"]' ] &&
+        tandemctl status sh1 | grep 'warning: primary and secondary are both on ram1'; then
+        ok=1
+    fi
+    # Removed whatever the outcome, so that a failure here stays here.
     tandemctl del sh1
     nothing_left sh1
     /usr/sbin/dmsetup remove shared-p
     /usr/sbin/dmsetup remove shared-s
+    [ "$ok" = 1 ]
 }
 
 # --cache writeback: what the daemon left in the page cache outlives it.

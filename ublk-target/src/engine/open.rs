@@ -33,8 +33,7 @@ pub struct Devices {
     pub identity: u64,
     /// The device's lease, claimed (with `EngineConfig::lease`).
     pub lease: Option<Arc<Lease>>,
-    /// The disks that both data devices sit on (`dev::shared_disks`): the
-    /// mirror does not survive their loss.
+    /// The disks that both data devices sit on (`dev::shared_disks`).
     pub shared_disks: Vec<String>,
 }
 
@@ -126,8 +125,9 @@ impl Paths {
             shared_disks = crate::dev::shared_disks(&primary_path, &path);
             if !shared_disks.is_empty() {
                 log::warn!(
-                    "primary {} and secondary {} are both on {}: the mirror does not survive \
-                     the loss of that disk, and every copy is a second write to it",
+                    "primary {} and secondary {} are both on {}: unless a redundant layer \
+                     between covers it, its loss takes both copies; and every copy is a \
+                     second write to it",
                     primary_path.display(),
                     path.display(),
                     shared_disks.join(", ")

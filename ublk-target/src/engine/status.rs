@@ -125,8 +125,8 @@ pub struct EngineStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<super::VerifyReport>,
     /// The disks that both the primary and the secondary sit on (found in
-    /// sysfs when the device started): the mirror does not survive their
-    /// loss. Absent when they share none.
+    /// sysfs when the device started): unless a redundant layer between
+    /// covers them, their loss takes both copies. Absent when they share none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shared_disks: Vec<String>,
 }
