@@ -1,6 +1,6 @@
 //! Both data devices on one disk: the engine says so in its status (and its
-//! log), since the mirror then does not survive that disk's loss. On two
-//! file systems it says nothing.
+//! log), since that disk's loss then takes both copies unless a redundant
+//! layer between covers it. On two file systems it says nothing.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
